@@ -1,0 +1,358 @@
+"""Static analysis: map every adapter tensor to a base module and predict what peft will do.
+
+Pure Python over the safetensors header, the adapter config and a base profile: no torch. The prediction
+(loaded / missing / unexpected, or the exception peft raises) is checked against a real peft dry load by the
+full doctor and by the tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..adapter_config import AdapterConfig, fields_unsupported_by
+from ..layout import PEFT_PREFIX, LoraKey, address_of, apply_renames, format_key, parse_key, tower_of
+from ..peft_rules import InjectionPlan, expected_params, plan_injection, rank_for
+from ..profiles import BaseProfile, installed_version
+from ..snapshot import AdapterSnapshot
+from . import findings as F
+from .findings import Finding
+
+# statuses of a key
+LOADS = "loads"  # peft loads it into an injected LoRA module
+LOADS_BASE = "loads-base"  # peft loads it into a base parameter (modules_to_save-like full weights)
+MISPATHED = "mispathed"  # a language-model module exists at another path
+TOWER = "tower"  # a vision/audio/projector module: unused by the text model
+ORPHAN = "orphan"  # no base module at any known path (e.g. k/v of KV-shared layers)
+UNTARGETED = "untargeted"  # the base module exists at this path, but the config does not inject it
+SHAPE = "shape-mismatch"
+RANK = "rank-mismatch"
+
+
+@dataclass
+class KeyFate:
+    key: str
+    status: str
+    tower: str
+    target: str | None  # canonical base module path (for MISPATHED: where it should go)
+    param: str
+    reason: str = ""
+
+
+@dataclass
+class PeftCounts:
+    loaded: int | None
+    missing: int | None
+    unexpected: int | None
+    effective: bool
+    error: str | None = None
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    effective_modules: int = 0
+    injected_modules: int = 0
+
+    def to_json(self, max_keys: int = 50) -> dict[str, Any]:
+        return {
+            "loaded": self.loaded,
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "effective": self.effective,
+            "error": self.error,
+            "effective_modules": self.effective_modules,
+            "injected_modules": self.injected_modules,
+            "missing_keys": self.missing_keys[:max_keys],
+            "unexpected_keys": self.unexpected_keys[:max_keys],
+        }
+
+
+@dataclass
+class StaticResult:
+    fates: dict[str, KeyFate]
+    plan: InjectionPlan
+    predicted: PeftCounts
+    findings: list[Finding]
+
+
+def _model_key(p: LoraKey, profile: BaseProfile) -> str:
+    """The key as peft looks it up in the model (adapter name omitted), after peft's conversion renames."""
+    module = p.module
+    if p.is_lora and p.had_peft_prefix and profile.conversion_renames:
+        module = apply_renames(module, profile.conversion_renames)
+    prefix = PEFT_PREFIX if p.had_peft_prefix else ""
+    return f"{prefix}{module}.{p.param}"
+
+
+def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
+    cfg = snapshot.config
+    plan = plan_injection(cfg, profile)
+    expected: dict[str, tuple[int, ...]] = {}
+    owner: dict[str, str] = {}
+    for m in plan.targeted:
+        if profile.modules[m].lora_supported:
+            for param, shape in expected_params(cfg, profile, m).items():
+                k = format_key(m, param)
+                expected[k] = shape
+                owner[k] = m
+    index = profile.address_index()
+    fates: dict[str, KeyFate] = {}
+    provided: set[str] = set()
+    size_mismatch: list[str] = []
+    for key, rec in snapshot.tensors.items():
+        p = parse_key(key)
+        mk = _model_key(p, profile)
+        tower = tower_of(p.module)
+        if mk in expected:
+            provided.add(mk)
+            want = expected[mk]
+            target = owner[mk]
+            if tuple(rec.shape) == want:
+                fates[key] = KeyFate(key, LOADS, tower, target, p.param)
+            else:
+                size_mismatch.append(key)
+                status, why = _shape_status(cfg, profile, target, p, rec.shape)
+                fates[key] = KeyFate(key, status, tower, target, p.param, why)
+            continue
+        base_mod = mk[len(PEFT_PREFIX):].rsplit(".", 1)[0] if mk.startswith(PEFT_PREFIX) else None
+        if not p.is_lora and base_mod in profile.modules and p.param in ("weight", "bias"):
+            fates[key] = KeyFate(key, LOADS_BASE, tower, base_mod, p.param, "full weight of a base module")
+            continue
+        fates[key] = _classify_unexpected(cfg, profile, index, plan, p, rec.shape)
+
+    # peft's view
+    missing_keys = sorted(k for k in expected if k not in provided)
+    unexpected_keys = sorted(k for k, f in fates.items() if f.status not in (LOADS, LOADS_BASE, SHAPE, RANK))
+    pairs: dict[str, set[str]] = defaultdict(set)
+    for f in fates.values():
+        if f.status == LOADS and f.target:
+            pairs[f.target].add(f.param.split(".")[0].replace("lora_embedding_", "lora_"))
+    effective_modules = sum(1 for s in pairs.values() if {"lora_A", "lora_B"} <= s)
+    error = plan.error
+    if error is None and size_mismatch:
+        error = f"RuntimeError: size mismatch for {len(size_mismatch)} adapter tensors while loading state_dict"
+    if error is not None:
+        predicted = PeftCounts(None, None, None, False, error, injected_modules=len(plan.targeted))
+    else:
+        predicted = PeftCounts(
+            loaded=sum(1 for f in fates.values() if f.status in (LOADS, LOADS_BASE)),
+            missing=len(missing_keys),
+            unexpected=len(unexpected_keys),
+            effective=effective_modules > 0,
+            missing_keys=missing_keys,
+            unexpected_keys=unexpected_keys,
+            effective_modules=effective_modules,
+            injected_modules=len(plan.targeted),
+        )
+    found = _findings(snapshot, profile, plan, fates, missing_keys, owner)
+    return StaticResult(fates, plan, predicted, found)
+
+
+def _shape_status(
+    cfg: AdapterConfig, profile: BaseProfile, target: str, p: LoraKey, shape: tuple[int, ...]
+) -> tuple[str, str]:
+    """Tell a rank difference (fixable with rank_pattern) from a module-size difference (wrong base)."""
+    info = profile.modules[target]
+    want_r = rank_for(cfg, target)
+    if len(shape) == 2:
+        a, b = shape
+        if p.kind in ("lora_A", "lora_embedding_A") and b == (info.in_features or b) and a != want_r:
+            return RANK, f"rank {a} != r {want_r}"
+        if p.kind in ("lora_B", "lora_embedding_B") and a == (info.out_features or a) and b != want_r:
+            return RANK, f"rank {b} != r {want_r}"
+    return SHAPE, f"shape {tuple(shape)} does not fit {target} ({info.in_features}->{info.out_features})"
+
+
+def _fits(cfg: AdapterConfig, profile: BaseProfile, target: str, p: LoraKey, shape: tuple[int, ...]) -> bool:
+    info = profile.modules[target]
+    if info.kind in ("other", "conv") or len(shape) != 2:
+        return True
+    if p.kind in ("lora_A", "lora_embedding_A"):
+        return info.in_features is None or shape[1] == info.in_features
+    if p.kind in ("lora_B", "lora_embedding_B"):
+        return info.out_features is None or shape[0] == info.out_features
+    return True
+
+
+def _classify_unexpected(
+    cfg: AdapterConfig,
+    profile: BaseProfile,
+    index: dict[Any, str],
+    plan: InjectionPlan,
+    p: LoraKey,
+    shape: tuple[int, ...],
+) -> KeyFate:
+    addr = address_of(p.module)
+    target = index.get(addr)
+    tower = addr.tower
+    if tower != "language":
+        if target is None:
+            return KeyFate(p.key, ORPHAN, tower, None, p.param, "no such tower module in the base")
+        return KeyFate(p.key, TOWER, tower, target, p.param, "tower module; not loaded as saved")
+    if target is None or not p.is_lora:
+        why = "no module at this address in the base"
+        if addr.layer is not None and addr.layer in profile.kv_shared_layers and addr.local.endswith(
+            ("k_proj", "v_proj")
+        ):
+            why = f"layer {addr.layer} is KV-shared: it has no {addr.local.rsplit('.', 1)[-1]}"
+        return KeyFate(p.key, ORPHAN, tower, None, p.param, why)
+    if not _fits(cfg, profile, target, p, shape):
+        info = profile.modules[target]
+        return KeyFate(p.key, SHAPE, tower, target, p.param,
+                       f"shape {tuple(shape)} does not fit {target} ({info.in_features}->{info.out_features})")
+    if target != apply_renames(p.module, profile.conversion_renames) or not p.had_peft_prefix:
+        return KeyFate(p.key, MISPATHED, tower, target, p.param, f"{p.module} -> {target}")
+    return KeyFate(p.key, UNTARGETED, tower, target, p.param, "the config does not target this module")
+
+
+def _path_pair(fate: KeyFate, p: LoraKey) -> tuple[str, str]:
+    """Summarise a mis-pathing as (saved prefix, base prefix), e.g. ('model.layers', 'model.language_model.layers')."""
+    saved = (PEFT_PREFIX if p.had_peft_prefix else "") + p.module
+    target = PEFT_PREFIX + (fate.target or "")
+    # strip the common tail
+    s_parts, t_parts = saved.split("."), target.split(".")
+    while s_parts and t_parts and s_parts[-1] == t_parts[-1]:
+        s_parts.pop()
+        t_parts.pop()
+    generic = re.compile(r"\.\d+(\.|$)")
+    return generic.sub(".N\\1", ".".join(s_parts)) or "(root)", generic.sub(".N\\1", ".".join(t_parts)) or "(root)"
+
+
+def _findings(
+    snapshot: AdapterSnapshot,
+    profile: BaseProfile,
+    plan: InjectionPlan,
+    fates: dict[str, KeyFate],
+    missing_keys: list[str],
+    owner: dict[str, str],
+) -> list[Finding]:
+    cfg = snapshot.config
+    out: list[Finding] = []
+    by_status: dict[str, list[KeyFate]] = defaultdict(list)
+    for f in fates.values():
+        by_status[f.status].append(f)
+
+    mis = by_status[MISPATHED]
+    if mis:
+        pairs = Counter(_path_pair(f, parse_key(f.key)) for f in mis)
+        desc = "; ".join(f"`{a}` -> `{b}` ({n})" for (a, b), n in pairs.most_common(3))
+        out.append(F.make("mispathed-keys", F.ERROR, len(mis),
+                          f"{len(mis)} keys are saved under paths the base does not have: {desc}",
+                          keys=[f.key for f in mis]))
+
+    # Tower LoRAs: loaded ones are a warning, ones that would be dropped are an error.
+    tower_keys: dict[str, list[KeyFate]] = defaultdict(list)
+    for f in fates.values():
+        if f.tower != "language" and f.status in (LOADS, TOWER):
+            tower_keys[f.tower].append(f)
+    for tower, fs in sorted(tower_keys.items()):
+        dropped = [f for f in fs if f.status == TOWER]
+        inner = sum(1 for f in fs if parse_key(f.key).module.endswith(".linear"))
+        where = f" ({inner} at Gemma4ClippableLinear's inner `.linear`)" if inner else ""
+        if dropped:
+            out.append(F.make("tower-lora", F.ERROR, len(fs),
+                              f"{len(fs)} LoRA tensors on the {tower} tower{where} would not load; "
+                              "the text model never uses them", tower=tower, keys=[f.key for f in fs]))
+        else:
+            out.append(F.make("tower-lora", F.WARNING, len(fs),
+                              f"{len(fs)} LoRA tensors on the {tower} tower load and adapt it", tower=tower,
+                              keys=[f.key for f in fs]))
+
+    # Injection into towers that cannot be served: peft raises (Clippable) or leaves default LoRAs (missing keys).
+    tower_targets = [m for m in plan.targeted if tower_of(m) != "language"]
+    if tower_targets:
+        missing_mods = {owner[k] for k in missing_keys if k in owner}
+        bad = [m for m in tower_targets if m in plan.unsupported or m in missing_mods]
+        if bad:
+            towers = sorted({tower_of(m) for m in bad})
+            why = []
+            if any(m in plan.unsupported for m in bad):
+                n_uns = sum(1 for m in bad if m in plan.unsupported)
+                cls = profile.modules[next(m for m in bad if m in plan.unsupported)].cls
+                why.append(f"peft cannot wrap {n_uns} of them ({cls}) and raises")
+            if any(m in missing_mods for m in bad):
+                why.append(f"{sum(1 for m in bad if m in missing_mods)} would stay default-initialised")
+            ex = cfg.exclude_modules
+            if isinstance(ex, list) and any(t in ex for t in ("vision_tower", "audio_tower", "vision_model")):
+                why.append(f"exclude_modules {ex} is a list, which matches only those exact modules, not their "
+                           "children")
+            elif not ex:
+                why.append("no exclude_modules")
+            out.append(F.make("tower-injection", F.ERROR, len(bad),
+                              f"target_modules also match {len(bad)} {'/'.join(towers)} tower modules: "
+                              + "; ".join(why), keys=bad))
+
+    orphans = by_status[ORPHAN]
+    if orphans:
+        reasons = Counter(f.reason for f in orphans)
+        desc = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
+        kv = sum(1 for f in orphans if "KV-shared" in f.reason)
+        head = f"{len(orphans)} tensors have no module in the base"
+        if kv:
+            head += f" ({kv} are k/v LoRAs of KV-shared layers)"
+        out.append(F.make("orphan-keys", F.ERROR, len(orphans), f"{head}: {desc}", keys=[f.key for f in orphans]))
+
+    untargeted = by_status[UNTARGETED]
+    if untargeted:
+        out.append(Finding("untargeted-keys", F.ERROR, len(untargeted),
+                           f"{len(untargeted)} tensors belong to base modules the config does not target",
+                           "add-targets", None, [f.key for f in untargeted]))
+
+    lang_missing = [k for k in missing_keys if tower_of(owner.get(k, "")) == "language"]
+    mis_targets = {f.target for f in mis}
+    unexplained = [k for k in lang_missing if owner.get(k) not in mis_targets]
+    if unexplained:
+        mods = sorted({owner[k] for k in unexplained})
+        out.append(Finding("missing-keys", F.ERROR, len(unexplained),
+                           f"the config injects {len(mods)} language-model modules the file has no tensors for "
+                           "(peft leaves them default-initialised)", "narrow-targets", None, unexplained))
+
+    shape = by_status[SHAPE]
+    if shape:
+        out.append(F.make("shape-mismatch", F.ERROR, len(shape),
+                          f"{len(shape)} tensors do not fit the base: {shape[0].reason} (wrong base?)",
+                          keys=[f.key for f in shape]))
+    rank = by_status[RANK]
+    if rank:
+        ranks = Counter(f.reason for f in rank)
+        out.append(F.make("rank-mismatch", F.ERROR, len(rank),
+                          f"{len(rank)} tensors have a rank other than the config's: "
+                          + "; ".join(f"{r} ({n})" for r, n in ranks.most_common(3)),
+                          keys=[f.key for f in rank]))
+
+    q = quantized_base_reference(cfg.base_model)
+    if q:
+        out.append(F.make("quantized-base", F.WARNING, 1, q))
+    if snapshot.weights_format == "pickle":
+        out.append(F.make("pickle-weights", F.WARNING, 1,
+                          f"{snapshot.weights_path.name} is a pickle; peft loads it with weights_only=True"))
+    peft_v = installed_version("peft")
+    if peft_v:
+        unsupported = fields_unsupported_by(cfg, peft_v)
+        if unsupported:
+            out.append(F.make("unsupported-fields", F.WARNING, len(unsupported),
+                              f"peft {peft_v} does not know config fields {', '.join(unsupported)}"))
+    if cfg.peft_type != "LORA":
+        out.append(F.make("not-lora", F.INFO, 1, f"{cfg.peft_type} adapter: only LoRA is analysed in depth"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def quantized_base_reference(base: str | None) -> str | None:
+    """A message when ``base`` names a quantized repack (from manifests/repacks.toml, or by its name)."""
+    if not base:
+        return None
+    from ..repacks import lookup_repack
+
+    hit = lookup_repack(base)
+    if hit is not None:
+        if not hit.quantized:
+            return None
+        return f"base_model_name_or_path {base} is a {hit.relation} of {hit.original}"
+    low = base.lower()
+    for marker in ("bnb-4bit", "4bit", "-awq", "gptq", "bnb-8bit", "int4", "-nf4"):
+        if marker in low:
+            return f"base_model_name_or_path {base} looks like a quantized repack ({marker})"
+    return None

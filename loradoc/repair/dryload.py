@@ -1,0 +1,156 @@
+"""A real peft load on the meta device: peft's own injection and state-dict loading, no weights read.
+
+The steps mirror ``PeftModel.from_pretrained`` + ``PeftModel.load_adapter`` (peft 0.14 - 0.21):
+
+1. the base model class is built from config.json on the meta device;
+2. the adapter config is read by peft's own ``PeftConfig`` classes from the adapter directory;
+3. the ``PeftModel`` (or its task-type subclass) injects LoRA layers with peft's own code;
+4. a state dict of *meta* tensors with the header's names, shapes and dtypes goes through the same key mapping
+   as ``load_peft_weights`` and then through peft's ``set_peft_model_state_dict``;
+5. missing keys are filtered exactly as ``load_adapter`` does before it warns "Found missing adapter keys".
+
+Only step 4's file read is replaced (by meta tensors); everything else is peft's and torch's real code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..profiles import BaseSource, instantiate_meta
+from ..snapshot import AdapterSnapshot
+from .analysis import PeftCounts
+
+_ST_TO_TORCH = {
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F64": "float64",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
+
+
+@dataclass
+class DryLoad:
+    counts: PeftCounts
+    warnings: list[str] = field(default_factory=list)
+    injected: list[str] = field(default_factory=list)
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def capture_warnings() -> Any:
+    """Collect python warnings and peft/transformers log warnings (the channels peft reports through)."""
+    handler = _Capture()
+    loggers = [logging.getLogger(n) for n in ("peft", "transformers")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield handler.records, caught
+        finally:
+            for lg in loggers:
+                lg.removeHandler(handler)
+
+
+def _remap_like_load_peft_weights(state: dict[str, Any], key_mapping: dict[str, str]) -> dict[str, Any]:
+    """peft.utils.save_and_load.load_peft_weights' key_mapping step, over meta tensors."""
+    if not key_mapping:
+        return state
+    out: dict[str, Any] = {}
+    for key, val in state.items():
+        if key.startswith("base_model.model."):
+            prefix = "base_model.model."
+        elif key.startswith("base_model."):
+            prefix = "base_model."
+        else:
+            raise ValueError(
+                "An error occurred while trying to load a PEFT state_dict with key_mapping. This should not happen."
+            )
+        k = key.removeprefix(prefix)
+        for pattern, replacement in key_mapping.items():
+            new, n = re.subn(pattern, replacement, k)
+            if n > 0:
+                k = new
+                break
+        out[f"{prefix}{k}"] = val
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{e.__class__.__name__}: {text.splitlines()[0] if text else ''}"[:400]
+
+
+def dry_load(snapshot: AdapterSnapshot, base: BaseSource) -> DryLoad:
+    import torch
+    from peft import PeftConfig, PeftModel
+    from peft.mapping import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PEFT_TYPE_TO_CONFIG_MAPPING
+    from peft.utils import set_peft_model_state_dict
+    from peft.utils.constants import PEFT_TYPE_TO_PREFIX_MAPPING
+
+    model, _config, _raw, _sha = instantiate_meta(base)
+    adapter_dir = str(snapshot.directory)
+    with capture_warnings() as (logs, caught):
+        try:
+            peft_type = PeftConfig._get_peft_type(adapter_dir)
+            config = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type].from_pretrained(adapter_dir)
+            config.inference_mode = True
+            key_mapping = {}
+            if not config.is_prompt_learning:
+                key_mapping = getattr(model, "_checkpoint_conversion_mapping", {}) or {}
+            cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(config.task_type, PeftModel) if config.task_type else PeftModel
+            with torch.device("meta"):
+                pm = cls(model, config, "default", autocast_adapter_dtype=True, low_cpu_mem_usage=False)
+            state = {
+                name: torch.empty(rec.shape, dtype=getattr(torch, _ST_TO_TORCH.get(rec.dtype, "float32")),
+                                  device="meta")
+                for name, rec in snapshot.tensors.items()
+            }
+            state = _remap_like_load_peft_weights(state, key_mapping)
+            result = set_peft_model_state_dict(pm, state, adapter_name="default")
+        except Exception as e:  # noqa: BLE001 - we report whatever peft would raise
+            msgs = [str(w.message) for w in caught] + logs
+            return DryLoad(PeftCounts(None, None, None, False, _first_line(e)), msgs)
+        tuner_prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(config.peft_type, "")
+        missing = [k for k in result.missing_keys if tuner_prefix in k and "default" in k]
+        unexpected = list(result.unexpected_keys)
+        injected = [n for n, m in pm.named_modules() if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})]
+        missing_set = set(missing)
+        effective_modules = sum(
+            1
+            for n in injected
+            if not any(k.startswith(f"{n}.lora_") or k.startswith(f"base_model.model.{n}.lora_") for k in missing_set)
+        )
+    msgs = [str(w.message) for w in caught] + logs
+    counts = PeftCounts(
+        loaded=len(state) - len(unexpected),
+        missing=len(missing),
+        unexpected=len(unexpected),
+        effective=effective_modules > 0,
+        missing_keys=sorted(missing),
+        unexpected_keys=sorted(unexpected),
+        effective_modules=effective_modules,
+        injected_modules=len(injected),
+    )
+    return DryLoad(counts, msgs, injected)

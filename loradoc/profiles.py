@@ -250,6 +250,14 @@ def instantiate_meta(source: BaseSource) -> tuple[Any, Any, dict[str, Any], str]
     return model, config, cfg_dict, sha
 
 
+def _safe_attr(cfg: Any, name: str) -> Any:
+    try:
+        v = getattr(cfg, name, None)
+    except Exception:  # noqa: BLE001 - per-layer configs raise on ambiguous global attributes
+        return None
+    return v if isinstance(v, int | float | str | type(None)) else None
+
+
 def build_profile(source: BaseSource) -> BaseProfile:
     """Instantiate the base on the meta device and record its module inventory."""
     import transformers
@@ -304,7 +312,7 @@ def build_profile(source: BaseSource) -> BaseProfile:
         pass
     text_cfg = getattr(config, "text_config", None) or config
     text_summary = {
-        k: getattr(text_cfg, k, None)
+        k: _safe_attr(text_cfg, k)
         for k in (
             "num_hidden_layers",
             "hidden_size",

@@ -105,9 +105,9 @@ def _first_line(e: BaseException) -> str:
 def dry_load(snapshot: AdapterSnapshot, base: BaseSource) -> DryLoad:
     import torch
     from peft import PeftConfig, PeftModel
-    from peft.mapping import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PEFT_TYPE_TO_CONFIG_MAPPING
+    from peft.auto import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING
     from peft.utils import set_peft_model_state_dict
-    from peft.utils.constants import PEFT_TYPE_TO_PREFIX_MAPPING
 
     model, _config, _raw, _sha = instantiate_meta(base)
     adapter_dir = str(snapshot.directory)
@@ -119,7 +119,7 @@ def dry_load(snapshot: AdapterSnapshot, base: BaseSource) -> DryLoad:
             key_mapping = {}
             if not config.is_prompt_learning:
                 key_mapping = getattr(model, "_checkpoint_conversion_mapping", {}) or {}
-            cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(config.task_type, PeftModel) if config.task_type else PeftModel
+            cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(config.task_type, PeftModel)
             with torch.device("meta"):
                 pm = cls(model, config, "default", autocast_adapter_dtype=True, low_cpu_mem_usage=False)
             state = {

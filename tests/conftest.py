@@ -1,0 +1,16 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from loradoc.fixtures import ExampleSet, build_example
+
+
+@pytest.fixture(scope="session")
+def example_root(tmp_path_factory: pytest.TempPathFactory) -> ExampleSet:
+    """Every tiny base and example adapter, built once per session (real transformers + peft).
+
+    Read-only: a test that needs a broken variant copies one into its tmp_path with
+    ``loradoc.fixtures.rewrite_adapter``."""
+    return build_example(tmp_path_factory.mktemp("example"))

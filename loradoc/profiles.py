@@ -20,7 +20,7 @@ from typing import Any
 from .errors import BadInputError, LoradocError, MalformedConfigError, UnknownArchitectureError, UnknownBaseError
 from .layout import address_of, tower_of
 
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2
 
 
 def manifests_dir() -> Path:
@@ -71,6 +71,8 @@ class BaseProfile:
     kv_shared_layers: list[int]
     towers: dict[str, str]
     conversion_renames: list[tuple[str, str]] = field(default_factory=list)
+    # (saved prefix, model prefix) pairs that peft's load-time conversion really maps, learned by probing peft
+    load_rewrites: list[tuple[str, str]] = field(default_factory=list)
     peft_default_targets: str | list[str] | None = None
     output_embedding: str | None = None
     torch_dtype: str | None = None
@@ -83,6 +85,7 @@ class BaseProfile:
         d = asdict(self)
         d["modules"] = [[n, m.cls, m.kind, m.in_features, m.out_features] for n, m in self.modules.items()]
         d["conversion_renames"] = [list(r) for r in self.conversion_renames]
+        d["load_rewrites"] = [list(r) for r in self.load_rewrites]
         return d
 
     @classmethod
@@ -92,6 +95,7 @@ class BaseProfile:
         d = dict(d)
         d["modules"] = {n: ModuleInfo(c, k, i, o) for n, c, k, i, o in d["modules"]}
         d["conversion_renames"] = [tuple(r) for r in d.get("conversion_renames", [])]
+        d["load_rewrites"] = [tuple(r) for r in d.get("load_rewrites", [])]
         return cls(**d)
 
     # -- queries -------------------------------------------------------------------------------------------
@@ -323,8 +327,10 @@ def build_profile(source: BaseSource) -> BaseProfile:
             "head_dim",
         )
     }
+    rewrites = _probe_load_rewrites(source, modules) if renames else []
     return BaseProfile(
         name=source.name,
+        load_rewrites=rewrites,
         architecture=arch,
         model_type=config.model_type,
         config_sha256=sha,
@@ -340,6 +346,56 @@ def build_profile(source: BaseSource) -> BaseProfile:
         quantization=cfg_dict.get("quantization_config"),
         text_config=text_summary,
     )
+
+
+_LEGACY_PREFIXES = {
+    "language": ("language_model.model", "language_model", "model", "model.model", "model.language_model.model",
+                 "model.language_model", "model.text_model", "text_model"),
+    "vision": ("vision_tower.vision_model.encoder", "model.vision_tower.vision_model.encoder", "vision_tower.encoder",
+               "model.vision_tower.encoder", "vision_model.encoder"),
+    "audio": ("audio_tower", "model.audio_tower", "audio_tower.model", "model.audio_tower.model"),
+}
+
+
+def _probe_load_rewrites(source: BaseSource, modules: dict[str, ModuleInfo]) -> list[tuple[str, str]]:
+    """Learn which saved path prefixes peft's load-time conversion maps onto this model, by asking peft.
+
+    For one layer-0 linear per tower, a LoRA key is offered under each known legacy prefix to peft's real
+    ``set_peft_model_state_dict`` (meta tensors); the prefixes that load are recorded as (saved, model) pairs.
+    """
+    import torch
+    from peft import LoraConfig, PeftModel
+    from peft.utils import set_peft_model_state_dict
+
+    picks: dict[str, str] = {}
+    for name, info in modules.items():
+        a = address_of(name)
+        if info.kind == "linear" and a.layer == 0 and a.tower in _LEGACY_PREFIXES and a.tower not in picks:
+            if name.endswith(".linear"):
+                continue
+            picks[a.tower] = name
+    if not picks:
+        return []
+    model, *_ = instantiate_meta(source)
+    with torch.device("meta"):
+        pm = PeftModel(model, LoraConfig(r=1, target_modules=sorted(picks.values())))
+    out: list[tuple[str, str]] = []
+    for tower, name in picks.items():
+        marker = ".layers.0."
+        canon_prefix, local = name.split(marker, 1)
+        fin = modules[name].in_features or 1
+        for legacy in _LEGACY_PREFIXES[tower]:
+            if legacy == canon_prefix:
+                continue
+            key = f"base_model.model.{legacy}{marker}{local}.lora_A.weight"
+            try:
+                res = set_peft_model_state_dict(pm, {key: torch.empty((1, fin), device="meta")})
+            except Exception:  # noqa: BLE001,S112 - a prefix peft cannot take is simply not a rewrite
+                continue
+            if not res.unexpected_keys:
+                out.append((legacy, canon_prefix))
+    out.sort(key=lambda r: -len(r[0]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..adapter_config import AdapterConfig, fields_unsupported_by
-from ..layout import PEFT_PREFIX, LoraKey, address_of, apply_renames, format_key, parse_key, tower_of
+from ..layout import PEFT_PREFIX, LoraKey, address_of, format_key, parse_key, tower_of
 from ..peft_rules import InjectionPlan, expected_params, plan_injection, rank_for
 from ..profiles import BaseProfile, installed_version
 from ..snapshot import AdapterSnapshot
@@ -75,11 +75,19 @@ class StaticResult:
     findings: list[Finding]
 
 
+def converted_path(module: str, profile: BaseProfile) -> str:
+    """Where peft's load-time conversion puts a saved module path (learned per base, see profiles)."""
+    for src, dst in profile.load_rewrites:
+        if module.startswith(src + "."):
+            return dst + module[len(src):]
+    return module
+
+
 def _model_key(p: LoraKey, profile: BaseProfile) -> str:
     """The key as peft looks it up in the model (adapter name omitted), after peft's conversion renames."""
     module = p.module
-    if p.is_lora and p.had_peft_prefix and profile.conversion_renames:
-        module = apply_renames(module, profile.conversion_renames)
+    if p.is_lora and p.had_peft_prefix:
+        module = converted_path(module, profile)
     prefix = PEFT_PREFIX if p.had_peft_prefix else ""
     return f"{prefix}{module}.{p.param}"
 
@@ -194,28 +202,41 @@ def _classify_unexpected(
         if addr.layer is not None and addr.layer in profile.kv_shared_layers and addr.local.endswith(
             ("k_proj", "v_proj")
         ):
-            why = f"layer {addr.layer} is KV-shared: it has no {addr.local.rsplit('.', 1)[-1]}"
+            why = "k/v LoRA of a KV-shared layer (those layers have no k_proj/v_proj)"
         return KeyFate(p.key, ORPHAN, tower, None, p.param, why)
     if not _fits(cfg, profile, target, p, shape):
         info = profile.modules[target]
         return KeyFate(p.key, SHAPE, tower, target, p.param,
                        f"shape {tuple(shape)} does not fit {target} ({info.in_features}->{info.out_features})")
-    if target != apply_renames(p.module, profile.conversion_renames) or not p.had_peft_prefix:
+    if target != converted_path(p.module, profile) or not p.had_peft_prefix:
         return KeyFate(p.key, MISPATHED, tower, target, p.param, f"{p.module} -> {target}")
     return KeyFate(p.key, UNTARGETED, tower, target, p.param, "the config does not target this module")
 
 
 def _path_pair(fate: KeyFate, p: LoraKey) -> tuple[str, str]:
-    """Summarise a mis-pathing as (saved prefix, base prefix), e.g. ('model.layers', 'model.language_model.layers')."""
+    """Summarise a mis-pathing, e.g. ('base_model.model.model.layers.N', 'base_model.model.model.language_model.layers.N')."""
     saved = (PEFT_PREFIX if p.had_peft_prefix else "") + p.module
     target = PEFT_PREFIX + (fate.target or "")
-    # strip the common tail
+    layer = re.compile(r"^(.*?\.(?:layers|h|blocks)\.)\d+(\.|$)")
+    ms, mt = layer.match(saved), layer.match(target)
+    if ms and mt:
+        return ms.group(1) + "N", mt.group(1) + "N"
     s_parts, t_parts = saved.split("."), target.split(".")
     while s_parts and t_parts and s_parts[-1] == t_parts[-1]:
         s_parts.pop()
         t_parts.pop()
-    generic = re.compile(r"\.\d+(\.|$)")
-    return generic.sub(".N\\1", ".".join(s_parts)) or "(root)", generic.sub(".N\\1", ".".join(t_parts)) or "(root)"
+    return ".".join(s_parts) or "(root)", ".".join(t_parts) or "(root)"
+
+
+def _ranges(nums: list[int | None]) -> str:
+    vals = sorted(n for n in nums if n is not None)
+    parts: list[str] = []
+    for n in vals:
+        if parts and int(parts[-1].split("-")[-1]) == n - 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{n}"
+        else:
+            parts.append(str(n))
+    return ",".join(parts)
 
 
 def _findings(
@@ -286,10 +307,10 @@ def _findings(
     if orphans:
         reasons = Counter(f.reason for f in orphans)
         desc = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
-        kv = sum(1 for f in orphans if "KV-shared" in f.reason)
+        kv_layers = sorted({address_of(parse_key(f.key).module).layer for f in orphans if "KV-shared" in f.reason})
         head = f"{len(orphans)} tensors have no module in the base"
-        if kv:
-            head += f" ({kv} are k/v LoRAs of KV-shared layers)"
+        if kv_layers:
+            head += f" (KV-shared layers {_ranges(kv_layers)})"
         out.append(F.make("orphan-keys", F.ERROR, len(orphans), f"{head}: {desc}", keys=[f.key for f in orphans]))
 
     untargeted = by_status[UNTARGETED]

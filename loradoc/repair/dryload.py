@@ -98,8 +98,10 @@ def _remap_like_load_peft_weights(state: dict[str, Any], key_mapping: dict[str, 
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{e.__class__.__name__}: {text.splitlines()[0] if text else ''}"[:400]
+    text = " ".join(str(e).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{e.__class__.__name__}: {text}"
 
 
 def dry_load(snapshot: AdapterSnapshot, base: BaseSource) -> DryLoad:

@@ -535,9 +535,7 @@ class _Reader:
             return v
         if isinstance(v, list) and all(isinstance(x, str) for x in v):
             return list(v)
-        raise self.bad(
-            name, "a list of strings, a string or null" if allow_str else "a list of strings or null"
-        )
+        raise self.bad(name, "a list of strings, a string or null" if allow_str else "a list of strings or null")
 
     def int_or_list(self, name: str) -> list[int] | int | None:
         v = self.d.get(name)
@@ -684,8 +682,7 @@ def parse_adapter_config(data: object, source: str = CONFIG_NAME) -> AdapterConf
     if not known:
         if peft_type in PEFT_TYPE_REMOVED:
             notes.append(
-                f"peft_type {peft_type} was removed in peft {PEFT_TYPE_REMOVED[peft_type]}; "
-                f"newer peft cannot load it"
+                f"peft_type {peft_type} was removed in peft {PEFT_TYPE_REMOVED[peft_type]}; newer peft cannot load it"
             )
         else:
             notes.append(
@@ -755,9 +752,7 @@ def parse_adapter_config(data: object, source: str = CONFIG_NAME) -> AdapterConf
                 "(peft >= 0.14 drops them with a warning; 0.6-0.13 raise TypeError)"
             )
     if removed:
-        notes.append(
-            "fields removed from peft: " + ", ".join(f"{k} (gone in {v})" for k, v in removed.items())
-        )
+        notes.append("fields removed from peft: " + ", ".join(f"{k} (gone in {v})" for k, v in removed.items()))
     if peft_type == "OFT" and "oft_block_size" not in d:
         notes.append("OFT config without oft_block_size: written by peft < 0.14; peft >= 0.14 refuses it")
 

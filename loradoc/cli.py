@@ -41,8 +41,15 @@ def cli() -> None:
 @click.option("--endpoint", default=None, help="Hub endpoint for REPO@REV adapters (default: $HF_ENDPOINT).")
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
 @click.option("--no-data", is_flag=True, help="Skip the checks that read tensor data (untrained, NaN/Inf).")
-def doctor(adapter: str, base: str, as_json: bool, fast: bool, endpoint: str | None, allow_pickle: bool,
-           no_data: bool) -> None:
+def doctor(
+    adapter: str,
+    base: str,
+    as_json: bool,
+    fast: bool,
+    endpoint: str | None,
+    allow_pickle: bool,
+    no_data: bool,
+) -> None:
     """Diagnose ADAPTER (a directory, HF cache snapshot, or REPO[@REV]) against BASE.
 
     Exit code: 0 healthy, 1 repairable or broken, 2 bad input.
@@ -63,8 +70,12 @@ def doctor(adapter: str, base: str, as_json: bool, fast: bool, endpoint: str | N
 @cli.command()
 @click.argument("directory", default="./demo")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--adapter", default="seed-clinical-endpoint-extractor", show_default=True,
-              help="Which bundled adapter to diagnose after building.")
+@click.option(
+    "--adapter",
+    default="seed-clinical-endpoint-extractor",
+    show_default=True,
+    help="Which bundled adapter to diagnose after building.",
+)
 def example(directory: str, as_json: bool, adapter: str) -> None:
     """Build tiny real-architecture bases and seed-adapter replicas in DIRECTORY, then diagnose one."""
     from pathlib import Path
@@ -81,8 +92,14 @@ def example(directory: str, as_json: bool, adapter: str) -> None:
     b_dir = ex.bases[spec.base]
     d = diagnose(str(a_dir), str(b_dir))
     if as_json:
-        _emit_json({"root": str(root), "adapters": {k: str(v) for k, v in ex.adapters.items()},
-                    "bases": {k: str(v) for k, v in ex.bases.items()}, "diagnosis": d.to_json()})
+        _emit_json(
+            {
+                "root": str(root),
+                "adapters": {k: str(v) for k, v in ex.adapters.items()},
+                "bases": {k: str(v) for k, v in ex.bases.items()},
+                "diagnosis": d.to_json(),
+            }
+        )
         return
     click.echo(f"built {len(ex.bases)} tiny bases and {len(ex.adapters)} adapters under {root}/")
     from .render import render_diagnosis

@@ -125,8 +125,7 @@ ADAPTER_SPECS: dict[str, AdapterSpec] = {
         AdapterSpec(
             "healthy-gemma4-text",
             "tiny-gemma4-text",
-            "LoRA on Gemma4ForCausalLM with the 7 projection names as a list (keys "
-            "base_model.model.model.layers.N).",
+            "LoRA on Gemma4ForCausalLM with the 7 projection names as a list (keys base_model.model.model.layers.N).",
             None,
             "healthy",
         ),
@@ -727,9 +726,7 @@ def _kv_orphans(base_dir: Path, r: int, seed: int) -> dict[str, torch.Tensor]:
         kv_out = layer.num_key_value_heads * layer.head_dim
         for proj in ("k_proj", "v_proj"):
             stem = f"base_model.model.model.language_model.layers.{i}.self_attn.{proj}"
-            out[f"{stem}.lora_A.weight"] = (
-                torch.randn(r, text.hidden_size, generator=gen) / text.hidden_size**0.5
-            )
+            out[f"{stem}.lora_A.weight"] = torch.randn(r, text.hidden_size, generator=gen) / text.hidden_size**0.5
             out[f"{stem}.lora_B.weight"] = torch.randn(kv_out, r, generator=gen) * 0.05
     return out
 

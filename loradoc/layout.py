@@ -66,7 +66,7 @@ class LoraKey:
 def parse_key(key: str) -> LoraKey:
     """Split a file key into module path and LoRA parameter."""
     had_prefix = key.startswith(PEFT_PREFIX)
-    body = key[len(PEFT_PREFIX):] if had_prefix else key
+    body = key[len(PEFT_PREFIX) :] if had_prefix else key
     adapter_name = None
     m = _ADAPTER_NAME_IN_KEY.search(body)
     if m and m.group(2) not in ("weight", "bias"):
@@ -80,7 +80,7 @@ def parse_key(key: str) -> LoraKey:
 
 
 def tower_of(module: str) -> str:
-    """"language" for the text model, else "vision" | "audio" | "projector"."""
+    """ "language" for the text model, else "vision" | "audio" | "projector"."""
     parts = module.split(".")
     for marker, tower in _TOWER_MARKERS:
         if marker in parts:
@@ -99,7 +99,7 @@ def address_of(module: str) -> Address:
     """A layout-independent identity for ``module`` (see module docstring)."""
     path = module
     if path.startswith(PEFT_PREFIX):
-        path = path[len(PEFT_PREFIX):]
+        path = path[len(PEFT_PREFIX) :]
     tower = tower_of(path)
     if path.endswith(".linear"):
         path = path[: -len(".linear")]

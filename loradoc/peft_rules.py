@@ -62,11 +62,7 @@ def effective_targets(cfg: AdapterConfig, profile: BaseProfile) -> str | list[st
     if targets is None:
         return profile.peft_default_targets
     if isinstance(targets, str) and targets.lower() == "all-linear":
-        return {
-            n
-            for n, m in profile.modules.items()
-            if m.kind == "linear" and n != profile.output_embedding
-        }
+        return {n for n, m in profile.modules.items() if m.kind == "linear" and n != profile.output_embedding}
     return targets
 
 
@@ -83,7 +79,7 @@ def plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
     """Which modules real peft would wrap for ``cfg`` on ``profile``, and whether it would raise."""
     plan = InjectionPlan()
     if cfg.peft_type != "LORA":
-        plan.error = f"loradoc analyses LoRA adapters; {cfg.peft_type} is reported but not analysed"
+        plan.error = f"static analysis covers LoRA only ({cfg.peft_type}); run doctor without --fast"
         return plan
     targets = effective_targets(cfg, profile)
     if targets is None:

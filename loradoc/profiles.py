@@ -17,7 +17,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError, LoradocError, MalformedConfigError, UnknownArchitectureError, UnknownBaseError
+from .errors import (
+    BadInputError,
+    LoradocError,
+    MalformedConfigError,
+    UnknownArchitectureError,
+    UnknownBaseError,
+)
 from .layout import address_of, tower_of
 
 PROFILE_FORMAT = 2
@@ -284,9 +290,7 @@ def build_profile(source: BaseSource) -> BaseProfile:
         a = address_of(name)
         if a.tower == "language" and a.layer is not None:
             layers.setdefault(a.layer, set()).add(a.local)
-    kv_shared = sorted(
-        i for i, locs in layers.items() if "self_attn.q_proj" in locs and "self_attn.k_proj" not in locs
-    )
+    kv_shared = sorted(i for i, locs in layers.items() if "self_attn.q_proj" in locs and "self_attn.k_proj" not in locs)
     towers: dict[str, str] = {}
     for name in modules:
         t = tower_of(name)
@@ -349,10 +353,23 @@ def build_profile(source: BaseSource) -> BaseProfile:
 
 
 _LEGACY_PREFIXES = {
-    "language": ("language_model.model", "language_model", "model", "model.model", "model.language_model.model",
-                 "model.language_model", "model.text_model", "text_model"),
-    "vision": ("vision_tower.vision_model.encoder", "model.vision_tower.vision_model.encoder", "vision_tower.encoder",
-               "model.vision_tower.encoder", "vision_model.encoder"),
+    "language": (
+        "language_model.model",
+        "language_model",
+        "model",
+        "model.model",
+        "model.language_model.model",
+        "model.language_model",
+        "model.text_model",
+        "text_model",
+    ),
+    "vision": (
+        "vision_tower.vision_model.encoder",
+        "model.vision_tower.vision_model.encoder",
+        "vision_tower.encoder",
+        "model.vision_tower.encoder",
+        "vision_model.encoder",
+    ),
     "audio": ("audio_tower", "model.audio_tower", "audio_tower.model", "model.audio_tower.model"),
 }
 

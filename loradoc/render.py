@@ -48,6 +48,6 @@ def render_diagnosis(d: Diagnosis, *, adapter: str, base: str) -> None:
     console.print(f"verdict: [{_VERDICT[d.verdict]}]{d.verdict}[/]")
     cmd = repair_command(d, adapter, base)
     if cmd:
-        console.print(f"fix: {cmd}")
+        console.print(f"fix: {cmd}", soft_wrap=True, highlight=False, markup=False)
     elif d.verdict == "broken":
         console.print("fix: none automatic; the findings above say what cannot be repaired")

@@ -30,8 +30,13 @@ def _table() -> dict[str, Repack]:
     data = tomllib.loads(path.read_text())
     out: dict[str, Repack] = {}
     for e in data.get("repack", []):
-        r = Repack(e["repo_id"], e["original"], e.get("relation", "repack"), e.get("quantization"),
-                   bool(e.get("verified", False)))
+        r = Repack(
+            e["repo_id"],
+            e["original"],
+            e.get("relation", "repack"),
+            e.get("quantization"),
+            bool(e.get("verified", False)),
+        )
         out[r.repo_id.lower()] = r
     return out
 

@@ -186,9 +186,7 @@ class SafetensorsHeader:
             where = "after the last tensor" if begin >= last_end else "between tensors"
             out.append(f"{end - begin} unused bytes {where} at data offsets [{begin}, {end})")
         if out:
-            out.append(
-                "the safetensors library refuses files whose tensors do not exactly tile the data section"
-            )
+            out.append("the safetensors library refuses files whose tensors do not exactly tile the data section")
         return out
 
 
@@ -244,9 +242,7 @@ def _header_length(raw: bytes, file_size: int, path: Path) -> int:
     if file_size < 8:
         if file_size == 0:
             raise _malformed(path, "is empty (0 bytes)", _HINT_TRUNCATED)
-        raise _malformed(
-            path, f"is only {file_size} bytes, shorter than the 8-byte header length", _HINT_TRUNCATED
-        )
+        raise _malformed(path, f"is only {file_size} bytes, shorter than the 8-byte header length", _HINT_TRUNCATED)
     if len(raw) < 8:
         raise BadInputError(
             f"{path}: only {len(raw)} bytes given, need the 8-byte header length first",
@@ -259,11 +255,7 @@ def _header_length(raw: bytes, file_size: int, path: Path) -> int:
         sniffed = _sniff(raw, path)
         if sniffed is not None:
             raise sniffed
-        hint = (
-            _HINT_TRUNCATED
-            if n <= MAX_HEADER_SIZE
-            else "this is probably not a safetensors file: re-download it"
-        )
+        hint = _HINT_TRUNCATED if n <= MAX_HEADER_SIZE else "this is probably not a safetensors file: re-download it"
         raise _malformed(path, f"header length {n} past the end of the file (size {file_size})", hint)
     if n > MAX_HEADER_SIZE:
         raise _malformed(
@@ -449,13 +441,9 @@ def _open_for_read(path: Path) -> BinaryIO:
     try:
         st = path.stat()
     except FileNotFoundError as exc:
-        raise MissingFileError(
-            f"{path}: no such file", hint="check the path (or download the adapter first)"
-        ) from exc
+        raise MissingFileError(f"{path}: no such file", hint="check the path (or download the adapter first)") from exc
     except OSError as exc:
-        raise BadInputError(
-            f"{path}: cannot stat ({exc.strerror})", hint="check the path and permissions"
-        ) from exc
+        raise BadInputError(f"{path}: cannot stat ({exc.strerror})", hint="check the path and permissions") from exc
     if stat.S_ISDIR(st.st_mode):
         found = sorted(p.name for p in path.glob("*.safetensors"))[:3]
         hint = (
@@ -471,9 +459,7 @@ def _open_for_read(path: Path) -> BinaryIO:
     except FileNotFoundError as exc:
         raise MissingFileError(f"{path}: no such file", hint="check the path") from exc
     except OSError as exc:
-        raise BadInputError(
-            f"{path}: cannot open ({exc.strerror})", hint="check the file's permissions"
-        ) from exc
+        raise BadInputError(f"{path}: cannot open ({exc.strerror})", hint="check the file's permissions") from exc
 
 
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
@@ -487,9 +473,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             if len(raw) < 8 + n:
                 raw += fh.read(8 + n - len(raw))
         except OSError as exc:
-            raise BadInputError(
-                f"{p}: read failed ({exc.strerror})", hint="check the file and the disk"
-            ) from exc
+            raise BadInputError(f"{p}: read failed ({exc.strerror})", hint="check the file and the disk") from exc
         if len(raw) < min(8 + n, file_size):  # the file shrank under us
             raise _malformed(p, f"could read only {len(raw)} of the {8 + n} header bytes", _HINT_TRUNCATED)
     return parse_header_bytes(raw, file_size, p)
@@ -533,9 +517,7 @@ def _read_exact(fh: Any, offset: int, size: int, path: Path) -> bytes:
             parts.append(part)
             got += len(part)
     except OSError as exc:
-        raise BadInputError(
-            f"{path}: read failed ({exc.strerror})", hint="check the file and the disk"
-        ) from exc
+        raise BadInputError(f"{path}: read failed ({exc.strerror})", hint="check the file and the disk") from exc
     if got < size:
         raise _malformed(
             path,
@@ -573,16 +555,13 @@ def iter_tensor_bytes(
     iterator before advancing to the next tensor; the file is closed when this generator finishes.
     A zero-size tensor yields no chunk."""
     if chunk_size <= 0:
-        raise BadInputError(
-            f"chunk_size must be positive, got {chunk_size}", hint="pass a chunk size in bytes"
-        )
+        raise BadInputError(f"chunk_size must be positive, got {chunk_size}", hint="pass a chunk size in bytes")
     infos = header.ordered_by_offset() if names is None else [_lookup(header, n) for n in names]
     with _open_for_read(header.path) as fh:
         size_now = os.fstat(fh.fileno()).st_size
         if size_now != header.file_size:
             raise BadInputError(
-                f"{header.path}: file size changed from {header.file_size} to {size_now} "
-                "since its header was read",
+                f"{header.path}: file size changed from {header.file_size} to {size_now} since its header was read",
                 hint="something else is writing the file: wait for it, then run again",
             )
         for info in infos:
@@ -626,9 +605,7 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 4 << 20) -> str:
                     break
                 digest.update(view[:n])
         except OSError as exc:
-            raise BadInputError(
-                f"{p}: read failed ({exc.strerror})", hint="check the file and the disk"
-            ) from exc
+            raise BadInputError(f"{p}: read failed ({exc.strerror})", hint="check the file and the disk") from exc
     return digest.hexdigest()
 
 
@@ -695,14 +672,8 @@ def _current_umask() -> int:
 
 
 def _env_error(action: str, path: Path, exc: OSError) -> EnvironmentProblem:
-    hint = (
-        "free some disk space"
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        else "check disk space and permissions"
-    )
-    return EnvironmentProblem(
-        f"{path}: {action} failed ({exc.strerror or exc})", hint=f"{hint} in {path.parent}"
-    )
+    hint = "free some disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check disk space and permissions"
+    return EnvironmentProblem(f"{path}: {action} failed ({exc.strerror or exc})", hint=f"{hint} in {path.parent}")
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -813,13 +784,9 @@ class SafetensorsWriter:
         self._index: dict[str, int] = {}
         for i, spec in enumerate(self.plan):
             if not isinstance(spec, TensorSpec):
-                raise BadInputError(
-                    f"{self.target}: plan entry {i} is not a TensorSpec", hint="build TensorSpecs"
-                )
+                raise BadInputError(f"{self.target}: plan entry {i} is not a TensorSpec", hint="build TensorSpecs")
             if spec.name == "__metadata__":
-                raise BadInputError(
-                    f"{self.target}: '__metadata__' cannot be a tensor name", hint="rename the tensor"
-                )
+                raise BadInputError(f"{self.target}: '__metadata__' cannot be a tensor name", hint="rename the tensor")
             if spec.name in self._index:
                 raise BadInputError(
                     f"{self.target}: tensor '{spec.name}' appears twice in the plan",
@@ -974,9 +941,7 @@ class SafetensorsWriter:
             raise BadInputError(f"{self.target}: writer is not open", hint="use it as a context manager")
         try:
             if self._broken:
-                raise BadInputError(
-                    f"{self.target}: writer failed earlier", hint="start a new SafetensorsWriter"
-                )
+                raise BadInputError(f"{self.target}: writer failed earlier", hint="start a new SafetensorsWriter")
             if self.plan:
                 spec = self.plan[self._cur]
                 missing = [s for s in self.plan[self._cur + 1 :] if s.nbytes]

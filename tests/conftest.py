@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 from loradoc.fixtures import ExampleSet, build_example
@@ -14,3 +17,8 @@ def example_root(tmp_path_factory: pytest.TempPathFactory) -> ExampleSet:
     Read-only: a test that needs a broken variant copies one into its tmp_path with
     ``loradoc.fixtures.rewrite_adapter``."""
     return build_example(tmp_path_factory.mktemp("example"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Profiles and registries the tests build go to a private cache, never the user's.
+    os.environ.setdefault("LORADOC_CACHE_DIR", tempfile.mkdtemp(prefix="loradoc-test-cache-"))

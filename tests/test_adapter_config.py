@@ -163,9 +163,7 @@ def test_exclude_modules_needs_peft_0_14() -> None:
         assert cfg.field_versions["exclude_modules"] == "0.14.0"
         assert "exclude_modules" in fields_unsupported_by(cfg, "0.13.0")
         assert "exclude_modules" not in fields_unsupported_by(cfg, "0.14.0")
-        assert required_peft_specifier(cfg).startswith(">=0.14") or Version(cfg.min_peft_version) > Version(
-            "0.14"
-        )
+        assert required_peft_specifier(cfg).startswith(">=0.14") or Version(cfg.min_peft_version) > Version("0.14")
 
 
 def test_configs_written_by_recent_peft_load_in_the_installed_line() -> None:
@@ -453,9 +451,7 @@ def test_bom_is_read_and_flagged(tmp_path: Path) -> None:
 
 
 def test_duplicate_keys_are_flagged(tmp_path: Path) -> None:
-    cfg = load_adapter_config(
-        _write(tmp_path, b'{"peft_type": "LORA", "r": 4, "r": 16, "target_modules": null}')
-    )
+    cfg = load_adapter_config(_write(tmp_path, b'{"peft_type": "LORA", "r": 4, "r": 16, "target_modules": null}'))
     assert cfg.r == 16
     assert any("duplicate keys" in n and "r" in n for n in cfg.notes)
 
@@ -573,12 +569,7 @@ def test_module_imports_no_heavy_stack() -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 _json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.just(10**400)
-    | st.floats(allow_nan=True)
-    | st.text(max_size=12)
+    st.none() | st.booleans() | st.integers() | st.just(10**400) | st.floats(allow_nan=True) | st.text(max_size=12)
 )
 _json_values = st.recursive(
     _json_scalars,
@@ -592,9 +583,7 @@ _peft_keys = st.sampled_from(
      "fan_in_fan_out", "enable_lora", "merge_weights", "lora_parameters", "model_type", "config", "framework",
      "target_parameters", "lora_bias", "qalora_group_size"]
 )  # fmt: skip
-_peft_types = st.sampled_from(
-    ["LORA", "lora", "ADALORA", "OFT", "BONE", "DIAG", "OSF", "IA3", "PeftType.LORA"]
-)
+_peft_types = st.sampled_from(["LORA", "lora", "ADALORA", "OFT", "BONE", "DIAG", "OSF", "IA3", "PeftType.LORA"])
 
 
 @settings(max_examples=400, deadline=None)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from realload import real_peft_load
 
-from loradoc.fixtures import ADAPTER_SPECS, TOWER_EXCLUDE_REGEX, ExampleSet, LM_REGEX, rewrite_adapter
+from loradoc.fixtures import ADAPTER_SPECS, LM_REGEX, TOWER_EXCLUDE_REGEX, ExampleSet, rewrite_adapter
 from loradoc.repair.doctor import Diagnosis, diagnose
 
 PREFIX = "base_model.model."
@@ -35,7 +35,12 @@ def _variants(ex: ExampleSet, root: Path) -> dict[str, Case]:
         out[name] = Case(rewrite_adapter(src, root / name, **kw), base)  # type: ignore[arg-type]
 
     make("no-peft-prefix", text, b["tiny-gemma4-text"], rename=lambda k: k.removeprefix(PREFIX))
-    make("extra-model", text, b["tiny-gemma4-text"], rename=lambda k: k.replace(f"{PREFIX}model.", f"{PREFIX}model.model.", 1))
+    make(
+        "extra-model",
+        text,
+        b["tiny-gemma4-text"],
+        rename=lambda k: k.replace(f"{PREFIX}model.", f"{PREFIX}model.model.", 1),
+    )
     make(
         "gemma4-v4-style-wrapper",
         e4b,
@@ -55,7 +60,9 @@ def _variants(ex: ExampleSet, root: Path) -> dict[str, Case]:
         "nonfinite",
         text,
         b["tiny-gemma4-text"],
-        transform=lambda k, t: torch.full_like(t, float("nan")) if k.endswith("layers.0.self_attn.q_proj.lora_A.weight") else t,
+        transform=lambda k, t: (
+            torch.full_like(t, float("nan")) if k.endswith("layers.0.self_attn.q_proj.lora_A.weight") else t
+        ),
     )
     make(
         "exclude-list-footgun",
@@ -84,8 +91,18 @@ def full(cases: dict[str, Case]) -> dict[str, Diagnosis]:
     return {n: diagnose(str(c.adapter), str(c.base)) for n, c in cases.items()}
 
 
-ALL = [*ADAPTER_SPECS, "no-peft-prefix", "extra-model", "gemma4-v4-style-wrapper", "wrong-base", "rank-mismatch",
-       "untrained", "nonfinite", "exclude-list-footgun", "clinical-lm-regex"]
+ALL = [
+    *ADAPTER_SPECS,
+    "no-peft-prefix",
+    "extra-model",
+    "gemma4-v4-style-wrapper",
+    "wrong-base",
+    "rank-mismatch",
+    "untrained",
+    "nonfinite",
+    "exclude-list-footgun",
+    "clinical-lm-regex",
+]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -114,7 +131,11 @@ def test_fast_agrees_with_full(name: str, cases: dict[str, Case], full: dict[str
     assert not any(x.code == "static-disagrees" for x in f.findings)
     assert fast.verdict == f.verdict
     assert _codes(fast) == _codes(f)
-    assert (fast.peft.loaded, fast.peft.missing, fast.peft.unexpected) == (f.peft.loaded, f.peft.missing, f.peft.unexpected)
+    assert (fast.peft.loaded, fast.peft.missing, fast.peft.unexpected) == (
+        f.peft.loaded,
+        f.peft.missing,
+        f.peft.unexpected,
+    )
     assert (fast.peft.error is None) == (f.peft.error is None)
 
 
@@ -170,7 +191,9 @@ def test_exclude_list_footgun_is_explained(full: dict[str, Diagnosis]) -> None:
     assert "is a list" in f.message
 
 
-def test_clinical_with_lm_targets_loads_silently_but_doctor_sees_the_drops(full: dict[str, Diagnosis]) -> None:
+def test_clinical_with_lm_targets_loads_silently_but_doctor_sees_the_drops(
+    full: dict[str, Diagnosis],
+) -> None:
     d = full["clinical-lm-regex"]
     assert d.peft.error is None and d.peft.missing == 0 and d.peft.unexpected > 0
     assert {"orphan-keys", "tower-lora"} <= {f.code for f in d.findings if f.severity == "error"}

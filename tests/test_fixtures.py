@@ -182,10 +182,7 @@ def test_gemma4_bases_kv_sharing_and_towers(example_root: ExampleSet) -> None:
         assert all(not hasattr(layers[i].self_attn, "v_proj") for i in shared)
         # llama.cpp's hard-coded borrowing: layer before the first shared one full, the one before sliding
         first = shared[0]
-        assert (
-            text.layer_types[first - 1] == "full_attention"
-            and text.layer_types[first - 2] == "sliding_attention"
-        )
+        assert text.layer_types[first - 1] == "full_attention" and text.layer_types[first - 2] == "sliding_attention"
         assert text.layer_types[-1] == "full_attention"
         # towers exist and use Gemma4ClippableLinear (weight one level down, at .linear)
         q = model.model.vision_tower.encoder.layers[0].self_attn.q_proj
@@ -244,9 +241,7 @@ def test_gemma3_old_layout_is_converted_by_peft(example_root: ExampleSet) -> Non
     assert all(k.startswith("base_model.model.language_model.model.layers.") for k in old)
     assert all(k.startswith("base_model.model.model.language_model.layers.") for k in new)
     assert len(old) == len(new) == 56
-    load_old = _real_load(
-        example_root.base_for("gemma3-old-layout"), example_root.adapters["gemma3-old-layout"]
-    )
+    load_old = _real_load(example_root.base_for("gemma3-old-layout"), example_root.adapters["gemma3-old-layout"])
     load_new = _real_load(example_root.base_for("healthy-gemma3"), example_root.adapters["healthy-gemma3"])
     assert load_old.missing_warnings == [] and load_old.unexpected == []
     assert load_old.max_logit_change == pytest.approx(load_new.max_logit_change)
@@ -266,9 +261,7 @@ def test_seed_clinical_key_groups_and_load(example_root: ExampleSet, tmp_path: P
         124, 84, 8, 28, 12,
     )  # fmt: skip
     assert all(".linear.lora_" in k for k in groups["vision"] + groups["audio"])
-    assert (
-        "base_model.model.model.vision_tower.encoder.layers.0.self_attn.q_proj.linear.lora_A.weight" in keys
-    )
+    assert "base_model.model.model.vision_tower.encoder.layers.0.self_attn.q_proj.linear.lora_A.weight" in keys
     assert "base_model.model.model.audio_tower.layers.1.self_attn.v_proj.linear.lora_B.weight" in keys
     assert {k.split(".self_attn.")[-1].split(".")[0] for k in groups["audio"]} == {
         "q_proj",
@@ -350,9 +343,7 @@ def test_every_lora_tensor_is_nonzero(example_root: ExampleSet) -> None:
 def test_rewrite_adapter(example_root: ExampleSet, tmp_path: Path) -> None:
     src = example_root.adapters["healthy-gemma4-e4b"]
     keys = _keys(src)
-    extra = {
-        "base_model.model.model.language_model.layers.0.self_attn.x_proj.lora_A.weight": torch.ones(16, 64)
-    }
+    extra = {"base_model.model.model.language_model.layers.0.self_attn.x_proj.lora_A.weight": torch.ones(16, 64)}
     dst = rewrite_adapter(
         src,
         tmp_path / "edited",

@@ -17,7 +17,13 @@ from loradoc.layout import Address, address_of, apply_renames, parse_key, tower_
             "lora_A",
             True,
         ),
-        ("model.layers.0.mlp.down_proj.lora_B.weight", "model.layers.0.mlp.down_proj", "lora_B.weight", "lora_B", False),
+        (
+            "model.layers.0.mlp.down_proj.lora_B.weight",
+            "model.layers.0.mlp.down_proj",
+            "lora_B.weight",
+            "lora_B",
+            False,
+        ),
         (
             "base_model.model.model.embed_tokens.lora_embedding_A",
             "model.embed_tokens",

@@ -85,9 +85,7 @@ def st_serialize(tensors: dict[str, tuple[str, tuple[int, ...], bytes]], metadat
         buf = ctypes.create_string_buffer(data, max(1, len(data)))
         keep.append(buf)
         storage_shape = list(shape)
-        if (
-            dtype == "F4"
-        ):  # safetensors.TensorSpec takes the packed (x2) storage shape and doubles the last dim
+        if dtype == "F4":  # safetensors.TensorSpec takes the packed (x2) storage shape and doubles the last dim
             storage_shape[-1] //= 2
         specs[name] = safetensors.TensorSpec(
             dtype=ST_NAMES[dtype], shape=storage_shape, data_ptr=ctypes.addressof(buf), data_len=len(data)
@@ -725,9 +723,7 @@ def test_property_writer_round_trips_through_safetensors(case, chunk, canonical)
     tensors, metadata = case
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "p.safetensors"
-        w = write_all(
-            path, tensors, metadata=metadata, chunk=chunk, order=canonical_order if canonical else None
-        )
+        w = write_all(path, tensors, metadata=metadata, chunk=chunk, order=canonical_order if canonical else None)
         blob = path.read_bytes()
         assert st_tensors(blob) == tensors
         with safetensors.safe_open(path, framework="numpy") as f:

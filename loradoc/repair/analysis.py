@@ -79,7 +79,7 @@ def converted_path(module: str, profile: BaseProfile) -> str:
     """Where peft's load-time conversion puts a saved module path (learned per base, see profiles)."""
     for src, dst in profile.load_rewrites:
         if module.startswith(src + "."):
-            return dst + module[len(src):]
+            return dst + module[len(src) :]
     return module
 
 
@@ -122,7 +122,7 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
                 status, why = _shape_status(cfg, profile, target, p, rec.shape)
                 fates[key] = KeyFate(key, status, tower, target, p.param, why)
             continue
-        base_mod = mk[len(PEFT_PREFIX):].rsplit(".", 1)[0] if mk.startswith(PEFT_PREFIX) else None
+        base_mod = mk[len(PEFT_PREFIX) :].rsplit(".", 1)[0] if mk.startswith(PEFT_PREFIX) else None
         if not p.is_lora and base_mod in profile.modules and p.param in ("weight", "bias"):
             fates[key] = KeyFate(key, LOADS_BASE, tower, base_mod, p.param, "full weight of a base module")
             continue
@@ -199,22 +199,33 @@ def _classify_unexpected(
         return KeyFate(p.key, TOWER, tower, target, p.param, "tower module; not loaded as saved")
     if target is None or not p.is_lora:
         why = "no module at this address in the base"
-        if addr.layer is not None and addr.layer in profile.kv_shared_layers and addr.local.endswith(
-            ("k_proj", "v_proj")
+        if (
+            addr.layer is not None
+            and addr.layer in profile.kv_shared_layers
+            and addr.local.endswith(("k_proj", "v_proj"))
         ):
             why = "k/v LoRA of a KV-shared layer (those layers have no k_proj/v_proj)"
         return KeyFate(p.key, ORPHAN, tower, None, p.param, why)
     if not _fits(cfg, profile, target, p, shape):
         info = profile.modules[target]
-        return KeyFate(p.key, SHAPE, tower, target, p.param,
-                       f"shape {tuple(shape)} does not fit {target} ({info.in_features}->{info.out_features})")
+        return KeyFate(
+            p.key,
+            SHAPE,
+            tower,
+            target,
+            p.param,
+            f"shape {tuple(shape)} does not fit {target} ({info.in_features}->{info.out_features})",
+        )
     if target != converted_path(p.module, profile) or not p.had_peft_prefix:
         return KeyFate(p.key, MISPATHED, tower, target, p.param, f"{p.module} -> {target}")
     return KeyFate(p.key, UNTARGETED, tower, target, p.param, "the config does not target this module")
 
 
 def _path_pair(fate: KeyFate, p: LoraKey) -> tuple[str, str]:
-    """Summarise a mis-pathing, e.g. ('base_model.model.model.layers.N', 'base_model.model.model.language_model.layers.N')."""
+    """Summarise a mis-pathing as (saved prefix, base prefix).
+
+    e.g. ('base_model.model.model.layers.N', 'base_model.model.model.language_model.layers.N').
+    """
     saved = (PEFT_PREFIX if p.had_peft_prefix else "") + p.module
     target = PEFT_PREFIX + (fate.target or "")
     layer = re.compile(r"^(.*?\.(?:layers|h|blocks)\.)\d+(\.|$)")
@@ -257,9 +268,15 @@ def _findings(
     if mis:
         pairs = Counter(_path_pair(f, parse_key(f.key)) for f in mis)
         desc = "; ".join(f"`{a}` -> `{b}` ({n})" for (a, b), n in pairs.most_common(3))
-        out.append(F.make("mispathed-keys", F.ERROR, len(mis),
-                          f"{len(mis)} keys are saved under paths the base does not have: {desc}",
-                          keys=[f.key for f in mis]))
+        out.append(
+            F.make(
+                "mispathed-keys",
+                F.ERROR,
+                len(mis),
+                f"{len(mis)} keys are saved under paths the base does not have: {desc}",
+                keys=[f.key for f in mis],
+            )
+        )
 
     # Tower LoRAs: loaded ones are a warning, ones that would be dropped are an error.
     tower_keys: dict[str, list[KeyFate]] = defaultdict(list)
@@ -271,13 +288,28 @@ def _findings(
         inner = sum(1 for f in fs if parse_key(f.key).module.endswith(".linear"))
         where = f" ({inner} at Gemma4ClippableLinear's inner `.linear`)" if inner else ""
         if dropped:
-            out.append(F.make("tower-lora", F.ERROR, len(fs),
-                              f"{len(fs)} LoRA tensors on the {tower} tower{where} would not load; "
-                              "the text model never uses them", tower=tower, keys=[f.key for f in fs]))
+            out.append(
+                F.make(
+                    "tower-lora",
+                    F.ERROR,
+                    len(fs),
+                    f"{len(fs)} LoRA tensors on the {tower} tower{where} would not load; "
+                    "the text model never uses them",
+                    tower=tower,
+                    keys=[f.key for f in fs],
+                )
+            )
         else:
-            out.append(F.make("tower-lora", F.WARNING, len(fs),
-                              f"{len(fs)} LoRA tensors on the {tower} tower load and adapt it", tower=tower,
-                              keys=[f.key for f in fs]))
+            out.append(
+                F.make(
+                    "tower-lora",
+                    F.WARNING,
+                    len(fs),
+                    f"{len(fs)} LoRA tensors on the {tower} tower load and adapt it",
+                    tower=tower,
+                    keys=[f.key for f in fs],
+                )
+            )
 
     # Injection into towers that cannot be served: peft raises (Clippable) or leaves default LoRAs (missing keys).
     tower_targets = [m for m in plan.targeted if tower_of(m) != "language"]
@@ -295,13 +327,20 @@ def _findings(
                 why.append(f"{sum(1 for m in bad if m in missing_mods)} would stay default-initialised")
             ex = cfg.exclude_modules
             if isinstance(ex, list) and any(t in ex for t in ("vision_tower", "audio_tower", "vision_model")):
-                why.append(f"exclude_modules {ex} is a list, which matches only those exact modules, not their "
-                           "children")
+                why.append(
+                    f"exclude_modules {ex} is a list, which matches only those exact modules, not their children"
+                )
             elif not ex:
                 why.append("no exclude_modules")
-            out.append(F.make("tower-injection", F.ERROR, len(bad),
-                              f"target_modules also match {len(bad)} {'/'.join(towers)} tower modules: "
-                              + "; ".join(why), keys=bad))
+            out.append(
+                F.make(
+                    "tower-injection",
+                    F.ERROR,
+                    len(bad),
+                    f"target_modules also match {len(bad)} {'/'.join(towers)} tower modules: " + "; ".join(why),
+                    keys=bad,
+                )
+            )
 
     orphans = by_status[ORPHAN]
     if orphans:
@@ -315,44 +354,85 @@ def _findings(
 
     untargeted = by_status[UNTARGETED]
     if untargeted:
-        out.append(Finding("untargeted-keys", F.ERROR, len(untargeted),
-                           f"{len(untargeted)} tensors belong to base modules the config does not target",
-                           "add-targets", None, [f.key for f in untargeted]))
+        out.append(
+            Finding(
+                "untargeted-keys",
+                F.ERROR,
+                len(untargeted),
+                f"{len(untargeted)} tensors belong to base modules the config does not target",
+                "add-targets",
+                None,
+                [f.key for f in untargeted],
+            )
+        )
 
     lang_missing = [k for k in missing_keys if tower_of(owner.get(k, "")) == "language"]
     mis_targets = {f.target for f in mis}
     unexplained = [k for k in lang_missing if owner.get(k) not in mis_targets]
     if unexplained:
         mods = sorted({owner[k] for k in unexplained})
-        out.append(Finding("missing-keys", F.ERROR, len(unexplained),
-                           f"the config injects {len(mods)} language-model modules the file has no tensors for "
-                           "(peft leaves them default-initialised)", "narrow-targets", None, unexplained))
+        out.append(
+            Finding(
+                "missing-keys",
+                F.ERROR,
+                len(unexplained),
+                f"the config injects {len(mods)} language-model modules the file has no tensors for "
+                "(peft leaves them default-initialised)",
+                "narrow-targets",
+                None,
+                unexplained,
+            )
+        )
 
     shape = by_status[SHAPE]
     if shape:
-        out.append(F.make("shape-mismatch", F.ERROR, len(shape),
-                          f"{len(shape)} tensors do not fit the base: {shape[0].reason} (wrong base?)",
-                          keys=[f.key for f in shape]))
+        out.append(
+            F.make(
+                "shape-mismatch",
+                F.ERROR,
+                len(shape),
+                f"{len(shape)} tensors do not fit the base: {shape[0].reason} (wrong base?)",
+                keys=[f.key for f in shape],
+            )
+        )
     rank = by_status[RANK]
     if rank:
         ranks = Counter(f.reason for f in rank)
-        out.append(F.make("rank-mismatch", F.ERROR, len(rank),
-                          f"{len(rank)} tensors have a rank other than the config's: "
-                          + "; ".join(f"{r} ({n})" for r, n in ranks.most_common(3)),
-                          keys=[f.key for f in rank]))
+        out.append(
+            F.make(
+                "rank-mismatch",
+                F.ERROR,
+                len(rank),
+                f"{len(rank)} tensors have a rank other than the config's: "
+                + "; ".join(f"{r} ({n})" for r, n in ranks.most_common(3)),
+                keys=[f.key for f in rank],
+            )
+        )
 
     q = quantized_base_reference(cfg.base_model)
     if q:
         out.append(F.make("quantized-base", F.WARNING, 1, q))
     if snapshot.weights_format == "pickle":
-        out.append(F.make("pickle-weights", F.WARNING, 1,
-                          f"{snapshot.weights_path.name} is a pickle; peft loads it with weights_only=True"))
+        out.append(
+            F.make(
+                "pickle-weights",
+                F.WARNING,
+                1,
+                f"{snapshot.weights_path.name} is a pickle; peft loads it with weights_only=True",
+            )
+        )
     peft_v = installed_version("peft")
     if peft_v:
         unsupported = fields_unsupported_by(cfg, peft_v)
         if unsupported:
-            out.append(F.make("unsupported-fields", F.WARNING, len(unsupported),
-                              f"peft {peft_v} does not know config fields {', '.join(unsupported)}"))
+            out.append(
+                F.make(
+                    "unsupported-fields",
+                    F.WARNING,
+                    len(unsupported),
+                    f"peft {peft_v} does not know config fields {', '.join(unsupported)}",
+                )
+            )
     if cfg.peft_type != "LORA":
         out.append(F.make("not-lora", F.INFO, 1, f"{cfg.peft_type} adapter: only LoRA is analysed in depth"))
     return out

@@ -91,16 +91,38 @@ def data_findings(snapshot: AdapterSnapshot) -> list[Finding]:
                 b_zero.append(name)
     out: list[Finding] = []
     if nonfinite:
-        out.append(F.make("nonfinite-weights", F.ERROR, len(nonfinite),
-                          f"{len(nonfinite)} tensors contain NaN or Inf", keys=nonfinite))
+        out.append(
+            F.make(
+                "nonfinite-weights",
+                F.ERROR,
+                len(nonfinite),
+                f"{len(nonfinite)} tensors contain NaN or Inf",
+                keys=nonfinite,
+            )
+        )
     if b_total and len(b_zero) == b_total:
-        out.append(F.make("untrained-lora", F.ERROR, b_total,
-                          f"all {b_total} lora_B tensors are zero: the adapter is a no-op (never trained, or "
-                          "saved before training)", keys=b_zero))
+        out.append(
+            F.make(
+                "untrained-lora",
+                F.ERROR,
+                b_total,
+                f"all {b_total} lora_B tensors are zero: the adapter is a no-op (never trained, or "
+                "saved before training)",
+                keys=b_zero,
+            )
+        )
     elif b_zero:
-        out.append(Finding("untrained-lora", F.INFO, len(b_zero),
-                           f"{len(b_zero)} of {b_total} lora_B tensors are zero (those modules do nothing)",
-                           None, None, b_zero))
+        out.append(
+            Finding(
+                "untrained-lora",
+                F.INFO,
+                len(b_zero),
+                f"{len(b_zero)} of {b_total} lora_B tensors are zero (those modules do nothing)",
+                None,
+                None,
+                b_zero,
+            )
+        )
     return out
 
 
@@ -132,7 +154,9 @@ def _disagreement(real: PeftCounts, static: PeftCounts) -> Finding | None:
     if same:
         return None
     return F.make(
-        "static-disagrees", F.INFO, 1,
+        "static-disagrees",
+        F.INFO,
+        1,
         f"static prediction (loaded {static.loaded}, missing {static.missing}, unexpected {static.unexpected}, "
         f"error {static.error}) differs from the real dry load; the dry load is authoritative",
         repair=None,

@@ -125,8 +125,9 @@ def dry_load(snapshot: AdapterSnapshot, base: BaseSource) -> DryLoad:
             with torch.device("meta"):
                 pm = cls(model, config, "default", autocast_adapter_dtype=True, low_cpu_mem_usage=False)
             state = {
-                name: torch.empty(rec.shape, dtype=getattr(torch, _ST_TO_TORCH.get(rec.dtype, "float32")),
-                                  device="meta")
+                name: torch.empty(
+                    rec.shape, dtype=getattr(torch, _ST_TO_TORCH.get(rec.dtype, "float32")), device="meta"
+                )
                 for name, rec in snapshot.tensors.items()
             }
             state = _remap_like_load_peft_weights(state, key_mapping)

@@ -31,7 +31,11 @@ CODES: dict[str, CodeInfo] = {
         CodeInfo("untrained-lora", "every lora_B is zero: the adapter does nothing", None),
         CodeInfo("nonfinite-weights", "NaN or Inf in the weights", None),
         CodeInfo("pickle-weights", "weights are a pickle .bin", "pickle-to-safetensors"),
-        CodeInfo("unsupported-fields", "config fields the installed peft does not accept", "drop-unsupported-fields"),
+        CodeInfo(
+            "unsupported-fields",
+            "config fields the installed peft does not accept",
+            "drop-unsupported-fields",
+        ),
         CodeInfo("peft-load-error", "peft raises while loading", None),
         CodeInfo("not-lora", "not a LoRA adapter: analysed only partly", None),
         CodeInfo("static-disagrees", "the static prediction differs from the real dry load", None),
@@ -65,8 +69,16 @@ class Finding:
         return d
 
 
-def make(code: str, severity: str, count: int, message: str, *, tower: str | None = None,
-         keys: list[str] | None = None, repair: str | None | bool = True) -> Finding:
+def make(
+    code: str,
+    severity: str,
+    count: int,
+    message: str,
+    *,
+    tower: str | None = None,
+    keys: list[str] | None = None,
+    repair: str | None | bool = True,
+) -> Finding:
     """A finding with the code's default repair pass (``repair=None`` forces none)."""
     rep = CODES[code].repair if repair is True else (repair or None)
     return Finding(code, severity, count, message, rep, tower, list(keys or []))

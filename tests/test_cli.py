@@ -1,0 +1,293 @@
+"""The CLI shell: exit codes, one-line errors for bad input, the --json contract, import discipline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from loradoc.cli import main
+from loradoc.fixtures import ExampleSet
+
+ADAPTER = "healthy-gemma4-text"
+BASE = "tiny-gemma4-text"
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def _copy(ex: ExampleSet, tmp: Path, name: str = ADAPTER) -> Path:
+    dst = tmp / "adapter"
+    shutil.copytree(ex.adapters[name], dst)
+    return dst
+
+
+def _assert_one_line_exit2(code: int, err: str) -> None:
+    assert code == 2, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "next:" in lines[0]
+    assert "Traceback" not in err
+
+
+def _rewrite_header(path: Path, header: dict | bytes, data: bytes) -> None:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+# -- bad input: exit 2 with one line -----------------------------------------------------------------------
+
+
+def test_truncated_safetensors(example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _copy(example_root, tmp_path)
+    st = a / "adapter_model.safetensors"
+    st.write_bytes(st.read_bytes()[:-100])
+    code, _, err = run_cli(["doctor", str(a), "--base", str(example_root.bases[BASE])], capsys)
+    _assert_one_line_exit2(code, err)
+    assert "truncated" in err or "past the end" in err
+
+
+def test_header_length_past_end(example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _copy(example_root, tmp_path)
+    st = a / "adapter_model.safetensors"
+    st.write_bytes(struct.pack("<Q", 10**7) + b"{}")
+    code, _, err = run_cli(["doctor", str(a), "--base", str(example_root.bases[BASE])], capsys)
+    _assert_one_line_exit2(code, err)
+
+
+def test_overlapping_offsets(example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _copy(example_root, tmp_path)
+    header = {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": {
+            "dtype": "F32",
+            "shape": [2, 2],
+            "data_offsets": [0, 16],
+        },
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": {
+            "dtype": "F32",
+            "shape": [2, 2],
+            "data_offsets": [8, 24],
+        },
+    }
+    _rewrite_header(a / "adapter_model.safetensors", header, bytes(24))
+    code, _, err = run_cli(["doctor", str(a), "--base", str(example_root.bases[BASE])], capsys)
+    _assert_one_line_exit2(code, err)
+    assert "overlap" in err
+
+
+def test_out_of_range_offsets(example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _copy(example_root, tmp_path)
+    header = {"x.lora_A.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
+    _rewrite_header(a / "adapter_model.safetensors", header, bytes(8))
+    code, _, err = run_cli(["doctor", str(a), "--base", str(example_root.bases[BASE])], capsys)
+    _assert_one_line_exit2(code, err)
+
+
+def test_header_not_json(example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _copy(example_root, tmp_path)
+    _rewrite_header(a / "adapter_model.safetensors", b"this is not json{", b"")
+    code, _, err = run_cli(["doctor", str(a), "--base", str(example_root.bases[BASE])], capsys)
+    _assert_one_line_exit2(code, err)
+
+
+def test_missing_config(example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _copy(example_root, tmp_path)
+    (a / "adapter_config.json").unlink()
+    code, _, err = run_cli(["doctor", str(a), "--base", str(example_root.bases[BASE])], capsys)
+    _assert_one_line_exit2(code, err)
+    assert "adapter_config.json" in err
+
+
+def test_missing_weights(example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _copy(example_root, tmp_path)
+    (a / "adapter_model.safetensors").unlink()
+    code, _, err = run_cli(["doctor", str(a), "--base", str(example_root.bases[BASE])], capsys)
+    _assert_one_line_exit2(code, err)
+
+
+def test_missing_adapter_dir(example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["doctor", str(tmp_path / "nope"), "--base", str(example_root.bases[BASE])], capsys)
+    _assert_one_line_exit2(code, err)
+
+
+def test_unknown_architecture(example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "base"
+    shutil.copytree(example_root.bases[BASE], base)
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["architectures"] = ["NoSuchModelForCausalLM"]
+    (base / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(["doctor", str(example_root.adapters[ADAPTER]), "--base", str(base)], capsys)
+    _assert_one_line_exit2(code, err)
+    assert "NoSuchModelForCausalLM" in err
+
+
+def test_unknown_model_type(example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "base"
+    shutil.copytree(example_root.bases[BASE], base)
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["model_type"] = "gemma99"
+    (base / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(["doctor", str(example_root.adapters[ADAPTER]), "--base", str(base)], capsys)
+    _assert_one_line_exit2(code, err)
+
+
+def test_unknown_base_id(example_root: ExampleSet, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["doctor", str(example_root.adapters[ADAPTER]), "--base", "nobody/nothing"], capsys)
+    _assert_one_line_exit2(code, err)
+    assert "google/gemma-4-E4B-it" in err  # names the shipped ids
+
+
+def test_pickle_bin_is_not_unpickled_without_consent(
+    example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import load_file
+
+    a = _copy(example_root, tmp_path)
+    st = a / "adapter_model.safetensors"
+    torch.save(load_file(str(st)), a / "adapter_model.bin")
+    st.unlink()
+    base = str(example_root.bases[BASE])
+    code, _, err = run_cli(["doctor", str(a), "--base", base], capsys)
+    _assert_one_line_exit2(code, err)
+    assert "--allow-pickle" in err
+    code, out, _ = run_cli(["doctor", str(a), "--base", base, "--allow-pickle", "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["verdict"] == "healthy"
+    assert [f["code"] for f in report["findings"]] == ["pickle-weights"]
+    assert report["findings"][0]["severity"] == "warning"
+
+
+def test_malicious_pickle_is_refused(
+    example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pickle
+
+    a = _copy(example_root, tmp_path)
+    (a / "adapter_model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (marker,))
+
+    with open(a / "adapter_model.bin", "wb") as fh:
+        pickle.dump({"x": Evil()}, fh)
+    code, _, err = run_cli(["doctor", str(a), "--base", str(example_root.bases[BASE]), "--allow-pickle"], capsys)
+    _assert_one_line_exit2(code, err)
+    assert not marker.exists()
+
+
+def test_not_a_peft_config(example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _copy(example_root, tmp_path)
+    (a / "adapter_config.json").write_text(
+        json.dumps({"fine_tune_type": "lora", "num_layers": 16, "lora_parameters": {"rank": 8, "scale": 20.0}})
+    )
+    code, _, err = run_cli(["doctor", str(a), "--base", str(example_root.bases[BASE])], capsys)
+    _assert_one_line_exit2(code, err)
+    assert "not a PEFT adapter config" in err
+
+
+# -- the --json contract and exit codes --------------------------------------------------------------------
+
+
+def test_json_contract_and_exit_codes(example_root: ExampleSet, capsys: pytest.CaptureFixture[str]) -> None:
+    ex = example_root
+    code, out, _ = run_cli(["doctor", str(ex.adapters[ADAPTER]), "--base", str(ex.bases[BASE]), "--json"], capsys)
+    healthy = json.loads(out)
+    assert code == 0 and healthy["verdict"] == "healthy"
+    code, out, _ = run_cli(
+        [
+            "doctor",
+            str(ex.adapters["seed-clinical-endpoint-extractor"]),
+            "--base",
+            str(ex.bases["tiny-gemma4-e4b"]),
+            "--json",
+        ],
+        capsys,
+    )
+    broken = json.loads(out)
+    assert code == 1 and broken["verdict"] == "repairable"
+    for report in (healthy, broken):
+        assert set(report) >= {"verdict", "findings", "peft"}
+        assert set(report["peft"]) >= {"loaded", "missing", "unexpected", "effective"}
+        for f in report["findings"]:
+            assert set(f) >= {"code", "severity", "count", "message", "repair"}
+            assert f["severity"] in ("error", "warning", "info")
+
+
+def test_human_output_ends_with_the_fix(example_root: ExampleSet, capsys: pytest.CaptureFixture[str]) -> None:
+    ex = example_root
+    code, out, _ = run_cli(
+        ["doctor", str(ex.adapters["textonly-on-wrapper"]), "--base", str(ex.bases["tiny-gemma4-e4b"])],
+        capsys,
+    )
+    assert code == 1
+    assert out.strip().splitlines()[-1].startswith("fix: loradoc repair")
+
+
+def test_shipped_base_id_works_offline(example_root: ExampleSet, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tiny adapter against the real E4B config: every tensor has the wrong shape, doctor says so."""
+    code, out, _ = run_cli(
+        [
+            "doctor",
+            str(example_root.adapters["healthy-gemma4-e4b"]),
+            "--base",
+            "google/gemma-4-E4B-it",
+            "--json",
+            "--fast",
+        ],
+        capsys,
+    )
+    report = json.loads(out)
+    assert report["base"]["layers"] == 42 and len(report["base"]["kv_shared_layers"]) == 18
+    assert report["verdict"] == "broken" and "shape-mismatch" in {f["code"] for f in report["findings"]}
+
+
+# -- import discipline -------------------------------------------------------------------------------------
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_help_imports_no_heavy_library() -> None:
+    mods = _modules_after("from loradoc.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
+    assert not mods & {"torch", "transformers", "peft", "textual", "numpy"}
+
+
+def test_fast_doctor_imports_no_torch(example_root: ExampleSet) -> None:
+    a, b = example_root.adapters[ADAPTER], example_root.bases[BASE]
+    # make sure the profile is cached first (the full doctor builds it)
+    from loradoc.profiles import get_profile
+
+    get_profile(str(b))
+    mods = _modules_after(
+        "from loradoc.cli import main\ntry:\n"
+        f"    main(['doctor', {str(a)!r}, '--base', {str(b)!r}, '--fast', '--json'])\n"
+        "except SystemExit:\n    pass"
+    )
+    assert not mods & {"torch", "transformers", "peft"}
+
+
+def test_core_never_imports_textual_or_click() -> None:
+    mods = _modules_after(
+        "import loradoc.repair.doctor, loradoc.repair.analysis, loradoc.snapshot, loradoc.profiles, "
+        "loradoc.layout, loradoc.safetensors_io, loradoc.adapter_config, loradoc.fixtures"
+    )
+    assert not mods & {"textual", "click", "typer", "rich"}

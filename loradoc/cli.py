@@ -66,6 +66,79 @@ def doctor(
     sys.exit(0 if d.verdict == HEALTHY else 1)
 
 
+# --------------------------------------------------------------------------------------------------- repair
+@cli.command()
+@click.argument("adapter")
+@click.option("--base", "base", required=True, help="Local base directory (config.json) or a shipped base id.")
+@click.option("--out", "out", default=None, help="Directory to write the repaired adapter to (must not exist).")
+@click.option("--plan", "plan_only", is_flag=True, help="Print what would happen; write nothing.")
+@click.option("--only", "only", multiple=True, help="Run exactly these passes (repeatable).")
+@click.option("--also", "also", multiple=True, help="Run these passes on top of the default ones (repeatable).")
+@click.option("--peft-version", default=None, help="Target peft version for drop-unsupported-fields.")
+@click.option("--verify", type=click.Choice(["full", "fast", "none"]), default="full", show_default=True,
+              help="Re-run doctor on the output (full: real peft dry load).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
+@click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
+@click.option("--endpoint", default=None, help="Hub endpoint for REPO@REV adapters.")
+@click.option("--list-passes", is_flag=True, help="List the repair passes and exit.")
+@click.option("--json", "as_json", is_flag=True)
+def repair(adapter: str, base: str, out: str | None, plan_only: bool, only: tuple[str, ...], also: tuple[str, ...],
+           peft_version: str | None, verify: str, overwrite: bool, allow_pickle: bool, endpoint: str | None,
+           list_passes: bool, as_json: bool) -> None:
+    """Write a repaired copy of ADAPTER to --out (the input is never modified).
+
+    By default the passes answering error findings run; warning passes (full-precision-base,
+    pickle-to-safetensors, drop-tower-loras for tower LoRAs that load, ...) run only when named.
+    Exit code: 0 when the output is healthy (or, with --plan, when it would be), 1 otherwise, 2 bad input.
+    """
+    from .repair.passes import describe_passes
+
+    if list_passes:
+        rows = describe_passes()
+        if as_json:
+            _emit_json(rows)
+        else:
+            for r in rows:
+                flag = "default" if r["default"] else "on request"
+                click.echo(f"{r['name']:<24} {flag:<11} answers {','.join(r['answers']):<18} {r['description']}")
+        return
+    from pathlib import Path
+
+    from .profiles import get_profile, resolve_base
+    from .repair.passes import build_plan
+    from .snapshot import open_snapshot
+
+    consent = allow_pickle or "pickle-to-safetensors" in (*only, *also)
+    snap = open_snapshot(adapter, endpoint=endpoint, allow_pickle=consent)
+    source = resolve_base(base)
+    profile = get_profile(source)
+    plan = build_plan(snap, profile, only=list(only) or None, also=list(also) or None, peft_version=peft_version)
+    if plan_only:
+        if as_json:
+            _emit_json({"plan": plan.to_json(), "written": False})
+        else:
+            from .render import render_plan
+
+            render_plan(plan)
+        sys.exit(0 if not any(f.severity == "error" for f in plan.after) else 1)
+    if not out:
+        raise click.UsageError("--out DIR is required (or use --plan)")
+    from .repair.apply import apply_plan
+
+    result = apply_plan(plan, Path(out), source, verify=verify, overwrite=overwrite)
+    if as_json:
+        _emit_json({"out": str(result.out), "verdict": result.verdict, "report": result.report})
+    else:
+        from .render import render_plan
+
+        render_plan(plan)
+        click.echo(f"wrote {result.out} ({len(plan.kept())} tensors kept, {len(plan.dropped())} dropped, "
+                   f"{len(plan.renamed())} renamed); output verdict: {result.verdict or 'not verified'}")
+        if result.ok:
+            click.echo(f"next: loradoc check-load {result.out} --base {base}")
+    sys.exit(0 if result.ok else 1)
+
+
 # --------------------------------------------------------------------------------------------------- example
 @cli.command()
 @click.argument("directory", default="./demo")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .repair.doctor import Diagnosis
+    from .repair.passes import RepairPlan
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 _VERDICT = {"healthy": "bold green", "repairable": "bold yellow", "broken": "bold red"}
@@ -51,3 +52,30 @@ def render_diagnosis(d: Diagnosis, *, adapter: str, base: str) -> None:
         console.print(f"fix: {cmd}", soft_wrap=True, highlight=False, markup=False)
     elif d.verdict == "broken":
         console.print("fix: none automatic; the findings above say what cannot be repaired")
+
+
+def render_plan(plan: RepairPlan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title="repair plan", title_justify="left")
+    for c in ("pass", "renamed", "dropped", "config"):
+        t.add_column(c, justify="right" if c != "pass" else "left")
+    for name in plan.passes:
+        c = plan.counts.get(name, {})
+        t.add_row(name, str(c.get("renamed", 0)), str(c.get("dropped", 0)), str(c.get("config", 0)))
+    console.print(t)
+    for ch in plan.changes:
+        console.print(f"config {ch.field}: {ch.old!r} -> {ch.new!r}  ({ch.pass_name}: {ch.reason})",
+                      soft_wrap=True, highlight=False, markup=False)
+    renamed = plan.renamed()
+    for a in renamed[:5]:
+        console.print(f"rename {a.source} -> {a.target}", soft_wrap=True, highlight=False, markup=False)
+    if len(renamed) > 5:
+        console.print(f"... and {len(renamed) - 5} more renames (--json lists all)")
+    for a in plan.dropped():
+        console.print(f"drop {a.source}  ({a.pass_name}: {a.reason})", soft_wrap=True, highlight=False, markup=False)
+    left = [f for f in plan.after if f.severity == "error"]
+    console.print(f"kept {len(plan.kept())} of {len(plan.actions)} tensors; "
+                  + ("no error finding left" if not left else "left: " + ", ".join(f.code for f in left)))

@@ -139,6 +139,36 @@ def repair(adapter: str, base: str, out: str | None, plan_only: bool, only: tupl
     sys.exit(0 if result.ok else 1)
 
 
+# --------------------------------------------------------------------------------------------------- check-load
+@cli.command("check-load")
+@click.argument("adapter")
+@click.option("--base", "base", required=True, help="Local base directory with weights.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--certificate", "certificate", default=None,
+              help="Write the certificate here instead of ADAPTER/loradoc-certificate.json.")
+@click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
+@click.option("--json", "as_json", is_flag=True)
+def check_load_cmd(adapter: str, base: str, device: str, certificate: str | None, allow_pickle: bool,
+                   as_json: bool) -> None:
+    """Really load BASE's weights and ADAPTER with peft (CUDA when present, else CPU) and certify the result.
+
+    Exit code 0 only when every check passes.
+    """
+    from pathlib import Path
+
+    from .repair.checkload import check_load
+
+    cert = check_load(adapter, base, device=device, certificate=Path(certificate) if certificate else None,
+                      allow_pickle=allow_pickle)
+    if as_json:
+        _emit_json({**cert.data, "certificate_path": str(cert.path)})
+    else:
+        from .render import render_certificate
+
+        render_certificate(cert)
+    sys.exit(0 if cert.passed else 1)
+
+
 # --------------------------------------------------------------------------------------------------- example
 @cli.command()
 @click.argument("directory", default="./demo")

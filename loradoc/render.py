@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .repair.checkload import Certificate
     from .repair.doctor import Diagnosis
     from .repair.passes import RepairPlan
 
@@ -79,3 +80,24 @@ def render_plan(plan: RepairPlan) -> None:
     left = [f for f in plan.after if f.severity == "error"]
     console.print(f"kept {len(plan.kept())} of {len(plan.actions)} tensors; "
                   + ("no error finding left" if not left else "left: " + ", ".join(f.code for f in left)))
+
+
+def render_certificate(cert: Certificate) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    d = cert.data
+    t = Table(title=f"check-load on {d['device']['type']} ({d['device']['dtype']})", title_justify="left")
+    t.add_column("check")
+    t.add_column("result")
+    t.add_column("figures")
+    for c in d["checks"]:
+        figs = ", ".join(f"{k}={v}" for k, v in c["figures"].items() if k not in ("keys", "problems", "different"))
+        t.add_row(c["name"], "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]", figs)
+    console.print(t)
+    v = d["versions"]
+    console.print(f"torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}")
+    console.print(f"certificate: {cert.path}" if cert.path else "certificate not written", soft_wrap=True,
+                  highlight=False, markup=False)
+    console.print("[bold green]all checks passed[/]" if cert.passed else "[bold red]some checks failed[/]")

@@ -1,0 +1,271 @@
+"""``loradoc check-load``: a real load of base weights + adapter with peft, and a certificate of what happened.
+
+Checks (each recorded with its figures):
+    base-load      the base checkpoint loads with no missing / unexpected / mismatched weights
+    peft-load      ``PeftModel.from_pretrained`` returns (no exception); every warning is captured
+    no-missing     no LoRA parameter of the model is left without a file tensor (peft's own warning + a recount)
+    no-unexpected  every file tensor has a parameter in the model
+    bit-exact      every LoRA parameter equals its file tensor bit for bit (compared in the file's dtype)
+    lora-b-nonzero every lora_B is non-zero (an all-zero B is a no-op)
+    effect         the adapter changes the logits of a probe input (adapted vs base)
+    merged-match   merge_and_unload gives the same logits as the unmerged PeftModel, within dtype tolerance
+
+Runs on CUDA when present (``--device auto``), else on the CPU, by the same code path.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import BadInputError, EnvironmentProblem
+from ..layout import parse_key
+from ..profiles import get_profile, installed_version, resolve_base
+from ..safetensors_io import sha256_file, write_file_atomic
+from ..snapshot import AdapterSnapshot, open_snapshot
+from .analysis import converted_path
+from .apply import CERTIFICATE_NAME
+from .dryload import capture_warnings
+
+_TOL = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "figures": self.figures}
+
+
+@dataclass
+class Certificate:
+    data: dict[str, Any]
+    path: Path | None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.data.get("passed"))
+
+    @property
+    def checks(self) -> dict[str, dict[str, Any]]:
+        return {c["name"]: c for c in self.data["checks"]}
+
+
+def pick_device(pref: str = "auto") -> str:
+    import torch
+
+    if pref == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise EnvironmentProblem("no CUDA device is available", hint="use --device cpu (or auto)")
+    if pref not in ("cpu", "cuda"):
+        raise BadInputError(f"unknown device {pref!r}", hint="use auto, cuda or cpu")
+    return pref
+
+
+def adapter_file_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every file the certificate covers (everything but the certificate itself and dotfiles)."""
+    return {
+        p.name: sha256_file(p)
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != CERTIFICATE_NAME and not p.name.startswith(".")
+    }
+
+
+def model_param_name(key: str, profile: Any) -> str:
+    """The PeftModel parameter a file key loads into (adapter name ``default``)."""
+    p = parse_key(key)
+    module = converted_path(p.module, profile) if p.had_peft_prefix else p.module
+    param = p.param
+    for stem in ("lora_A", "lora_B", "lora_magnitude_vector"):
+        if param.startswith(stem + "."):
+            param = f"{stem}.default.{param[len(stem) + 1:]}"
+            break
+    else:
+        if param in ("lora_embedding_A", "lora_embedding_B"):
+            param = f"{param}.default"
+    return f"base_model.model.{module}.{param}"
+
+
+def _bytes_of(t: Any) -> bytes:
+    import torch
+
+    t = t.detach().contiguous().cpu().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def _probe_ids(model: Any, device: str) -> Any:
+    import torch
+
+    vocab = int(getattr(model.config.get_text_config(), "vocab_size", 256) or 256)
+    return (torch.arange(16, device=device) * 7 + 2).remainder(vocab).unsqueeze(0)
+
+
+def _logits(model: Any, ids: Any) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0, -1].float().cpu()
+
+
+def check_load(
+    adapter: str,
+    base: str,
+    *,
+    device: str = "auto",
+    certificate: Path | None = None,
+    write: bool = True,
+    allow_pickle: bool = False,
+    snapshot: AdapterSnapshot | None = None,
+) -> Certificate:
+    source = resolve_base(base)
+    if source.shipped or not any(source.directory.glob("*.safetensors")):
+        raise BadInputError(
+            f"check-load needs the base weights; {base} has only a config",
+            hint="pass a local base snapshot directory (loradoc pull REPO, or the HF cache snapshot path)",
+        )
+    snap = snapshot or open_snapshot(adapter, allow_pickle=allow_pickle)
+    profile = get_profile(source)
+    hashes = adapter_file_hashes(snap.directory)
+
+    import torch
+    import transformers
+    from peft import PeftModel
+
+    transformers.utils.logging.disable_progress_bar()
+    dev = pick_device(device)
+    dtype = torch.float32 if dev == "cpu" else torch.bfloat16
+    checks: list[Check] = []
+    captured: list[str] = []
+    arch = profile.architecture
+    model_cls = getattr(transformers, arch)
+    with capture_warnings() as (logs, caught):
+        model, info = model_cls.from_pretrained(source.directory, dtype=dtype, output_loading_info=True)
+    captured += [str(w.message) for w in caught] + list(logs)
+    base_missing = list(info.get("missing_keys", []))
+    base_bad = base_missing + list(info.get("unexpected_keys", [])) + [str(m) for m in info.get("mismatched_keys", [])]
+    checks.append(Check("base-load", not base_bad, {"missing": len(base_missing), "problems": base_bad[:20]}))
+    model = model.to(dev).eval()
+    ids = _probe_ids(model, dev)
+    base_logits = _logits(model, ids)
+
+    with capture_warnings() as (logs, caught):
+        try:
+            pm = PeftModel.from_pretrained(model, str(snap.directory))
+            error = None
+        except Exception as e:  # noqa: BLE001 - the certificate records what peft raised
+            pm, error = None, f"{e.__class__.__name__}: {' '.join(str(e).split())[:300]}"
+    peft_msgs = [str(w.message) for w in caught] + list(logs)
+    captured += peft_msgs
+    checks.append(Check("peft-load", error is None, {"error": error, "warnings": len(peft_msgs)}))
+    if pm is not None:
+        checks += _adapter_checks(pm, snap, profile, ids, base_logits, dtype, peft_msgs)
+
+    cert = {
+        "format": 1,
+        "tool": f"loradoc {__version__}",
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "adapter": {"path": str(snap.directory), "repo_id": snap.repo_id, "commit": snap.commit, "files": hashes},
+        "base": {
+            "path": str(source.directory),
+            "architecture": arch,
+            "config_sha256": profile.config_sha256,
+            "weights": {p.name: p.stat().st_size for p in sorted(source.directory.glob("*.safetensors"))},
+        },
+        "versions": {
+            "python": platform.python_version(),
+            **{d: installed_version(d) for d in ("torch", "transformers", "peft", "safetensors")},
+        },
+        "device": {
+            "type": dev,
+            "name": torch.cuda.get_device_name(0) if dev == "cuda" else platform.processor() or platform.machine(),
+            "dtype": str(dtype).removeprefix("torch."),
+        },
+        "checks": [c.to_json() for c in checks],
+        "passed": all(c.passed for c in checks),
+        "warnings": captured[:50],
+    }
+    path = None
+    if write:
+        path = Path(certificate) if certificate else snap.directory / CERTIFICATE_NAME
+        write_file_atomic(path, (json.dumps(cert, indent=2) + "\n").encode())
+    return Certificate(cert, path)
+
+
+def _adapter_checks(
+    pm: Any, snap: AdapterSnapshot, profile: Any, ids: Any, base_logits: Any, dtype: Any, peft_msgs: list[str]
+) -> list[Check]:
+    import ast
+    import re
+
+    import torch
+
+    checks: list[Check] = []
+    params = dict(pm.named_parameters())
+    lora_params = {n: p for n, p in params.items() if ".lora_" in n and ".default" in n}
+    file_tensors = _file_tensors(snap)
+    matched: set[str] = set()
+    unexpected: list[str] = []
+    not_exact: list[str] = []
+    for key, t in file_tensors.items():
+        name = model_param_name(key, profile)
+        p = params.get(name)
+        if p is None:
+            unexpected.append(key)
+            continue
+        matched.add(name)
+        if p.shape != t.shape or _bytes_of(p.detach().to(t.dtype)) != _bytes_of(t):
+            not_exact.append(key)
+    missing = sorted(n for n in lora_params if n not in matched)
+    warned: list[str] = []
+    for m in peft_msgs:
+        hit = re.search(r"Found missing adapter keys while loading the checkpoint: (\[.*\])", m, re.S)
+        if hit:
+            warned = ast.literal_eval(hit.group(1))
+    checks.append(Check("no-missing", not missing and not warned,
+                        {"missing": len(missing), "peft_warned_missing": len(warned), "keys": missing[:20]}))
+    checks.append(Check("no-unexpected", not unexpected, {"unexpected": len(unexpected), "keys": unexpected[:20]}))
+    checks.append(Check("bit-exact", bool(matched) and not not_exact,
+                        {"compared": len(matched), "identical": len(matched) - len(not_exact),
+                         "different": not_exact[:20]}))
+    b_params = {n: p for n, p in lora_params.items() if ".lora_B." in n or ".lora_embedding_B." in n}
+    zero_b = sorted(n for n, p in b_params.items() if not bool(torch.any(p != 0)))
+    checks.append(Check("lora-b-nonzero", bool(b_params) and not zero_b,
+                        {"lora_B": len(b_params), "all_zero": len(zero_b), "keys": zero_b[:20]}))
+    adapted = _logits(pm, ids)
+    effect = float(torch.max(torch.abs(adapted - base_logits)))
+    checks.append(Check("effect", effect > 0, {"max_abs_logit_delta": effect,
+                                               "rel": effect / max(1e-12, float(torch.max(torch.abs(base_logits))))}))
+    merged = pm.merge_and_unload()
+    merged_logits = _logits(merged, ids)
+    diff = float(torch.max(torch.abs(merged_logits - adapted)))
+    scale = max(1.0, float(torch.max(torch.abs(adapted))))
+    tol = _TOL.get(str(dtype).removeprefix("torch."), 1e-3) * scale
+    checks.append(Check("merged-match", diff <= tol, {"max_abs_diff": diff, "tolerance": tol}))
+    return checks
+
+
+def _file_tensors(snap: AdapterSnapshot) -> dict[str, Any]:
+    if snap.weights_format == "pickle":
+        return dict(snap._pickle_state or {})
+    from safetensors.torch import load_file
+
+    return load_file(str(snap.weights_path))
+
+
+def load_certificate(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BadInputError(f"no certificate at {path}", hint="run loradoc check-load first") from None
+    except json.JSONDecodeError:
+        raise BadInputError(f"{path} is not valid JSON", hint="re-run loradoc check-load") from None
+

@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def make_e4b_replica(out: Path) -> Path:
+def make_e4b_replica(out: Path, *, rank: int = 16, dtype: str = "BF16") -> Path:
     """A real-shaped 884-tensor E4B adapter, written with loradoc's streaming safetensors writer."""
     import json
 
@@ -38,7 +38,7 @@ def make_e4b_replica(out: Path) -> Path:
     from loradoc.safetensors_io import SafetensorsWriter, TensorSpec
 
     prof = get_profile("google/gemma-4-E4B-it", allow_build=False)
-    r = 16
+    r = rank
     names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     text = prof.text_config
     hidden = int(text["hidden_size"])
@@ -54,8 +54,8 @@ def make_e4b_replica(out: Path) -> Path:
                 info = prof.modules[ref]
             stem = f"base_model.model.{mod}"
             plan += [
-                TensorSpec(f"{stem}.lora_A.weight", "BF16", (r, info.in_features or hidden)),
-                TensorSpec(f"{stem}.lora_B.weight", "BF16", (info.out_features or hidden, r)),
+                TensorSpec(f"{stem}.lora_A.weight", dtype, (r, info.in_features or hidden)),
+                TensorSpec(f"{stem}.lora_B.weight", dtype, (info.out_features or hidden, r)),
             ]
     for name, info in prof.modules.items():
         a = address_of(name)
@@ -65,15 +65,18 @@ def make_e4b_replica(out: Path) -> Path:
         if (a.tower == "vision" and leaf in names) or (a.tower == "audio" and leaf in ("q_proj", "k_proj", "v_proj")):
             stem = f"base_model.model.{name}.linear"
             plan += [
-                TensorSpec(f"{stem}.lora_A.weight", "BF16", (r, info.in_features)),
-                TensorSpec(f"{stem}.lora_B.weight", "BF16", (info.out_features, r)),
+                TensorSpec(f"{stem}.lora_A.weight", dtype, (r, info.in_features)),
+                TensorSpec(f"{stem}.lora_B.weight", dtype, (info.out_features, r)),
             ]
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     with SafetensorsWriter(out / "adapter_model.safetensors", plan, metadata={"format": "pt"}) as w:
         for spec in plan:
             f32 = rng.standard_normal(int(np.prod(spec.shape)), dtype=np.float32) * 0.02
-            w.write(spec.name, (f32.view(np.uint32) >> 16).astype(np.uint16).tobytes())
+            if dtype == "BF16":
+                w.write(spec.name, (f32.view(np.uint32) >> 16).astype(np.uint16).tobytes())
+            else:
+                w.write(spec.name, f32.tobytes())
     cfg = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",

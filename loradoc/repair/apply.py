@@ -28,7 +28,6 @@ from ..safetensors_io import (
     SafetensorsWriter,
     TensorSpec,
     atomic_directory,
-    iter_tensor_bytes,
     read_header,
     sha256_file,
 )
@@ -52,8 +51,12 @@ class RepairResult:
         return self.verdict in (None, "healthy")
 
 
-def _source_hashes(directory: Path) -> dict[str, str]:
-    return {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and not p.name.startswith(".")}
+def _source_hashes(directory: Path, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
+    return {
+        p.name: sha256_file(p)
+        for p in sorted(directory.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.name not in skip
+    }
 
 
 def _check_out(plan: RepairPlan, out: Path, overwrite: bool) -> None:
@@ -76,68 +79,129 @@ def _delay() -> float:
         return 0.0
 
 
-def _stream_tensors(plan: RepairPlan, target: Path) -> list[dict[str, Any]]:
+_CHUNK = 8 << 20
+
+
+class _BackgroundHash:
+    """sha256 of a byte stream on a worker thread (hashlib releases the GIL), fed through a bounded queue."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=3)
+        self._h = hashlib.sha256()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while (chunk := self._q.get()) is not None:
+            self._h.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._q.put(chunk)
+
+    def hexdigest(self) -> str:
+        self._q.put(None)
+        self._t.join()
+        return self._h.hexdigest()
+
+
+def _stream_safetensors(plan: RepairPlan, target: Path) -> tuple[list[dict[str, Any]], str]:
+    """One sequential read of the source file: the whole-file sha256 runs on a thread while the kept tensors'
+    bytes go to the writer (which hashes each tensor). Returns the kept rows and the source file's sha256."""
     snap = plan.source
-    kept = plan.kept()
+    header = snap.header or read_header(snap.weights_path)
+    by_source = {a.source: a for a in plan.kept()}
+    kept = [t for t in header.ordered_by_offset() if t.name in by_source]
+    specs = [TensorSpec(str(by_source[t.name].target), t.dtype, t.shape) for t in kept]
     delay = _delay()
-    if snap.weights_format == "safetensors":
-        header = snap.header or read_header(snap.weights_path)
-        by_source = {a.source: a for a in kept}
-        order = [t.name for t in header.ordered_by_offset() if t.name in by_source]
-        specs = [
-            TensorSpec(str(by_source[n].target), header.tensors[n].dtype, header.tensors[n].shape) for n in order
-        ]
-        metadata = dict(header.metadata) or {"format": "pt"}
-        rows: list[dict[str, Any]] = []
-        with SafetensorsWriter(target, specs, metadata=metadata, overwrite=False) as w:
-            for info, chunks in iter_tensor_bytes(header, order):
-                h = hashlib.sha256()
-                name = str(by_source[info.name].target)
-                for chunk in chunks:
-                    h.update(chunk)
-                    w.write(name, chunk)
-                rows.append({"key": name, "source_key": info.name, "dtype": info.dtype, "shape": list(info.shape),
-                             "source_sha256": h.hexdigest()})
-                if delay:
-                    time.sleep(delay)
+    file_hash = _BackgroundHash()
+    try:
+        with open(snap.weights_path, "rb") as fh, SafetensorsWriter(
+            target, specs, metadata=dict(header.metadata) or {"format": "pt"}, overwrite=False
+        ) as w:
+            i, pos = 0, 0
+            while chunk := fh.read(_CHUNK):
+                file_hash.update(chunk)
+                view = memoryview(chunk)
+                end = pos + len(chunk)
+                while i < len(kept):
+                    t = kept[i]
+                    a, b = header.data_start + t.begin, header.data_start + t.end
+                    if a >= end:
+                        break
+                    lo, hi = max(a, pos), min(b, end)
+                    if hi > lo:
+                        w.write(specs[i].name, view[lo - pos : hi - pos])
+                    if b > end:
+                        break
+                    i += 1
+                    if delay:
+                        time.sleep(delay)
+                pos = end
+    finally:
+        digest = file_hash.hexdigest()
+    rows = [
+        {"key": sp.name, "source_key": t.name, "dtype": t.dtype, "shape": list(t.shape), "sha256": w.sha256[sp.name]}
+        for t, sp in zip(kept, specs, strict=True)
+    ]
+    return rows, digest
+
+
+def _compare_with_source(plan: RepairPlan, written: Path, rows: list[dict[str, Any]]) -> None:
+    """Re-read the finished file and compare every kept tensor with its source bytes, chunk by chunk."""
+    src_header = plan.source.header or read_header(plan.source.weights_path)
+    out_header = read_header(written)
+    with open(plan.source.weights_path, "rb") as sfh, open(written, "rb") as ofh:
         for row in rows:
-            row["written_sha256"] = w.sha256[row["key"]]
-        return rows
-    # pickle source (only with consent): tensors already loaded with weights_only=True
+            s, o = src_header.tensors[row["source_key"]], out_header.tensors[row["key"]]
+            same = s.nbytes == o.nbytes and s.dtype == o.dtype and tuple(s.shape) == tuple(o.shape)
+            done = 0
+            while same and done < s.nbytes:
+                n = min(_CHUNK, s.nbytes - done)
+                a = os.pread(sfh.fileno(), n, src_header.data_start + s.begin + done)
+                b = os.pread(ofh.fileno(), n, out_header.data_start + o.begin + done)
+                same = a == b and len(a) == n
+                done += n
+            if not same:
+                raise LoradocError(
+                    f"tensor {row['source_key']} was not copied bit for bit",
+                    hint="check the disk (the output was not kept); re-run the repair",
+                )
+
+
+def _stream_pickle(plan: RepairPlan, target: Path) -> list[dict[str, Any]]:
+    """Pickle source (only with consent): tensors were loaded with weights_only=True."""
     import torch
 
-    state = snap._pickle_state or {}
     from ..snapshot import _torch_dtype_name
 
-    specs = []
-    for a in kept:
-        t = state[a.source]
-        specs.append(TensorSpec(str(a.target), _torch_dtype_name(t.dtype), tuple(t.shape)))
-    rows = []
+    state = plan.source._pickle_state or {}
+    kept = plan.kept()
+    specs = [
+        TensorSpec(str(a.target), _torch_dtype_name(state[a.source].dtype), tuple(state[a.source].shape))
+        for a in kept
+    ]
+    delay = _delay()
+    sources: dict[str, str] = {}
     with SafetensorsWriter(target, specs, metadata={"format": "pt"}, overwrite=False) as w:
-        for a in kept:
+        for a, sp in zip(kept, specs, strict=True):
             t = state[a.source].detach().cpu().contiguous()
             data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-            name = str(a.target)
-            w.write(name, data)
-            rows.append({"key": name, "source_key": a.source, "dtype": _torch_dtype_name(t.dtype),
-                         "shape": list(t.shape), "source_sha256": hashlib.sha256(data).hexdigest()})
+            sources[sp.name] = hashlib.sha256(data).hexdigest()
+            w.write(sp.name, data)
             if delay:
                 time.sleep(delay)
-    for row in rows:
-        row["written_sha256"] = w.sha256[row["key"]]
+    rows = []
+    for a, sp in zip(kept, specs, strict=True):
+        if sources[sp.name] != w.sha256[sp.name]:
+            raise LoradocError(f"tensor {a.source} was not written bit for bit", hint="re-run the repair")
+        rows.append(
+            {"key": sp.name, "source_key": a.source, "dtype": sp.dtype, "shape": list(sp.shape),
+             "sha256": w.sha256[sp.name]}
+        )
     return rows
-
-
-def _reread_hashes(path: Path) -> dict[str, str]:
-    header = read_header(path)
-    out: dict[str, str] = {}
-    for info, chunks in iter_tensor_bytes(header):
-        h = hashlib.sha256()
-        for c in chunks:
-            h.update(c)
-        out[info.name] = h.hexdigest()
-    return out
 
 
 def apply_plan(
@@ -151,21 +215,19 @@ def apply_plan(
     out = Path(out)
     _check_out(plan, out, overwrite)
     snap = plan.source
-    source_files = _source_hashes(snap.directory)
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for item in sorted(snap.directory.iterdir()):
             if item.is_file() and item.name not in _NOT_COPIED and not item.name.startswith("."):
                 shutil.copy2(item, tmp / item.name)
         (tmp / CONFIG_NAME).write_text(json.dumps(plan.config, indent=2) + "\n")
-        rows = _stream_tensors(plan, tmp / SAFETENSORS_NAME)
-        reread = _reread_hashes(tmp / SAFETENSORS_NAME)
-        for row in rows:
-            row["reread_sha256"] = reread.get(row["key"])
-            if not (row["source_sha256"] == row["written_sha256"] == row["reread_sha256"]):
-                raise LoradocError(
-                    f"tensor {row['source_key']} was not copied bit for bit",
-                    hint="check the disk (the output was not kept); re-run the repair",
-                )
+        if snap.weights_format == "safetensors":
+            rows, weights_sha = _stream_safetensors(plan, tmp / SAFETENSORS_NAME)
+            _compare_with_source(plan, tmp / SAFETENSORS_NAME, rows)
+            source_files = _source_hashes(snap.directory, skip={snap.weights_path.name})
+            source_files[snap.weights_path.name] = weights_sha
+        else:
+            rows = _stream_pickle(plan, tmp / SAFETENSORS_NAME)
+            source_files = _source_hashes(snap.directory)
         verdict = None
         after: dict[str, Any] | None = None
         if verify != "none":
@@ -217,10 +279,11 @@ def _report(
         "renamed": [{"from": a.source, "to": a.target, "pass": a.pass_name} for a in plan.renamed()],
         "kept": [
             {"key": r["key"], "source_key": r["source_key"], "dtype": r["dtype"], "shape": r["shape"],
-             "sha256": r["reread_sha256"]}
+             "sha256": r["sha256"]}
             for r in rows
         ],
-        "proof": "for every kept tensor: sha256(source bytes) == sha256(bytes written) == sha256(bytes re-read)",
+        "proof": "each kept tensor's bytes were streamed from the source into the output (sha256 taken on the way), "
+        "then the finished file was re-read and compared byte for byte with the source",
         "findings_before": [f.to_json(max_keys=0) for f in plan.before],
         "verification": after,
         "healthy": verdict == "healthy" if verdict is not None else None,

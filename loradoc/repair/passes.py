@@ -114,8 +114,10 @@ class RepairPlan:
         self._count(pass_name, "dropped")
 
     def _by_target(self, key: str) -> TensorAction | None:
-        index = {a.target: a for a in self.actions.values() if a.target is not None}
-        return index.get(key)
+        a = self.actions.get(key)  # most keys are never renamed
+        if a is not None and a.target == key:
+            return a
+        return next((x for x in self.actions.values() if x.target == key), None)
 
     def _count(self, pass_name: str, what: str) -> None:
         c = self.counts.setdefault(pass_name, {"renamed": 0, "dropped": 0, "config": 0})

@@ -168,19 +168,35 @@ def main() -> None:
     rows: list[tuple[str, tuple[float, float, float, int], str]] = []
     e4b = ["--base", "google/gemma-4-E4B-it", "--json"]
     rows.append(("loradoc --help", timed([*exe, "--help"], args.runs), "goal < 0.3 s"))
-    rows.append(("doctor --fast (E4B, 884 keys)", timed([*exe, "doctor", str(adapter), *e4b, "--fast"], args.runs),
-                 "goal < 1 s CPU"))
+    rows.append(
+        (
+            "doctor --fast (E4B, 884 keys)",
+            timed([*exe, "doctor", str(adapter), *e4b, "--fast"], args.runs),
+            "goal < 1 s CPU",
+        )
+    )
     rows.append(("doctor (E4B, 884 keys)", timed([*exe, "doctor", str(adapter), *e4b], args.runs), "goal < 6 s"))
     if args.real_e4b:
         from loradoc.profiles import resolve_base
 
         cfg_dir = str(resolve_base("google/gemma-4-E4B-it").directory)
-        rows.append(("real peft load (E4B, uninit bf16)",
-                     timed([sys.executable, "-c", REAL_LOAD_E4B, cfg_dir, str(adapter)], 1), "reference"))
-    rows.append(("doctor (tiny E4B-like, 124 keys)", timed([*exe, "doctor", tiny_a, "--base", tiny_b, "--json"],
-                                                           args.runs), ""))
-    rows.append(("real peft load (tiny E4B-like)", timed([sys.executable, "-c", REAL_LOAD, tiny_b, tiny_a], args.runs),
-                 "reference"))
+        rows.append(
+            (
+                "real peft load (E4B, uninit bf16)",
+                timed([sys.executable, "-c", REAL_LOAD_E4B, cfg_dir, str(adapter)], 1),
+                "reference",
+            )
+        )
+    rows.append(
+        ("doctor (tiny E4B-like, 124 keys)", timed([*exe, "doctor", tiny_a, "--base", tiny_b, "--json"], args.runs), "")
+    )
+    rows.append(
+        (
+            "real peft load (tiny E4B-like)",
+            timed([sys.executable, "-c", REAL_LOAD, tiny_b, tiny_a], args.runs),
+            "reference",
+        )
+    )
 
     ref = rows[-1][1][0]
     print(f"# loradoc doctor benchmark ({env_note}; median of {args.runs} runs; whole processes)")

@@ -64,8 +64,9 @@ def main() -> None:
         make_e4b_replica(src, rank=args.rank, dtype="F32")
         return
     if not (src / "adapter_model.safetensors").is_file():
-        subprocess.run([sys.executable, __file__, "--prepare-only", "--workdir", str(work), "--rank", str(args.rank)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--prepare-only", "--workdir", str(work), "--rank", str(args.rank)], check=True
+        )
     st = src / "adapter_model.safetensors"
     size_mb = st.stat().st_size / 2**20
     from loradoc.safetensors_io import read_header
@@ -79,19 +80,39 @@ def main() -> None:
     rows = []
     rows.append(("cp", *run(["cp", str(st), str(work / "cp.safetensors")], args.runs, rm_out)))
     rows.append(("cp + sync", *run(["sh", "-c", f"cp {st} {work / 'cp.safetensors'} && sync"], args.runs, rm_out)))
-    rows.append(("safetensors load_file + save_file",
-                 *run([sys.executable, "-c", NAIVE, str(st), str(work / "naive.safetensors")], args.runs, rm_out)))
+    rows.append(
+        (
+            "safetensors load_file + save_file",
+            *run([sys.executable, "-c", NAIVE, str(st), str(work / "naive.safetensors")], args.runs, rm_out),
+        )
+    )
     base = ["--base", "google/gemma-4-E4B-it"]
-    rows.append(("loradoc repair --verify none", *run(
-        [sys.executable, "-m", "loradoc.cli", "repair", str(src), *base, "--out", str(out), "--verify", "none"],
-        args.runs, rm_out)))
-    rows.append(("loradoc repair --verify fast", *run(
-        [sys.executable, "-m", "loradoc.cli", "repair", str(src), *base, "--out", str(out), "--verify", "fast"],
-        args.runs, rm_out)))
+    rows.append(
+        (
+            "loradoc repair --verify none",
+            *run(
+                [sys.executable, "-m", "loradoc.cli", "repair", str(src), *base, "--out", str(out), "--verify", "none"],
+                args.runs,
+                rm_out,
+            ),
+        )
+    )
+    rows.append(
+        (
+            "loradoc repair --verify fast",
+            *run(
+                [sys.executable, "-m", "loradoc.cli", "repair", str(src), *base, "--out", str(out), "--verify", "fast"],
+                args.runs,
+                rm_out,
+            ),
+        )
+    )
     kept_mb = (out / "adapter_model.safetensors").stat().st_size / 2**20 if out.exists() else float("nan")
     cp_wall = rows[0][1]
-    print(f"# repair throughput: {size_mb:.0f} MB adapter ({len(header.tensors)} tensors, largest {largest:.1f} MB),"
-          f" {kept_mb:.0f} MB kept; {os.cpu_count()} cpus; median of {args.runs}")
+    print(
+        f"# repair throughput: {size_mb:.0f} MB adapter ({len(header.tensors)} tensors, largest {largest:.1f} MB),"
+        f" {kept_mb:.0f} MB kept; {os.cpu_count()} cpus; median of {args.runs}"
+    )
     print(f"{'what':<36} {'wall s':>7} {'MB/s':>8} {'speed vs cp':>12} {'peak RSS MB':>12}")
     for name, wall, peak in rows:
         print(f"{name:<36} {wall:7.2f} {size_mb / wall:8.0f} {cp_wall / wall:11.2f}x {peak:12d}")

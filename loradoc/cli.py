@@ -75,16 +75,33 @@ def doctor(
 @click.option("--only", "only", multiple=True, help="Run exactly these passes (repeatable).")
 @click.option("--also", "also", multiple=True, help="Run these passes on top of the default ones (repeatable).")
 @click.option("--peft-version", default=None, help="Target peft version for drop-unsupported-fields.")
-@click.option("--verify", type=click.Choice(["full", "fast", "none"]), default="full", show_default=True,
-              help="Re-run doctor on the output (full: real peft dry load).")
+@click.option(
+    "--verify",
+    type=click.Choice(["full", "fast", "none"]),
+    default="full",
+    show_default=True,
+    help="Re-run doctor on the output (full: real peft dry load).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
 @click.option("--endpoint", default=None, help="Hub endpoint for REPO@REV adapters.")
 @click.option("--list-passes", is_flag=True, help="List the repair passes and exit.")
 @click.option("--json", "as_json", is_flag=True)
-def repair(adapter: str, base: str, out: str | None, plan_only: bool, only: tuple[str, ...], also: tuple[str, ...],
-           peft_version: str | None, verify: str, overwrite: bool, allow_pickle: bool, endpoint: str | None,
-           list_passes: bool, as_json: bool) -> None:
+def repair(
+    adapter: str,
+    base: str,
+    out: str | None,
+    plan_only: bool,
+    only: tuple[str, ...],
+    also: tuple[str, ...],
+    peft_version: str | None,
+    verify: str,
+    overwrite: bool,
+    allow_pickle: bool,
+    endpoint: str | None,
+    list_passes: bool,
+    as_json: bool,
+) -> None:
     """Write a repaired copy of ADAPTER to --out (the input is never modified).
 
     By default the passes answering error findings run; warning passes (full-precision-base,
@@ -132,8 +149,10 @@ def repair(adapter: str, base: str, out: str | None, plan_only: bool, only: tupl
         from .render import render_plan
 
         render_plan(plan)
-        click.echo(f"wrote {result.out} ({len(plan.kept())} tensors kept, {len(plan.dropped())} dropped, "
-                   f"{len(plan.renamed())} renamed); output verdict: {result.verdict or 'not verified'}")
+        click.echo(
+            f"wrote {result.out} ({len(plan.kept())} tensors kept, {len(plan.dropped())} dropped, "
+            f"{len(plan.renamed())} renamed); output verdict: {result.verdict or 'not verified'}"
+        )
         if result.ok:
             click.echo(f"next: loradoc check-load {result.out} --base {base}")
     sys.exit(0 if result.ok else 1)
@@ -144,12 +163,17 @@ def repair(adapter: str, base: str, out: str | None, plan_only: bool, only: tupl
 @click.argument("adapter")
 @click.option("--base", "base", required=True, help="Local base directory with weights.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--certificate", "certificate", default=None,
-              help="Write the certificate here instead of ADAPTER/loradoc-certificate.json.")
+@click.option(
+    "--certificate",
+    "certificate",
+    default=None,
+    help="Write the certificate here instead of ADAPTER/loradoc-certificate.json.",
+)
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
 @click.option("--json", "as_json", is_flag=True)
-def check_load_cmd(adapter: str, base: str, device: str, certificate: str | None, allow_pickle: bool,
-                   as_json: bool) -> None:
+def check_load_cmd(
+    adapter: str, base: str, device: str, certificate: str | None, allow_pickle: bool, as_json: bool
+) -> None:
     """Really load BASE's weights and ADAPTER with peft (CUDA when present, else CPU) and certify the result.
 
     Exit code 0 only when every check passes.
@@ -158,8 +182,9 @@ def check_load_cmd(adapter: str, base: str, device: str, certificate: str | None
 
     from .repair.checkload import check_load
 
-    cert = check_load(adapter, base, device=device, certificate=Path(certificate) if certificate else None,
-                      allow_pickle=allow_pickle)
+    cert = check_load(
+        adapter, base, device=device, certificate=Path(certificate) if certificate else None, allow_pickle=allow_pickle
+    )
     if as_json:
         _emit_json({**cert.data, "certificate_path": str(cert.path)})
     else:

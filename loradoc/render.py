@@ -68,8 +68,12 @@ def render_plan(plan: RepairPlan) -> None:
         t.add_row(name, str(c.get("renamed", 0)), str(c.get("dropped", 0)), str(c.get("config", 0)))
     console.print(t)
     for ch in plan.changes:
-        console.print(f"config {ch.field}: {ch.old!r} -> {ch.new!r}  ({ch.pass_name}: {ch.reason})",
-                      soft_wrap=True, highlight=False, markup=False)
+        console.print(
+            f"config {ch.field}: {ch.old!r} -> {ch.new!r}  ({ch.pass_name}: {ch.reason})",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
     renamed = plan.renamed()
     for a in renamed[:5]:
         console.print(f"rename {a.source} -> {a.target}", soft_wrap=True, highlight=False, markup=False)
@@ -78,8 +82,10 @@ def render_plan(plan: RepairPlan) -> None:
     for a in plan.dropped():
         console.print(f"drop {a.source}  ({a.pass_name}: {a.reason})", soft_wrap=True, highlight=False, markup=False)
     left = [f for f in plan.after if f.severity == "error"]
-    console.print(f"kept {len(plan.kept())} of {len(plan.actions)} tensors; "
-                  + ("no error finding left" if not left else "left: " + ", ".join(f.code for f in left)))
+    console.print(
+        f"kept {len(plan.kept())} of {len(plan.actions)} tensors; "
+        + ("no error finding left" if not left else "left: " + ", ".join(f.code for f in left))
+    )
 
 
 def render_certificate(cert: Certificate) -> None:
@@ -98,6 +104,10 @@ def render_certificate(cert: Certificate) -> None:
     console.print(t)
     v = d["versions"]
     console.print(f"torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}")
-    console.print(f"certificate: {cert.path}" if cert.path else "certificate not written", soft_wrap=True,
-                  highlight=False, markup=False)
+    console.print(
+        f"certificate: {cert.path}" if cert.path else "certificate not written",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
+    )
     console.print("[bold green]all checks passed[/]" if cert.passed else "[bold red]some checks failed[/]")

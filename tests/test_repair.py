@@ -42,7 +42,9 @@ REPAIRABLE = [
 
 
 def tree_hash(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,10 @@ def test_kept_tensors_are_bit_identical_and_reported(
         assert row["sha256"] == hashlib.sha256(b.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
     assert all(r["reason"] for r in report["dropped"])
     files = report["source"]["files"]
-    assert files["adapter_model.safetensors"] == hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert (
+        files["adapter_model.safetensors"]
+        == hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
+    )
 
 
 @pytest.mark.parametrize("name", REPAIRABLE)
@@ -123,9 +128,10 @@ def test_check_load_passes_on_every_repaired_output(
     assert checks["effect"]["figures"]["max_abs_logit_delta"] > 0
     data = json.loads((tmp_path / "cert.json").read_text())
     assert data["versions"]["peft"] and data["versions"]["torch"] and data["device"]["type"] in ("cpu", "cuda")
-    assert data["adapter"]["files"]["adapter_model.safetensors"] == hashlib.sha256(
-        (out / "adapter_model.safetensors").read_bytes()
-    ).hexdigest()
+    assert (
+        data["adapter"]["files"]["adapter_model.safetensors"]
+        == hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
+    )
 
 
 def test_check_load_fails_on_a_broken_adapter(example_root: ExampleSet, tmp_path: Path) -> None:
@@ -229,7 +235,9 @@ def test_pickle_to_safetensors(example_root: ExampleSet, tmp_path: Path) -> None
     with pytest.raises(BadInputError):
         open_snapshot(str(src_dir))
     with pytest.raises(SystemExit) as e:
-        main(["repair", str(src_dir), "--base", base, "--out", str(tmp_path / "out"), "--only", "pickle-to-safetensors"])
+        main(
+            ["repair", str(src_dir), "--base", base, "--out", str(tmp_path / "out"), "--only", "pickle-to-safetensors"]
+        )
     assert e.value.code == 0
     out = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
     assert set(out) == set(state) and all(torch.equal(out[k], state[k]) for k in state)
@@ -259,8 +267,19 @@ def test_sigkill_mid_write_leaves_no_complete_output(cases: dict[str, tuple[Path
     adapter, base = cases["seed-clinical-endpoint-extractor"]
     before = tree_hash(adapter)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "loradoc.cli", "repair", str(adapter), "--base", str(base), "--out", str(out),
-           "--verify", "none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "loradoc.cli",
+        "repair",
+        str(adapter),
+        "--base",
+        str(base),
+        "--out",
+        str(out),
+        "--verify",
+        "none",
+    ]
     env = {**os.environ, "LORADOC_FAULT_SLOW_WRITE": "0.05"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

@@ -118,9 +118,10 @@ def _stream_safetensors(plan: RepairPlan, target: Path) -> tuple[list[dict[str, 
     delay = _delay()
     file_hash = _BackgroundHash()
     try:
-        with open(snap.weights_path, "rb") as fh, SafetensorsWriter(
-            target, specs, metadata=dict(header.metadata) or {"format": "pt"}, overwrite=False
-        ) as w:
+        with (
+            open(snap.weights_path, "rb") as fh,
+            SafetensorsWriter(target, specs, metadata=dict(header.metadata) or {"format": "pt"}, overwrite=False) as w,
+        ):
             i, pos = 0, 0
             while chunk := fh.read(_CHUNK):
                 file_hash.update(chunk)
@@ -180,8 +181,7 @@ def _stream_pickle(plan: RepairPlan, target: Path) -> list[dict[str, Any]]:
     state = plan.source._pickle_state or {}
     kept = plan.kept()
     specs = [
-        TensorSpec(str(a.target), _torch_dtype_name(state[a.source].dtype), tuple(state[a.source].shape))
-        for a in kept
+        TensorSpec(str(a.target), _torch_dtype_name(state[a.source].dtype), tuple(state[a.source].shape)) for a in kept
     ]
     delay = _delay()
     sources: dict[str, str] = {}
@@ -198,8 +198,13 @@ def _stream_pickle(plan: RepairPlan, target: Path) -> list[dict[str, Any]]:
         if sources[sp.name] != w.sha256[sp.name]:
             raise LoradocError(f"tensor {a.source} was not written bit for bit", hint="re-run the repair")
         rows.append(
-            {"key": sp.name, "source_key": a.source, "dtype": sp.dtype, "shape": list(sp.shape),
-             "sha256": w.sha256[sp.name]}
+            {
+                "key": sp.name,
+                "source_key": a.source,
+                "dtype": sp.dtype,
+                "shape": list(sp.shape),
+                "sha256": w.sha256[sp.name],
+            }
         )
     return rows
 
@@ -235,8 +240,12 @@ def apply_plan(
 
             d = diagnose(str(tmp), base, fast=(verify == "fast"))
             verdict = d.verdict
-            after = {"mode": d.mode, "verdict": d.verdict, "peft": d.peft.to_json(max_keys=20),
-                     "findings": [f.to_json(max_keys=10) for f in d.findings]}
+            after = {
+                "mode": d.mode,
+                "verdict": d.verdict,
+                "peft": d.peft.to_json(max_keys=20),
+                "findings": [f.to_json(max_keys=10) for f in d.findings],
+            }
         report = _report(plan, base, source_files, rows, verdict, after)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return RepairResult(out, plan, report, verdict)
@@ -262,8 +271,11 @@ def _report(
             "weights_format": snap.weights_format,
             "files": source_files,
         },
-        "base": {"name": plan.profile.name, "architecture": plan.profile.architecture,
-                 "config_sha256": plan.profile.config_sha256},
+        "base": {
+            "name": plan.profile.name,
+            "architecture": plan.profile.architecture,
+            "config_sha256": plan.profile.config_sha256,
+        },
         "versions": {d: installed_version(d) for d in ("peft", "transformers", "safetensors")},
         "passes": plan.passes,
         "counts": plan.counts,
@@ -272,14 +284,24 @@ def _report(
             for c in plan.changes
         ],
         "dropped": [
-            {"key": a.source, "pass": a.pass_name, "reason": a.reason,
-             "dtype": snap.tensors[a.source].dtype, "shape": list(snap.tensors[a.source].shape)}
+            {
+                "key": a.source,
+                "pass": a.pass_name,
+                "reason": a.reason,
+                "dtype": snap.tensors[a.source].dtype,
+                "shape": list(snap.tensors[a.source].shape),
+            }
             for a in plan.dropped()
         ],
         "renamed": [{"from": a.source, "to": a.target, "pass": a.pass_name} for a in plan.renamed()],
         "kept": [
-            {"key": r["key"], "source_key": r["source_key"], "dtype": r["dtype"], "shape": r["shape"],
-             "sha256": r["sha256"]}
+            {
+                "key": r["key"],
+                "source_key": r["source_key"],
+                "dtype": r["dtype"],
+                "shape": r["shape"],
+                "sha256": r["sha256"],
+            }
             for r in rows
         ],
         "proof": "each kept tensor's bytes were streamed from the source into the output (sha256 taken on the way), "

@@ -87,7 +87,7 @@ def model_param_name(key: str, profile: Any) -> str:
     param = p.param
     for stem in ("lora_A", "lora_B", "lora_magnitude_vector"):
         if param.startswith(stem + "."):
-            param = f"{stem}.default.{param[len(stem) + 1:]}"
+            param = f"{stem}.default.{param[len(stem) + 1 :]}"
             break
     else:
         if param in ("lora_embedding_A", "lora_embedding_B"):
@@ -230,20 +230,39 @@ def _adapter_checks(
         hit = re.search(r"Found missing adapter keys while loading the checkpoint: (\[.*\])", m, re.S)
         if hit:
             warned = ast.literal_eval(hit.group(1))
-    checks.append(Check("no-missing", not missing and not warned,
-                        {"missing": len(missing), "peft_warned_missing": len(warned), "keys": missing[:20]}))
+    checks.append(
+        Check(
+            "no-missing",
+            not missing and not warned,
+            {"missing": len(missing), "peft_warned_missing": len(warned), "keys": missing[:20]},
+        )
+    )
     checks.append(Check("no-unexpected", not unexpected, {"unexpected": len(unexpected), "keys": unexpected[:20]}))
-    checks.append(Check("bit-exact", bool(matched) and not not_exact,
-                        {"compared": len(matched), "identical": len(matched) - len(not_exact),
-                         "different": not_exact[:20]}))
+    checks.append(
+        Check(
+            "bit-exact",
+            bool(matched) and not not_exact,
+            {"compared": len(matched), "identical": len(matched) - len(not_exact), "different": not_exact[:20]},
+        )
+    )
     b_params = {n: p for n, p in lora_params.items() if ".lora_B." in n or ".lora_embedding_B." in n}
     zero_b = sorted(n for n, p in b_params.items() if not bool(torch.any(p != 0)))
-    checks.append(Check("lora-b-nonzero", bool(b_params) and not zero_b,
-                        {"lora_B": len(b_params), "all_zero": len(zero_b), "keys": zero_b[:20]}))
+    checks.append(
+        Check(
+            "lora-b-nonzero",
+            bool(b_params) and not zero_b,
+            {"lora_B": len(b_params), "all_zero": len(zero_b), "keys": zero_b[:20]},
+        )
+    )
     adapted = _logits(pm, ids)
     effect = float(torch.max(torch.abs(adapted - base_logits)))
-    checks.append(Check("effect", effect > 0, {"max_abs_logit_delta": effect,
-                                               "rel": effect / max(1e-12, float(torch.max(torch.abs(base_logits))))}))
+    checks.append(
+        Check(
+            "effect",
+            effect > 0,
+            {"max_abs_logit_delta": effect, "rel": effect / max(1e-12, float(torch.max(torch.abs(base_logits))))},
+        )
+    )
     merged = pm.merge_and_unload()
     merged_logits = _logits(merged, ids)
     diff = float(torch.max(torch.abs(merged_logits - adapted)))
@@ -268,4 +287,3 @@ def load_certificate(path: Path) -> dict[str, Any]:
         raise BadInputError(f"no certificate at {path}", hint="run loradoc check-load first") from None
     except json.JSONDecodeError:
         raise BadInputError(f"{path} is not valid JSON", hint="re-run loradoc check-load") from None
-

@@ -211,9 +211,7 @@ def _drop_towers(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> 
     default=False,
 )
 def _keep_towers(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
-    inner = sorted(
-        {parse_key(k).module for k, f in st.fates.items() if f.status == A.TOWER and k.endswith(".weight")}
-    )
+    inner = sorted({parse_key(k).module for k, f in st.fates.items() if f.status == A.TOWER and k.endswith(".weight")})
     inner = [m for m in inner if m.endswith(".linear") and m in plan.profile.modules]
     if not inner:
         return
@@ -434,4 +432,3 @@ def describe_passes() -> list[dict[str, Any]]:
         {"name": p.name, "answers": list(p.answers), "default": p.default, "description": p.description}
         for p in PASSES.values()
     ]
-

@@ -303,3 +303,23 @@ def test_sigkill_mid_write_leaves_no_complete_output(cases: dict[str, tuple[Path
     done = subprocess.run(cmd[:-2], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (out / REPORT_NAME).is_file() and not (out / CERTIFICATE_NAME).exists()
+
+
+def test_progress_is_reported_and_a_cancel_leaves_nothing(cases: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    adapter, base = cases["textonly-on-wrapper"]
+    src = resolve_base(str(base))
+    plan = build_plan(open_snapshot(str(adapter)), get_profile(src))
+    seen: list[tuple[int, int]] = []
+
+    class Cancelled(Exception):
+        pass
+
+    def progress(done: int, total: int, name: str) -> None:
+        seen.append((done, total))
+        if done == 10:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        apply_plan(plan, tmp_path / "out", src, progress=progress, verify="none")
+    assert seen[-1] == (10, len(plan.kept())) and seen[0][0] == 1
+    assert list(tmp_path.iterdir()) == []

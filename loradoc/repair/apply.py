@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,12 @@ class _BackgroundHash:
         return self._h.hexdigest()
 
 
-def _stream_safetensors(plan: RepairPlan, target: Path) -> tuple[list[dict[str, Any]], str]:
+Progress = Callable[[int, int, str], None]
+
+
+def _stream_safetensors(
+    plan: RepairPlan, target: Path, progress: Progress | None = None
+) -> tuple[list[dict[str, Any]], str]:
     """One sequential read of the source file: the whole-file sha256 runs on a thread while the kept tensors'
     bytes go to the writer (which hashes each tensor). Returns the kept rows and the source file's sha256."""
     snap = plan.source
@@ -138,6 +144,8 @@ def _stream_safetensors(plan: RepairPlan, target: Path) -> tuple[list[dict[str, 
                     if b > end:
                         break
                     i += 1
+                    if progress is not None:
+                        progress(i, len(kept), specs[i - 1].name)
                     if delay:
                         time.sleep(delay)
                 pos = end
@@ -172,7 +180,7 @@ def _compare_with_source(plan: RepairPlan, written: Path, rows: list[dict[str, A
                 )
 
 
-def _stream_pickle(plan: RepairPlan, target: Path) -> list[dict[str, Any]]:
+def _stream_pickle(plan: RepairPlan, target: Path, progress: Progress | None = None) -> list[dict[str, Any]]:
     """Pickle source (only with consent): tensors were loaded with weights_only=True."""
     import torch
 
@@ -191,6 +199,8 @@ def _stream_pickle(plan: RepairPlan, target: Path) -> list[dict[str, Any]]:
             data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
             sources[sp.name] = hashlib.sha256(data).hexdigest()
             w.write(sp.name, data)
+            if progress is not None:
+                progress(len(sources), len(kept), sp.name)
             if delay:
                 time.sleep(delay)
     rows = []
@@ -216,7 +226,10 @@ def apply_plan(
     *,
     verify: str = "full",
     overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> RepairResult:
+    """Write ``plan`` to ``out``. ``progress(done, total, tensor)`` is called after each tensor; an exception
+    it raises (e.g. a cancel) aborts the write and leaves nothing at ``out``."""
     out = Path(out)
     _check_out(plan, out, overwrite)
     snap = plan.source
@@ -226,12 +239,12 @@ def apply_plan(
                 shutil.copy2(item, tmp / item.name)
         (tmp / CONFIG_NAME).write_text(json.dumps(plan.config, indent=2) + "\n")
         if snap.weights_format == "safetensors":
-            rows, weights_sha = _stream_safetensors(plan, tmp / SAFETENSORS_NAME)
+            rows, weights_sha = _stream_safetensors(plan, tmp / SAFETENSORS_NAME, progress)
             _compare_with_source(plan, tmp / SAFETENSORS_NAME, rows)
             source_files = _source_hashes(snap.directory, skip={snap.weights_path.name})
             source_files[snap.weights_path.name] = weights_sha
         else:
-            rows = _stream_pickle(plan, tmp / SAFETENSORS_NAME)
+            rows = _stream_pickle(plan, tmp / SAFETENSORS_NAME, progress)
             source_files = _source_hashes(snap.directory)
         verdict = None
         after: dict[str, Any] | None = None

@@ -20,6 +20,19 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _registry(path: str | None) -> Any:
+    from pathlib import Path
+
+    from .registry import Registry
+
+    return Registry(Path(path) if path else None)
+
+
+REGISTRY_OPT = click.option(
+    "--registry", "registry_path", default=None, help="SQLite index to use (default: $LORADOC_REGISTRY or user data)."
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="loradoc")
 def cli() -> None:
@@ -41,6 +54,8 @@ def cli() -> None:
 @click.option("--endpoint", default=None, help="Hub endpoint for REPO@REV adapters (default: $HF_ENDPOINT).")
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
 @click.option("--no-data", is_flag=True, help="Skip the checks that read tensor data (untrained, NaN/Inf).")
+@click.option("--record", is_flag=True, help="Write the result into the adapter's manifest and the registry.")
+@REGISTRY_OPT
 def doctor(
     adapter: str,
     base: str,
@@ -49,6 +64,8 @@ def doctor(
     endpoint: str | None,
     allow_pickle: bool,
     no_data: bool,
+    record: bool,
+    registry_path: str | None,
 ) -> None:
     """Diagnose ADAPTER (a directory, HF cache snapshot, or REPO[@REV]) against BASE.
 
@@ -57,6 +74,9 @@ def doctor(
     from .repair.doctor import HEALTHY, diagnose
 
     d = diagnose(adapter, base, fast=fast, endpoint=endpoint, allow_pickle=allow_pickle, read_data=not no_data)
+    if record:
+        manifest = _registry(registry_path).add_from_diagnosis(d)
+        click.echo(f"recorded in {manifest}", err=True)
     if as_json:
         _emit_json(d.to_json())
     else:
@@ -86,6 +106,8 @@ def doctor(
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
 @click.option("--endpoint", default=None, help="Hub endpoint for REPO@REV adapters.")
 @click.option("--list-passes", is_flag=True, help="List the repair passes and exit.")
+@click.option("--record", is_flag=True, help="Record the repair lineage in the registry.")
+@REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def repair(
     adapter: str,
@@ -100,6 +122,8 @@ def repair(
     allow_pickle: bool,
     endpoint: str | None,
     list_passes: bool,
+    record: bool,
+    registry_path: str | None,
     as_json: bool,
 ) -> None:
     """Write a repaired copy of ADAPTER to --out (the input is never modified).
@@ -143,6 +167,9 @@ def repair(
     from .repair.apply import apply_plan
 
     result = apply_plan(plan, Path(out), source, verify=verify, overwrite=overwrite)
+    if record:
+        manifest = _registry(registry_path).record_repair(result.report, result.out)
+        click.echo(f"recorded in {manifest}", err=True)
     if as_json:
         _emit_json({"out": str(result.out), "verdict": result.verdict, "report": result.report})
     else:
@@ -170,9 +197,18 @@ def repair(
     help="Write the certificate here instead of ADAPTER/loradoc-certificate.json.",
 )
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
+@click.option("--record", is_flag=True, help="Record the certificate in the registry.")
+@REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def check_load_cmd(
-    adapter: str, base: str, device: str, certificate: str | None, allow_pickle: bool, as_json: bool
+    adapter: str,
+    base: str,
+    device: str,
+    certificate: str | None,
+    allow_pickle: bool,
+    record: bool,
+    registry_path: str | None,
+    as_json: bool,
 ) -> None:
     """Really load BASE's weights and ADAPTER with peft (CUDA when present, else CPU) and certify the result.
 
@@ -185,6 +221,9 @@ def check_load_cmd(
     cert = check_load(
         adapter, base, device=device, certificate=Path(certificate) if certificate else None, allow_pickle=allow_pickle
     )
+    if record:
+        manifest = _registry(registry_path).record_certificate(cert.data, path=cert.path)
+        click.echo(f"recorded in {manifest}", err=True)
     if as_json:
         _emit_json({**cert.data, "certificate_path": str(cert.path)})
     else:
@@ -233,6 +272,117 @@ def example(directory: str, as_json: bool, adapter: str) -> None:
     from .render import render_diagnosis
 
     render_diagnosis(d, adapter=str(a_dir), base=str(b_dir))
+
+
+# --------------------------------------------------------------------------------------------------- registry
+@cli.group()
+def registry() -> None:
+    """The manifest registry: adapters, bases, compatibility and lineage (TOML manifests + SQLite index)."""
+
+
+@registry.command("list")
+@click.option("--base", "base_id", default=None, help="Only adapters of this base id.")
+@click.option("--status", default=None, help="healthy | repairable | broken | repaired | verified")
+@click.option("--bases", "show_bases", is_flag=True, help="List the bases instead.")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def registry_list(
+    base_id: str | None, status: str | None, show_bases: bool, registry_path: str | None, as_json: bool
+) -> None:
+    """List adapters (or --bases)."""
+    reg = _registry(registry_path)
+    if show_bases:
+        brows = reg.list_bases()
+        if as_json:
+            _emit_json([r.to_json() for r in brows])
+            return
+        for b in brows:
+            rel = f"{b.relation} of {b.of}" if b.relation else ""
+            click.echo(f"{b.id:<48} {b.architecture:<34} {rel}")
+        return
+    rows = reg.list(base=base_id, status=status)
+    if as_json:
+        _emit_json({"adapters": [r.to_json() for r in rows], "bases": [b.to_json() for b in reg.list_bases()]})
+        return
+    for r in rows:
+        click.echo(f"{r.id:<56} {r.status:<11} {r.base:<40} r={r.r} alpha={r.alpha}")
+
+
+@registry.command("show")
+@click.argument("ident", metavar="ID")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def registry_show(ident: str, registry_path: str | None, as_json: bool) -> None:
+    """Show the manifest of an adapter or base (repo id, id@revision, or a local adapter path)."""
+    from .registry import manifest_to_toml
+
+    m = _registry(registry_path).show(ident)
+    if as_json:
+        _emit_json(m.to_json())
+    else:
+        click.echo(manifest_to_toml(m))
+
+
+@registry.command("add")
+@click.argument("adapter")
+@click.option("--base", "base", required=True, help="Local base directory or shipped base id to diagnose against.")
+@click.option("--fast", is_flag=True, help="Static analysis only.")
+@click.option("--endpoint", default=None)
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def registry_add(
+    adapter: str, base: str, fast: bool, endpoint: str | None, registry_path: str | None, as_json: bool
+) -> None:
+    """Run doctor on ADAPTER (a path or REPO[@REV]) and write its manifest."""
+    from .repair.doctor import diagnose
+
+    d = diagnose(adapter, base, fast=fast, endpoint=endpoint)
+    path = _registry(registry_path).add_from_diagnosis(d)
+    if as_json:
+        _emit_json({"manifest": str(path), "verdict": d.verdict})
+    else:
+        click.echo(f"{d.verdict}: recorded in {path}")
+
+
+@registry.command("sync")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def registry_sync(registry_path: str | None, as_json: bool) -> None:
+    """Re-index the manifest directories (incremental). Malformed manifests are reported; the others load."""
+    rep = _registry(registry_path).sync()
+    if as_json:
+        _emit_json(rep.to_json())
+    else:
+        click.echo(
+            f"added {len(rep.added)}, updated {len(rep.updated)}, removed {len(rep.removed)}, "
+            f"unchanged {len(rep.unchanged)}"
+        )
+        for p in rep.problems:
+            click.echo(f"problem: {p}", err=True)
+    sys.exit(0 if rep.ok else 1)
+
+
+@registry.command("compat")
+@click.argument("ident", metavar="ID")
+@click.option("--peft", "peft_v", default=None, help="peft version (default: installed).")
+@click.option("--transformers", "tf_v", default=None, help="transformers version (default: installed).")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def registry_compat(ident: str, peft_v: str | None, tf_v: str | None, registry_path: str | None, as_json: bool) -> None:
+    """Will ID (or ID@revision) load cleanly with these peft / transformers versions, and why?
+
+    Exit code: 0 clean, 1 broken or unknown.
+    """
+    ans = _registry(registry_path).compat(ident, peft=peft_v, transformers=tf_v)
+    if as_json:
+        _emit_json(ans.to_json())
+    else:
+        click.echo(f"{ans.adapter}@{ans.revision}: {ans.verdict} with peft {ans.peft}, transformers {ans.transformers}")
+        for r in ans.reasons:
+            click.echo(f"  - {r}")
+        if ans.hint:
+            click.echo(f"next: {ans.hint}")
+    sys.exit(0 if ans.loads_cleanly else 1)
 
 
 # --------------------------------------------------------------------------------------------------- base

@@ -385,6 +385,23 @@ def registry_compat(ident: str, peft_v: str | None, tf_v: str | None, registry_p
     sys.exit(0 if ans.loads_cleanly else 1)
 
 
+# --------------------------------------------------------------------------------------------------- tui
+@cli.command()
+@REGISTRY_OPT
+@click.option("--endpoint", default=None, help="Hub endpoint for publishing (default: $HF_ENDPOINT).")
+def tui(registry_path: str | None, endpoint: str | None) -> None:
+    """Open the terminal UI: browse adapters, diagnose, repair, check loads, convert and publish."""
+    from pathlib import Path
+
+    try:
+        from .tui.app import run
+    except ImportError as e:
+        from .errors import EnvironmentProblem
+
+        raise EnvironmentProblem(f"the TUI needs textual ({e})", hint='pip install "loradoc[tui]"') from None
+    run(Path(registry_path) if registry_path else None, endpoint=endpoint)
+
+
 # --------------------------------------------------------------------------------------------------- base
 @cli.group()
 def base() -> None:

@@ -102,6 +102,7 @@ class LoradocApp(App[None]):
         self.endpoint = endpoint
         self.offer_example = offer_example
         self.rows: list[Any] = []
+        self.rows_before: list[Any] = []
         self.last_result: Any = None
 
     # ------------------------------------------------------------------------------------------- layout
@@ -154,9 +155,14 @@ class LoradocApp(App[None]):
             and (not search or search in r.id.lower() or search in r.base.lower())
         ]
         table = self.query_one("#adapters", DataTable)
+        current = self.rows_before[table.cursor_row].id if 0 <= table.cursor_row < len(self.rows_before) else None
         table.clear()
         for r in self.rows:
             table.add_row(*self._cells(r), key=r.id)
+        ids = [r.id for r in self.rows]
+        if current in ids:
+            table.move_cursor(row=ids.index(current))
+        self.rows_before = list(self.rows)
 
     def _cells(self, r: Any) -> tuple[str, ...]:
         m = self.registry.show(r.id)
@@ -185,6 +191,10 @@ class LoradocApp(App[None]):
     @on(Select.Changed, "#base-filter")
     def _filters_changed(self) -> None:
         self.refresh_table()
+
+    @on(DataTable.RowSelected, "#adapters")
+    def _row_selected(self) -> None:
+        self.action_open_detail()
 
     # ------------------------------------------------------------------------------------------- helpers
     def selected(self) -> Any | None:
@@ -360,7 +370,7 @@ class LoradocApp(App[None]):
 
             self.start("repair", job, total=len(plan.kept()))
 
-        self.push_screen(PlanScreen(f"Repair plan -> {out}", repair_plan_text(plan)), decided)
+        self.push_screen(PlanScreen(f"Repair plan -> {out.name}", repair_plan_text(plan)), decided)
 
     def action_check_load(self) -> None:
         path = self.selected_path()

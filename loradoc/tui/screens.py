@@ -160,8 +160,11 @@ class DetailScreen(Screen[None]):
         m = self.manifest
         rev = m.revision(None)
         yield Header()
+        from pathlib import Path
+
+        name = Path(m.id).name if Path(m.id).is_absolute() else m.id
         yield Static(
-            f"[b]{m.id}[/b]  base {m.base.id}  status [b]{rev.status}[/b]  revision {rev.label} ({rev.revision})",
+            f"[b]{name}[/b]  base {m.base.id}  status [b]{rev.status}[/b]  revision {rev.label} ({rev.revision})",
             id="detail-head",
         )
         with TabbedContent(id="detail-tabs"):

@@ -1,0 +1,264 @@
+"""The Textual TUI, driven with Pilot against the real core (no mocks), plus screen snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loradoc.fixtures import ExampleSet
+
+pytest.importorskip("textual")
+
+from textual.widgets import DataTable  # noqa: E402
+
+from loradoc.tui.app import LoradocApp  # noqa: E402
+from loradoc.tui.screens import ChoiceDialog, DetailScreen, ErrorDialog, PlanScreen  # noqa: E402
+
+# A fixed place, so that paths (and the revision labels derived from them) are the same in every run: the
+# screen snapshots depend on it.
+WORK = Path(tempfile.gettempdir()) / "loradoc-tui-test"
+CLINICAL = "seed-clinical-endpoint-extractor"
+
+
+@pytest.fixture(scope="module")
+def workspace(example_root: ExampleSet) -> Path:
+    shutil.rmtree(WORK, ignore_errors=True)
+    (WORK / "user").mkdir(parents=True)
+    shutil.copytree(example_root.root, WORK / "example")
+    # register the example the way the TUI's "build the bundled example" does (real doctor runs)
+    app = make_app()
+
+    async def build() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert isinstance(app.screen, type(app.screen))
+            await pilot.click("#yes")  # the empty-registry offer
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+
+    asyncio.run(build())
+    return WORK
+
+
+def make_app(**kw: Any) -> LoradocApp:
+    import os
+
+    os.environ["LORADOC_MANIFESTS"] = str(WORK / "user")
+    return LoradocApp(WORK / "registry.sqlite", example_dir=WORK / "example", **kw)
+
+
+def select(app: LoradocApp, name: str) -> None:
+    table = app.query_one("#adapters", DataTable)
+    idx = next(i for i, r in enumerate(app.rows) if Path(r.id).name == name)
+    table.move_cursor(row=idx)
+
+
+async def settle(app: LoradocApp, pilot: Any) -> None:
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def test_the_example_is_registered(workspace: Path) -> None:
+    app = make_app()
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            names = {Path(r.id).name for r in app.rows}
+            assert CLINICAL in names and "healthy-gemma3" in names
+            assert "Shubh-0789/gemma4-clinical-endpoint-extractor" in {r.id for r in app.rows}
+            row = next(r for r in app.rows if Path(r.id).name == CLINICAL)
+            assert row.status == "repairable"
+
+    asyncio.run(go())
+
+
+def test_filters_and_search(workspace: Path) -> None:
+    app = make_app(offer_example=False)
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            total = len(app.rows)
+            await pilot.press("slash")
+            await pilot.press(*"clinical")
+            await pilot.pause()
+            assert 0 < len(app.rows) < total
+            assert all("clinical" in r.id.lower() for r in app.rows)
+
+    asyncio.run(go())
+
+
+def test_doctor_repair_checkload_flow(workspace: Path) -> None:
+    app = make_app(offer_example=False)
+    fixed = WORK / "example" / "adapters" / f"{CLINICAL}-fixed"
+    shutil.rmtree(fixed, ignore_errors=True)
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            select(app, CLINICAL)
+            await pilot.press("d")
+            await settle(app, pilot)
+            assert app.last_result.verdict == "repairable"
+            await pilot.press("r")
+            await settle(app, pilot)
+            assert isinstance(app.screen, PlanScreen)
+            text = str(app.screen.body)
+            assert "drop-orphans" in text and "exclude_modules" in text
+            assert not fixed.exists()  # nothing written before the plan is accepted
+            await pilot.press("a")
+            await settle(app, pilot)
+            assert app.last_result.verdict == "healthy" and fixed.is_dir()
+            select(app, CLINICAL)
+            assert app.selected_path() == str(fixed)
+            await pilot.press("l")
+            await settle(app, pilot)
+            assert isinstance(app.screen, ChoiceDialog)
+            assert ("cpu", "CPU") in app.screen.options
+            await pilot.press("end", "enter")
+            await settle(app, pilot)
+            cert = app.last_result
+            assert cert.passed and cert.data["device"]["type"] == "cpu"
+            assert isinstance(app.screen, PlanScreen) and "PASSED" in app.screen.title_text
+            await pilot.press("escape")
+            await pilot.pause()
+            m = app.registry.show(str(WORK / "example" / "adapters" / CLINICAL))
+            assert m.revision(None).certificates
+            assert m.lineage and "drop-orphans" in m.lineage[-1].passes
+
+    asyncio.run(go())
+
+
+def test_detail_screen(workspace: Path) -> None:
+    app = make_app(offer_example=False)
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            select(app, "textonly-on-wrapper")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert isinstance(app.screen, DetailScreen)
+            assert len(app.screen.keys) == 76
+
+    asyncio.run(go())
+
+
+def test_worker_failure_ends_in_one_error_dialog(workspace: Path) -> None:
+    app = make_app(offer_example=False)
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            select(app, "healthy-gemma3")
+            path = app.selected_path()
+            assert path
+            app.workspace.remember(path, "/nonexistent/base")
+            try:
+                await pilot.press("d")
+                await settle(app, pilot)
+                assert isinstance(app.screen, ErrorDialog)
+                assert "next:" in app.screen.message and "Traceback" not in app.screen.message
+                assert "\n" not in app.screen.message
+            finally:
+                app.workspace.remember(path, str(WORK / "example" / "bases" / "tiny-gemma3"))
+
+    asyncio.run(go())
+
+
+def test_command_palette_offers_every_action(workspace: Path) -> None:
+    from loradoc.tui.app import ACTIONS
+
+    app = make_app(offer_example=False)
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            await pilot.press(*"repair")
+            await pilot.pause()
+            palette = app.screen
+            assert type(palette).__name__ == "CommandPalette"
+            names = {action for action, _, _ in ACTIONS}
+            assert {"doctor", "repair", "check_load", "convert", "publish"} <= names
+            bindings = {b.id for b in app.BINDINGS if hasattr(b, "id")}
+            assert {"doctor", "repair", "check-load", "convert", "publish", "help"} <= bindings
+
+    asyncio.run(go())
+
+
+def test_core_imports_without_textual() -> None:
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'textual' or name.startswith('textual.'):\n"
+        "            raise ImportError('textual blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import loradoc.repair.doctor, loradoc.repair.passes, loradoc.repair.apply, loradoc.repair.checkload\n"
+        "import loradoc.registry, loradoc.snapshot, loradoc.profiles, loradoc.cli\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_tui_module_does_not_import_torch() -> None:
+    code = "import sys; import loradoc.tui.app; print(json.dumps('torch' in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True)
+    assert out.returncode == 0 and json.loads(out.stdout) is False, out.stderr
+
+
+# ------------------------------------------------------------------------------------------- snapshots
+def _snap_app() -> LoradocApp:
+    return make_app(offer_example=False)
+
+
+def test_snapshot_main_screen(workspace: Path, snap_compare: Any) -> None:
+    assert snap_compare(_snap_app(), terminal_size=(80, 24))
+
+
+def test_snapshot_detail_screen(workspace: Path, snap_compare: Any) -> None:
+    async def before(pilot: Any) -> None:
+        await pilot.pause()
+        select(pilot.app, "textonly-on-wrapper")
+        await pilot.press("enter")
+        await pilot.pause()
+
+    assert snap_compare(_snap_app(), terminal_size=(80, 24), run_before=before)
+
+
+def test_snapshot_repair_plan(workspace: Path, snap_compare: Any) -> None:
+    async def before(pilot: Any) -> None:
+        await pilot.pause()
+        select(pilot.app, "textonly-on-wrapper")
+        await pilot.press("r")
+        await settle(pilot.app, pilot)
+
+    assert snap_compare(_snap_app(), terminal_size=(80, 24), run_before=before)
+
+
+def test_snapshot_error_dialog(workspace: Path, snap_compare: Any) -> None:
+    async def before(pilot: Any) -> None:
+        await pilot.pause()
+        pilot.app.push_screen(
+            ErrorDialog(
+                "doctor failed",
+                "base '/nonexistent/base' is neither a local directory "
+                "nor a shipped base id; next: pass a local snapshot directory",
+            )
+        )
+        await pilot.pause()
+
+    assert snap_compare(_snap_app(), terminal_size=(80, 24), run_before=before)

@@ -76,7 +76,26 @@ def target_matches(cfg: AdapterConfig, targets: str | list[str] | set[str], name
 
 
 def plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
-    """Which modules real peft would wrap for ``cfg`` on ``profile``, and whether it would raise."""
+    """Which modules real peft would wrap for ``cfg`` on ``profile``, and whether it would raise.
+
+    Memoised per profile on the config fields that decide targeting (callers must not mutate the result).
+    """
+    key = (
+        "injection",
+        cfg.peft_type,
+        repr(cfg.target_modules),
+        repr(cfg.exclude_modules),
+        repr(cfg.modules_to_save),
+        repr(cfg.layers_to_transform),
+        repr(cfg.layers_pattern),
+    )
+    memo = profile.memo()
+    if key not in memo:
+        memo[key] = _plan_injection(cfg, profile)
+    return memo[key]
+
+
+def _plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
     plan = InjectionPlan()
     if cfg.peft_type != "LORA":
         plan.error = f"static analysis covers LoRA only ({cfg.peft_type}); run doctor without --fast"

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("loradoc"))
 
 
+@cache
 def installed_version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -108,8 +110,15 @@ class BaseProfile:
     def tower_modules(self, tower: str) -> list[str]:
         return [n for n in self.modules if tower_of(n) == tower]
 
+    def memo(self) -> dict[Any, Any]:
+        """Per-instance cache for derived views (not serialised: it is not a dataclass field)."""
+        return self.__dict__.setdefault("_memo", {})
+
     def address_index(self) -> dict[Any, str]:
         """Address -> module path for every module peft could wrap (and Clippable wrappers)."""
+        cached = self.memo().get("address_index")
+        if cached is not None:
+            return cached
         index: dict[Any, str] = {}
         for name, info in self.modules.items():
             if info.kind == "other":
@@ -119,6 +128,7 @@ class BaseProfile:
                 if parent is not None and parent.kind == "clippable":
                     continue  # the Clippable wrapper stands for its inner linear
             index.setdefault(address_of(name), name)
+        self.memo()["address_index"] = index
         return index
 
 

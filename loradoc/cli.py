@@ -385,6 +385,213 @@ def registry_compat(ident: str, peft_v: str | None, tf_v: str | None, registry_p
     sys.exit(0 if ans.loads_cleanly else 1)
 
 
+# --------------------------------------------------------------------------------------------------- hub
+@cli.command()
+@click.argument("repo", metavar="REPO[@REVISION]")
+@click.option("--endpoint", default=None, help="Hub endpoint (default: $HF_ENDPOINT, then huggingface.co).")
+@click.option("--base", "base", default=None, help="Diagnose against this base when recording (default: declared).")
+@click.option("--no-record", is_flag=True, help="Do not record the pulled commit in the registry.")
+@click.option("--cache-dir", default=None, help="huggingface_hub cache directory (default: its own).")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def pull(
+    repo: str,
+    endpoint: str | None,
+    base: str | None,
+    no_record: bool,
+    cache_dir: str | None,
+    registry_path: str | None,
+    as_json: bool,
+) -> None:
+    """Fetch an adapter snapshot through the huggingface_hub cache, pinned to the commit its revision resolves to."""
+    from .hub import pull as hub_pull
+    from .snapshot import parse_source
+
+    repo_id, rev = parse_source(repo)
+    got = hub_pull(repo_id, rev, endpoint=endpoint, cache_dir=cache_dir)
+    recorded = None
+    if not no_record:
+        recorded = _record_pull(got, base, registry_path)
+    if as_json:
+        _emit_json({**got.to_json(), "recorded": str(recorded) if recorded else None})
+    else:
+        click.echo(f"{got.repo_id}@{got.commit_sha} -> {got.path}")
+        if recorded:
+            click.echo(f"recorded in {recorded}")
+
+
+def _record_pull(got: Any, base: str | None, registry_path: str | None) -> Any:
+    """Record the pulled commit: with a static diagnosis when the base is known here, else the bare revision."""
+    from .adapter_config import load_adapter_config
+    from .errors import LoradocError
+    from .registry import record as R
+    from .registry.schema import AdapterManifest, BaseRef
+
+    reg = _registry(registry_path)
+    declared = load_adapter_config(got.path).base_model
+    target = base or declared
+    if target:
+        try:
+            from .profiles import get_profile
+            from .repair.doctor import diagnose
+
+            get_profile(target, allow_build=False)
+            d = diagnose(str(got.path), target, fast=True)
+            return reg.add_from_diagnosis(d, repo_id=got.repo_id, revision=got.commit_sha)
+        except LoradocError:
+            pass
+
+    def create() -> Any:
+        return AdapterManifest(
+            id=got.repo_id, repo_id=got.repo_id, base=BaseRef(declared or "unknown"), revisions=[], current=""
+        )
+
+    def change(m: Any) -> None:
+        R.ensure_revision(m, commit=got.commit_sha, path=str(got.path), label_prefix="pulled")
+
+    return reg.update(got.repo_id, change, create=create)
+
+
+@cli.command()
+@click.argument("directory", metavar="DIR")
+@click.option("--repo", "repo", required=True, help="Hub repo id to push to.")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--tag", default=None, help="Tag the new commit.")
+@click.option("--message", "-m", default=None, help="Commit message.")
+@click.option("--parent", "parent", default=None, help="Parent commit (default: the revision the repair started from).")
+@click.option("--force", is_flag=True, help="Push without a passing certificate (said loudly in the card).")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the commit (operations, card diff) and write nothing.")
+@click.option("--endpoint", default=None, help="Hub endpoint (default: $HF_ENDPOINT, then huggingface.co).")
+@click.option("--no-record", is_flag=True, help="Do not record the pushed commit in the registry.")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def publish(
+    directory: str,
+    repo: str,
+    create_pr: bool,
+    tag: str | None,
+    message: str | None,
+    parent: str | None,
+    force: bool,
+    plan_only: bool,
+    endpoint: str | None,
+    no_record: bool,
+    registry_path: str | None,
+    as_json: bool,
+) -> None:
+    """Push a repaired, certified adapter DIR to REPO as ONE commit with the card, certificate and repair report."""
+    from pathlib import Path
+
+    from .hub import plan_publish
+    from .hub import publish as hub_publish
+
+    plan = plan_publish(
+        Path(directory),
+        repo,
+        parent_commit=parent,
+        create_pr=create_pr,
+        tag=tag,
+        message=message,
+        force=force,
+        endpoint=endpoint,
+    )
+    if plan.warning:
+        click.secho(plan.warning, fg="red", bold=True, err=True)
+    if plan_only:
+        if as_json:
+            _emit_json({"plan": plan.to_json(), "written": False})
+        else:
+            data = plan.to_json()
+            click.echo(f"commit to {plan.repo_id} (parent {plan.parent_commit or 'none'}, {plan.parent_source})")
+            for op in data.get("operations", []):
+                click.echo(f"  {op.get('op', op.get('kind', ''))} {op.get('path')} {op.get('size', '')}")
+            if data.get("card_diff"):
+                click.echo(data["card_diff"])
+        return
+    result = hub_publish(plan, endpoint=endpoint)
+    if result.warning:
+        click.secho(result.warning, fg="red", bold=True, err=True)
+    recorded = None
+    if not no_record:
+        reg = _registry(registry_path)
+        try:
+            ident = reg.show(str(Path(directory).resolve())).id
+        except LoradocError:
+            ident = None
+        if ident:
+            recorded = reg.record_hub_revision(
+                ident,
+                commit=result.commit_sha,
+                pr=result.pr_num,
+                tag=result.tag,
+                repo_id=result.repo_id,
+                revision=str(Path(directory).resolve()),
+            )
+    if as_json:
+        _emit_json({**result.to_json(), "recorded": str(recorded) if recorded else None})
+    else:
+        where = f"PR #{result.pr_num}" if result.pr_num else result.commit_sha
+        click.echo(f"pushed {where} to {result.repo_id}: {result.commit_url}")
+        if recorded:
+            click.echo(f"recorded in {recorded}")
+
+
+@registry.command("scan-hub")
+@click.option("--base", "base", required=True, help="Base id whose adapters to audit (base_model:adapter:ID).")
+@click.option("--limit", type=int, default=None)
+@click.option("--concurrency", type=int, default=8, show_default=True)
+@click.option("--endpoint", default=None)
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def registry_scan_hub(
+    base: str, limit: int | None, concurrency: int, endpoint: str | None, registry_path: str | None, as_json: bool
+) -> None:
+    """Audit every adapter of BASE on the Hub from adapter_config.json and the safetensors header alone."""
+    from .hub import scan_hub
+
+    bar: Any = None
+    if not as_json and sys.stderr.isatty():
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("scanning", total=None)
+
+    def progress(done: int, total: int, row: Any = None) -> None:
+        if bar is not None:
+            bar.update(task, completed=done, total=total, description=str(getattr(row, "repo_id", ""))[:40])
+
+    try:
+        res = scan_hub(base, limit=limit, endpoint=endpoint, concurrency=concurrency, progress=progress)
+    finally:
+        if bar is not None:
+            bar.stop()
+    reg = _registry(registry_path)
+    for row in res.rows:
+        if row.verdict is None:
+            continue
+        reg.add_from_diagnosis(
+            {
+                "verdict": row.verdict,
+                "findings": row.findings,
+                "mode": "static",
+                "adapter": {"repo_id": row.repo_id, "commit": row.sha, "base_model": base, "tensors": row.tensors},
+                "base": {"name": base},
+            },
+            repo_id=row.repo_id,
+            revision=row.sha,
+        )
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    for row in res.rows:
+        click.echo(f"{row.repo_id:<56} {row.verdict or 'error':<11} {row.error or ''}")
+    click.echo(
+        f"{len(res.rows)} adapters in {res.seconds:.1f} s; fetched {res.bytes_fetched} bytes "
+        f"({res.weight_bytes_fetched} of {res.weight_bytes_total} weight bytes)"
+    )
+
+
 # --------------------------------------------------------------------------------------------------- tui
 @cli.command()
 @REGISTRY_OPT

@@ -453,7 +453,7 @@ class LoradocApp(App[None]):
             endpoint = values.get("endpoint") or self.endpoint
 
             def job() -> None:
-                plan = jobs.plan_publish(path, values["repo"], values.get("tag") or None)
+                plan = jobs.plan_publish(path, values["repo"], values.get("tag") or None, endpoint)
                 self.call_from_thread(self._show_publish_plan, plan, endpoint)
 
             self.start("publish plan", job)
@@ -486,7 +486,7 @@ class LoradocApp(App[None]):
 
             self.start("publish", job)
 
-        self.push_screen(PlanScreen(f"Publish to {plan.repo}", body, apply_label="Push"), decided)
+        self.push_screen(PlanScreen(f"Publish to {plan.repo_id}", body, apply_label="Push"), decided)
 
 
 def run(registry_path: Path | None = None, endpoint: str | None = None) -> None:

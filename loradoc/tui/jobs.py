@@ -155,10 +155,10 @@ def run_convert(kind: str, adapter: str, base: str, out: Path, registry: Any, re
     return result
 
 
-def plan_publish(directory: str, repo: str, tag: str | None) -> Any:
+def plan_publish(directory: str, repo: str, tag: str | None, endpoint: str | None) -> Any:
     from ..hub.publish import plan_publish as plan
 
-    return plan(Path(directory), repo, tag=tag)
+    return plan(Path(directory), repo, tag=tag, endpoint=endpoint)
 
 
 def run_publish(plan: Any, endpoint: str | None, registry: Any) -> Any:
@@ -170,7 +170,7 @@ def run_publish(plan: Any, endpoint: str | None, registry: Any) -> Any:
         commit=result.commit_sha,
         pr=result.pr_num,
         tag=result.tag,
-        repo_id=plan.repo,
+        repo_id=plan.repo_id,
     )
     return result
 

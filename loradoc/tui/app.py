@@ -48,6 +48,10 @@ ACTIONS: list[tuple[str, str, str]] = [
 ]
 
 
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 class LoradocCommands(Provider):
     """Every action in the command palette."""
 
@@ -120,7 +124,7 @@ class LoradocApp(App[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#adapters", DataTable)
-        table.add_columns("adapter", "base", "status", "findings", "verified revision", "compat")
+        table.add_columns("adapter", "base", "status", "findings", "verified", "compat")
         self.refresh_table()
         if self.offer_example and not self._local_rows():
             self.push_screen(
@@ -175,14 +179,18 @@ class LoradocApp(App[None]):
         except LoradocError:
             compat = "unknown"
         name = Path(r.id).name if Path(r.id).is_absolute() else r.id
+        if verified is None:
+            ver = "-"
+        elif verified.revision != "unknown":
+            ver = verified.revision[:10]
+        else:
+            ver = verified.label
         return (
-            name,
-            r.base,
+            _clip(name, 22),
+            _clip(r.base.split("/")[-1], 13),
             r.status,
             f"{errors}E {warnings}W" if rev.findings else "-",
-            (verified.revision[:12] if verified and verified.revision != "unknown" else verified.label)
-            if verified
-            else "-",
+            _clip(ver, 8),
             compat,
         )
 

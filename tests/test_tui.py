@@ -26,6 +26,7 @@ from loradoc.tui.screens import ChoiceDialog, DetailScreen, ErrorDialog, PlanScr
 # screen snapshots depend on it.
 WORK = Path(tempfile.gettempdir()) / "loradoc-tui-test"
 CLINICAL = "seed-clinical-endpoint-extractor"
+PRISTINE = WORK.with_name("loradoc-tui-test-pristine")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,15 @@ def workspace(example_root: ExampleSet) -> Path:
             await pilot.pause()
 
     asyncio.run(build())
+    # keep the freshly registered state: the snapshot tests start from it whatever ran before them
+    shutil.rmtree(PRISTINE, ignore_errors=True)
+    PRISTINE.mkdir()
+    for item in ("user", "registry.sqlite", "tui-workspace.json"):
+        src = WORK / item
+        if src.is_dir():
+            shutil.copytree(src, PRISTINE / item)
+        elif src.exists():
+            shutil.copy2(src, PRISTINE / item)
     return WORK
 
 
@@ -222,6 +232,18 @@ def test_tui_module_does_not_import_torch() -> None:
 
 # ------------------------------------------------------------------------------------------- snapshots
 def _snap_app() -> LoradocApp:
+    """An app on the state right after the example was registered (other tests change the registry)."""
+    for item in ("user", "registry.sqlite", "registry.sqlite-wal", "registry.sqlite-shm", "tui-workspace.json"):
+        p = WORK / item
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    for item in PRISTINE.iterdir():
+        if item.is_dir():
+            shutil.copytree(item, WORK / item.name)
+        else:
+            shutil.copy2(item, WORK / item.name)
     return make_app(offer_example=False)
 
 

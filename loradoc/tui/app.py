@@ -119,7 +119,7 @@ class LoradocApp(App[None]):
         yield DataTable(id="adapters", cursor_type="row", zebra_stripes=True)
         with Horizontal(id="job"):
             yield Label("ready", id="job-label")
-            yield ProgressBar(id="job-progress", show_eta=False)
+            yield ProgressBar(total=1, id="job-progress", show_eta=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -283,6 +283,10 @@ class LoradocApp(App[None]):
             self.query_one("#job-label", Label).update(f"{event.worker.name} cancelled")
         elif event.state == WorkerState.SUCCESS:
             self.query_one("#job-label", Label).update(f"{event.worker.name} done")
+        if event.state in (WorkerState.ERROR, WorkerState.CANCELLED, WorkerState.SUCCESS):
+            bar = self.query_one("#job-progress", ProgressBar)
+            if bar.total is None:  # an indeterminate bar keeps animating: settle it
+                bar.update(total=1, progress=1)
 
     def on_job_done(self, msg: JobDone) -> None:
         self.last_result = msg.result

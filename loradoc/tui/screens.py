@@ -169,7 +169,9 @@ class DetailScreen(Screen[None]):
         )
         with TabbedContent(id="detail-tabs"):
             with TabPane("Findings", id="tab-findings"):
-                yield findings_tree([f.to_dict() for f in rev.findings])
+                yield findings_tree(
+                    [f.to_dict() for f in rev.findings], label=f"{name}: {rev.status}, base {m.base.id}"
+                )
             with TabPane("Key layout", id="tab-layout"):
                 yield layout_tree(self.keys)
             with TabPane("Compatibility", id="tab-compat"), VerticalScroll():

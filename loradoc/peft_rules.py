@@ -155,5 +155,5 @@ def expected_params(cfg: AdapterConfig, profile: BaseProfile, module: str) -> di
     if getattr(cfg, "lora_bias", False) or cfg.raw.get("lora_bias"):
         out["lora_B.bias"] = (fout,)
     if cfg.use_dora:
-        out["lora_magnitude_vector.weight"] = (fout,)
+        out["lora_magnitude_vector"] = (fout,)  # peft saves the DoRA magnitude without ".weight"
     return out

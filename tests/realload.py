@@ -4,7 +4,8 @@ Nothing here is predicted: the base's real weights are loaded with transformers,
 loaded / missing / unexpected are measured from the result:
 
 - missing: the keys of peft's own "Found missing adapter keys" warning;
-- loaded: file tensors whose exact bytes ended up in a LoRA parameter of the model;
+- loaded: file tensors whose exact bytes ended up in a LoRA parameter of the model (or a base weight that peft
+  saves with the adapter);
 - unexpected: the other file tensors (peft drops them silently);
 - effective: the adapter changes the logits of a probe input.
 """
@@ -82,8 +83,10 @@ def real_peft_load(adapter_dir: Path, base_dir: Path) -> RealLoad:
     by_dtype: dict[Any, set[str]] = {}
     for t in file.values():
         by_dtype.setdefault(t.dtype, set())
-    for name, p in pm.named_parameters():
-        if "lora_" in name:
+    for name, p in pm.named_parameters(remove_duplicate=False):
+        # LoRA parameters, and base weights peft saves with the adapter (``...base_layer.weight`` of targeted
+        # embedding / lm_head layers, modules_to_save)
+        if "lora_" in name or "base_layer" in name or "modules_to_save" in name:
             for dt, s in by_dtype.items():
                 s.add(_digest(p.to(dt)))
     loaded = sum(1 for t in file.values() if _digest(t) in by_dtype[t.dtype])

@@ -76,6 +76,33 @@ def _variants(ex: ExampleSet, root: Path) -> dict[str, Case]:
         b["tiny-gemma4-e4b"],
         config_update={"target_modules": LM_REGEX, "exclude_modules": TOWER_EXCLUDE_REGEX},
     )
+    out["dora"] = Case(
+        _peft_adapter(b["tiny-gemma4-text"], root / "dora", ["q_proj", "v_proj"], use_dora=True), b["tiny-gemma4-text"]
+    )
+    out["embedding-targets"] = Case(
+        _peft_adapter(b["tiny-gemma4-text"], root / "embed", ["q_proj", "embed_tokens", "lm_head"]),
+        b["tiny-gemma4-text"],
+    )
+    return out
+
+
+def _peft_adapter(base: Path, out: Path, targets: list[str], **kw: object) -> Path:
+    """A real peft adapter on ``base`` with every adapter tensor randomised (so that it has an effect)."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, **kw))  # type: ignore[arg-type]
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_" in n:
+                    p.copy_(torch.randn_like(p) * 0.05)
+        pm.save_pretrained(out)
     return out
 
 
@@ -102,6 +129,8 @@ ALL = [
     "nonfinite",
     "exclude-list-footgun",
     "clinical-lm-regex",
+    "dora",
+    "embedding-targets",
 ]
 
 

@@ -106,6 +106,7 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
     index = profile.address_index()
     fates: dict[str, KeyFate] = {}
     provided: set[str] = set()
+    targeted = set(plan.targeted)
     size_mismatch: list[str] = []
     for key, rec in snapshot.tensors.items():
         p = parse_key(key)
@@ -125,6 +126,11 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
         base_mod = mk[len(PEFT_PREFIX) :].rsplit(".", 1)[0] if mk.startswith(PEFT_PREFIX) else None
         if not p.is_lora and base_mod in profile.modules and p.param in ("weight", "bias"):
             fates[key] = KeyFate(key, LOADS_BASE, tower, base_mod, p.param, "full weight of a base module")
+            continue
+        wrapped = base_mod[: -len(".base_layer")] if base_mod and base_mod.endswith(".base_layer") else None
+        if not p.is_lora and wrapped in targeted and p.param in ("weight", "bias"):
+            # peft saves the base weight of targeted embedding / lm_head layers (save_embedding_layers)
+            fates[key] = KeyFate(key, LOADS_BASE, tower, wrapped, p.param, "base weight saved with the adapter")
             continue
         fates[key] = _classify_unexpected(cfg, profile, index, plan, p, rec.shape)
 

@@ -385,6 +385,138 @@ def registry_compat(ident: str, peft_v: str | None, tf_v: str | None, registry_p
     sys.exit(0 if ans.loads_cleanly else 1)
 
 
+# --------------------------------------------------------------------------------------------------- convert
+@cli.group()
+def convert() -> None:
+    """Merged checkpoints and GGUF files (merged model, or a LoRA adapter for llama-server --lora)."""
+
+
+def _record_artifact(registry_path: str | None, adapter: str, kind: str, out: Any, fmt: str) -> Any:
+    from pathlib import Path
+
+    reg = _registry(registry_path)
+    try:
+        ident = reg.show(str(Path(adapter).resolve())).id
+    except LoradocError:
+        try:
+            ident = reg.show(adapter).id
+        except LoradocError:
+            return None
+    from .safetensors_io import sha256_file
+
+    manifest = Path(out) / "loradoc-merge.json"
+    # a directory is committed to by its manifest, which lists the sha256 of every file in it
+    sha = sha256_file(manifest) if manifest.is_file() else None
+    return reg.record_artifact(ident, kind=kind, path=out, format=fmt, tool="loradoc", sha256=sha)
+
+
+@convert.command("merged")
+@click.argument("adapter")
+@click.option("--base", "base", required=True, help="Local base directory with weights (bf16/f16/f32).")
+@click.option("--out", "out", required=True, help="Output directory (must not exist).")
+@click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
+@click.option("--shard-size", default="5GB", show_default=True, help="Maximum shard size, e.g. 2GB or 500MB.")
+@click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def convert_merged(
+    adapter: str,
+    base: str,
+    out: str,
+    dtype: str,
+    shard_size: str,
+    record: bool,
+    registry_path: str | None,
+    as_json: bool,
+) -> None:
+    """Merge ADAPTER into BASE tensor by tensor (W + scale*B@A in fp32) and write a sharded checkpoint."""
+    from pathlib import Path
+
+    from .convert.merge import merge_adapter
+
+    result = merge_adapter(adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size))
+    if record:
+        _record_artifact(registry_path, adapter, "merged", out, f"safetensors-{dtype}")
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        d = result.to_json()
+        click.echo(f"wrote {out}: {len(d.get('merged', []))} modules merged, dtype {dtype}")
+        for note in d.get("notes", []):
+            click.echo(f"note: {note}")
+
+
+def _size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B")
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(t)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size like 5GB or 500MB") from None
+
+
+@convert.command("gguf")
+@click.argument("adapter")
+@click.option("--base", "base", required=True, help="Local base directory with weights and tokenizer.")
+@click.option("--out", "out", required=True, help="Output .gguf file.")
+@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="bf16", show_default=True)
+@click.option("--mmproj", default=None, help="Also write the vision/audio towers as an mmproj GGUF here.")
+@click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def convert_gguf_cmd(
+    adapter: str,
+    base: str,
+    out: str,
+    outtype: str,
+    mmproj: str | None,
+    record: bool,
+    registry_path: str | None,
+    as_json: bool,
+) -> None:
+    """The merged text model of BASE + ADAPTER as GGUF, in one fused pass (no intermediate checkpoint)."""
+    from .convert.gguf_model import convert_gguf
+
+    result = convert_gguf(adapter, base, out, outtype=outtype, mmproj=mmproj)
+    if record:
+        _record_artifact(registry_path, adapter, "gguf", out, f"gguf-{outtype}")
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        d = result.to_json()
+        click.echo(f"wrote {out} ({outtype})")
+        for note in d.get("notes", []):
+            click.echo(f"note: {note}")
+
+
+@convert.command("gguf-lora")
+@click.argument("adapter")
+@click.option("--base", "base", required=True, help="Local base directory (config.json is enough).")
+@click.option("--out", "out", required=True, help="Output .gguf file.")
+@click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def convert_gguf_lora_cmd(
+    adapter: str, base: str, out: str, record: bool, registry_path: str | None, as_json: bool
+) -> None:
+    """ADAPTER as a llama.cpp LoRA GGUF (llama-server --lora); tensors that cannot go in are listed, not dropped
+    silently."""
+    from .convert.gguf_lora import convert_gguf_lora
+
+    result = convert_gguf_lora(adapter, base, out)
+    if record:
+        _record_artifact(registry_path, adapter, "gguf-lora", out, "gguf-lora")
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        d = result.to_json()
+        click.echo(f"wrote {out}")
+        for t in d.get("skipped", []) or d.get("not_included", []) or []:
+            click.echo(f"not included: {t}")
+
+
 # --------------------------------------------------------------------------------------------------- hub
 @cli.command()
 @click.argument("repo", metavar="REPO[@REVISION]")
@@ -664,6 +796,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("LORADOC_DEBUG"))
     try:
         cli.main(args=argv, prog_name="loradoc", standalone_mode=False)
+        sys.exit(0)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:

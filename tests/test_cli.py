@@ -291,3 +291,23 @@ def test_core_never_imports_textual_or_click() -> None:
         "loradoc.layout, loradoc.safetensors_io, loradoc.adapter_config, loradoc.fixtures"
     )
     assert not mods & {"textual", "click", "typer", "rich"}
+
+
+def test_convert_merged_cli_records_the_artifact(
+    example_root: ExampleSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LORADOC_MANIFESTS", str(tmp_path / "manifests"))
+    reg = ["--registry", str(tmp_path / "reg.sqlite")]
+    a, b = str(example_root.adapters[ADAPTER]), str(example_root.bases[BASE])
+    code, _, _ = run_cli(["doctor", a, "--base", b, "--record", "--json", *reg], capsys)
+    assert code == 0
+    out = tmp_path / "merged"
+    try:
+        main(["convert", "merged", a, "--base", b, "--out", str(out), "--dtype", "f32", "--record", *reg, "--json"])
+    except SystemExit as e:
+        assert e.code in (0, None)
+    report = json.loads(capsys.readouterr().out)
+    assert report["merged"] and (out / "config.json").is_file()
+    code, shown, _ = run_cli(["registry", "show", a, "--json", *reg], capsys)
+    arts = [x for rv in json.loads(shown)["revisions"] for x in rv.get("artifacts", [])]
+    assert arts and arts[0]["kind"] == "merged" and len(arts[0]["sha256"]) == 64

@@ -44,7 +44,9 @@ __all__ = [
     "TensorInfo",
     "TensorSpec",
     "atomic_directory",
+    "HashThread",
     "canonical_order",
+    "fault_write_delay",
     "fsync_dir",
     "header_bytes_needed",
     "iter_tensor_bytes",
@@ -1051,3 +1053,46 @@ def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool = False)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fault_write_delay() -> float:
+    """Seconds to sleep after each tensor written (``LORADOC_FAULT_SLOW_WRITE``): the crash tests' hook for
+    killing a writer mid-way. 0 unless set."""
+    try:
+        return float(os.environ.get("LORADOC_FAULT_SLOW_WRITE", "0"))
+    except ValueError:
+        return 0.0
+
+
+class HashThread:
+    """sha256 of a byte stream on a worker thread (hashlib releases the GIL), fed through a bounded queue."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._q: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=3)
+        self._h = hashlib.sha256()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        self._digest: str | None = None
+
+    def _run(self) -> None:
+        while (chunk := self._q.get()) is not None:
+            self._h.update(chunk)
+
+    def update(self, chunk: Any) -> None:
+        self._q.put(chunk)
+
+    def hexdigest(self) -> str:
+        if self._digest is None:
+            self._q.put(None)
+            self._t.join()
+            self._digest = self._h.hexdigest()
+        return self._digest
+
+    def close(self) -> None:
+        if self._digest is None and self._t.is_alive():
+            self._q.put(None)
+            self._t.join()
+            self._digest = self._h.hexdigest()

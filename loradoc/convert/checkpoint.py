@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError, MalformedConfigError, MissingFileError, PickleRefusedError
 from ..layout import Address, address_of
-from ..safetensors_io import SafetensorsHeader, TensorInfo, read_header
+from ..safetensors_io import HashThread, SafetensorsHeader, TensorInfo, read_header
 
 if TYPE_CHECKING:
     import numpy as np
@@ -319,40 +319,6 @@ def remember_sha256(path: Path, digest: str) -> None:
         os.replace(tmp, target)
     except OSError:
         pass
-
-
-class HashThread:
-    """sha256 of a byte stream on a worker thread (hashlib releases the GIL), fed through a bounded queue."""
-
-    def __init__(self) -> None:
-        import queue
-        import threading
-
-        self._q: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=3)
-        self._h = hashlib.sha256()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        self._digest: str | None = None
-
-    def _run(self) -> None:
-        while (chunk := self._q.get()) is not None:
-            self._h.update(chunk)
-
-    def update(self, chunk: Any) -> None:
-        self._q.put(chunk)
-
-    def hexdigest(self) -> str:
-        if self._digest is None:
-            self._q.put(None)
-            self._t.join()
-            self._digest = self._h.hexdigest()
-        return self._digest
-
-    def close(self) -> None:
-        if self._digest is None and self._t.is_alive():
-            self._q.put(None)
-            self._t.join()
-            self._digest = self._h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------

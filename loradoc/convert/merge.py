@@ -35,7 +35,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -50,7 +49,14 @@ from ..errors import BadInputError
 from ..layout import address_of, parse_key
 from ..profiles import BaseProfile, BaseSource, get_profile, installed_version, read_config, resolve_base
 from ..repacks import full_precision_original
-from ..safetensors_io import SafetensorsWriter, TensorInfo, TensorSpec, atomic_directory, sha256_file
+from ..safetensors_io import (
+    SafetensorsWriter,
+    TensorInfo,
+    TensorSpec,
+    atomic_directory,
+    fault_write_delay,
+    sha256_file,
+)
 from ..snapshot import AdapterSnapshot, open_snapshot
 from .checkpoint import (
     FLOAT_DTYPES,
@@ -346,7 +352,7 @@ def _write_shards(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str], dict[str, str]]:
     """Stream every planned tensor into its shard. Returns the tensor rows, the shard files and the base files'
     sha256 (taken from the same sequential read)."""
-    delay = _fault_delay()
+    delay = fault_write_delay()
     total = sum(op.nbytes for ops in shards for op in ops)
     rows: list[dict[str, Any]] = []
     files: list[dict[str, Any]] = []
@@ -542,14 +548,6 @@ def _refuse_unsupported(snap: AdapterSnapshot) -> None:
                 f"adapter {snap.label} uses {name} ({what}), which loradoc does not merge",
                 hint="merge it with peft's merge_and_unload",
             )
-
-
-def _fault_delay() -> float:
-    # Fault-injection hook for the crash test: seconds to sleep after each tensor.
-    try:
-        return float(os.environ.get("LORADOC_FAULT_SLOW_WRITE", "0"))
-    except ValueError:
-        return 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------

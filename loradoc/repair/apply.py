@@ -26,9 +26,11 @@ from .. import __version__
 from ..errors import BadInputError, LoradocError
 from ..profiles import BaseSource, installed_version
 from ..safetensors_io import (
+    HashThread,
     SafetensorsWriter,
     TensorSpec,
     atomic_directory,
+    fault_write_delay,
     read_header,
     sha256_file,
 )
@@ -72,40 +74,7 @@ def _check_out(plan: RepairPlan, out: Path, overwrite: bool) -> None:
         raise BadInputError(f"{out} already exists", hint="choose a new --out directory or pass --overwrite")
 
 
-def _delay() -> float:
-    # Fault-injection hook for the crash test: seconds to sleep after each tensor.
-    try:
-        return float(os.environ.get("LORADOC_FAULT_SLOW_WRITE", "0"))
-    except ValueError:
-        return 0.0
-
-
 _CHUNK = 8 << 20
-
-
-class _BackgroundHash:
-    """sha256 of a byte stream on a worker thread (hashlib releases the GIL), fed through a bounded queue."""
-
-    def __init__(self) -> None:
-        import queue
-        import threading
-
-        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=3)
-        self._h = hashlib.sha256()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while (chunk := self._q.get()) is not None:
-            self._h.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        self._q.put(chunk)
-
-    def hexdigest(self) -> str:
-        self._q.put(None)
-        self._t.join()
-        return self._h.hexdigest()
 
 
 Progress = Callable[[int, int, str], None]
@@ -121,8 +90,8 @@ def _stream_safetensors(
     by_source = {a.source: a for a in plan.kept()}
     kept = [t for t in header.ordered_by_offset() if t.name in by_source]
     specs = [TensorSpec(str(by_source[t.name].target), t.dtype, t.shape) for t in kept]
-    delay = _delay()
-    file_hash = _BackgroundHash()
+    delay = fault_write_delay()
+    file_hash = HashThread()
     try:
         with (
             open(snap.weights_path, "rb") as fh,
@@ -191,7 +160,7 @@ def _stream_pickle(plan: RepairPlan, target: Path, progress: Progress | None = N
     specs = [
         TensorSpec(str(a.target), _torch_dtype_name(state[a.source].dtype), tuple(state[a.source].shape)) for a in kept
     ]
-    delay = _delay()
+    delay = fault_write_delay()
     sources: dict[str, str] = {}
     with SafetensorsWriter(target, specs, metadata={"format": "pt"}, overwrite=False) as w:
         for a, sp in zip(kept, specs, strict=True):

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,17 @@ from loradoc.fixtures import ExampleSet
 
 pytest.importorskip("textual")
 
-from textual.widgets import DataTable  # noqa: E402
+from textual.widgets import DataTable, Input  # noqa: E402
 
 from loradoc.tui.app import LoradocApp  # noqa: E402
-from loradoc.tui.screens import ChoiceDialog, DetailScreen, ErrorDialog, PlanScreen  # noqa: E402
+from loradoc.tui.screens import ChoiceDialog, DetailScreen, ErrorDialog, InputDialog, PlanScreen  # noqa: E402
 
 # A fixed place, so that paths (and the revision labels derived from them) are the same in every run: the
 # screen snapshots depend on it.
 WORK = Path(tempfile.gettempdir()) / "loradoc-tui-test"
 CLINICAL = "seed-clinical-endpoint-extractor"
 PRISTINE = WORK.with_name("loradoc-tui-test-pristine")
+HUB_TOKEN = "hf_loradocTUItestTOKEN00001111222"
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,22 @@ def test_filters_and_search(workspace: Path) -> None:
     asyncio.run(go())
 
 
-def test_doctor_repair_checkload_flow(workspace: Path) -> None:
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from hubserver import HubServer
+
+    srv = HubServer(tmp_path_factory.mktemp("tui-hub") / "store")
+    srv.add_token(HUB_TOKEN, "alice")
+    with srv:
+        yield srv
+
+
+def test_doctor_repair_checkload_convert_publish_flow(
+    workspace: Path, hub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("gguf")
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
     app = make_app(offer_example=False)
     fixed = WORK / "example" / "adapters" / f"{CLINICAL}-fixed"
     shutil.rmtree(fixed, ignore_errors=True)
@@ -145,6 +162,36 @@ def test_doctor_repair_checkload_flow(workspace: Path) -> None:
             m = app.registry.show(str(WORK / "example" / "adapters" / CLINICAL))
             assert m.revision(None).certificates
             assert m.lineage and "drop-orphans" in m.lineage[-1].passes
+
+            # convert to a GGUF LoRA (llama-server --lora)
+            await pilot.press("c")
+            await pilot.pause()
+            assert isinstance(app.screen, ChoiceDialog)
+            await pilot.press("end", "enter")  # the last option: gguf-lora
+            await settle(app, pilot)
+            gguf = fixed.with_name(fixed.name + "-lora.gguf")
+            assert gguf.is_file() and gguf.read_bytes()[:4] == b"GGUF"
+            m = app.registry.show(str(WORK / "example" / "adapters" / CLINICAL))
+            assert any(a.kind == "gguf-lora" for a in m.revision(None).artifacts)
+
+            # publish to the loopback Hub: plan (commit + card diff) first, then push
+            await pilot.press("p")
+            await pilot.pause()
+            form = app.screen
+            assert isinstance(form, InputDialog)
+            form.query_one("#field-repo", Input).value = "alice/clinical-tui"
+            form.query_one("#field-tag", Input).value = "loradoc-fix"
+            form.query_one("#field-endpoint", Input).value = hub.url
+            await pilot.click("#ok")
+            await settle(app, pilot)
+            assert isinstance(app.screen, PlanScreen) and "alice/clinical-tui" in app.screen.title_text
+            assert "Loading fix" in app.screen.body
+            await pilot.press("a")
+            await settle(app, pilot)
+            pushed = app.last_result
+            assert pushed.tag == "loradoc-fix" and len(pushed.commit_sha) == 40
+            m = app.registry.show(str(WORK / "example" / "adapters" / CLINICAL))
+            assert any(h.commit == pushed.commit_sha for h in m.revision(None).hub)
 
     asyncio.run(go())
 

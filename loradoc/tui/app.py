@@ -30,6 +30,7 @@ from .screens import (
     InputDialog,
     PlanScreen,
     certificate_text,
+    publish_plan_text,
     repair_plan_text,
 )
 
@@ -483,9 +484,7 @@ class LoradocApp(App[None]):
         )
 
     def _show_publish_plan(self, plan: Any, endpoint: str | None) -> None:
-        import json
-
-        body = json.dumps(plan.to_json(), indent=2, default=str)
+        body = publish_plan_text(plan)
 
         def decided(apply: bool | None) -> None:
             if not apply:

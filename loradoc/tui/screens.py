@@ -261,3 +261,19 @@ def certificate_text(cert: Any) -> str:
     lines.append("")
     lines.append(f"certificate: {cert.path}")
     return "\n".join(lines)
+
+
+def publish_plan_text(plan: Any) -> str:
+    lines = []
+    if plan.warning:
+        lines += [plan.warning, ""]
+    lines.append(
+        f"one commit to {plan.repo_id} ({plan.endpoint}), parent {plan.parent_commit or '(new repo)'}"
+        f" [{plan.parent_source}]" + (f", tag {plan.tag}" if plan.tag else "")
+    )
+    lines.append("")
+    for op in plan.operations:
+        size = f"{op.size} B" if op.size is not None else ""
+        lines.append(f"{'+' if op.op == 'add' else '-'} {op.path}  {size}  ({op.origin})")
+    lines += ["", "model card diff:", plan.card_diff or "(unchanged)"]
+    return "\n".join(lines)

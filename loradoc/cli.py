@@ -671,7 +671,7 @@ def publish(
 @registry.command("scan-hub")
 @click.option("--base", "base", required=True, help="Base id whose adapters to audit (base_model:adapter:ID).")
 @click.option("--limit", type=int, default=None)
-@click.option("--concurrency", type=int, default=8, show_default=True)
+@click.option("--concurrency", type=int, default=16, show_default=True)
 @click.option("--endpoint", default=None)
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)

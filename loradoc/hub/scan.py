@@ -262,7 +262,7 @@ def scan_hub(
     limit: int | None = None,
     endpoint: str | None = None,
     token: str | None = None,
-    concurrency: int = 8,
+    concurrency: int = 16,
     retries: int = 3,
     progress: Callable[[int, int, ScanRow], None] | None = None,
     profile_base: str | None = None,

@@ -778,10 +778,14 @@ class SafetensorsWriter:
         metadata: Mapping[str, str] | None = None,
         *,
         overwrite: bool = True,
+        hash_tensors: bool = True,
     ) -> None:
         self.target = Path(target)
         self.plan: tuple[TensorSpec, ...] = tuple(plan)
         self.overwrite = overwrite
+        # hash_tensors=False: no per-tensor sha256 (``sha256`` stays empty), for callers that hash the whole
+        # file instead and would otherwise pay for two passes of sha256 over the same bytes
+        self.hash_tensors = hash_tensors
         self.sha256: dict[str, str] = {}
         self._index: dict[str, int] = {}
         for i, spec in enumerate(self.plan):
@@ -872,7 +876,7 @@ class SafetensorsWriter:
 
     def _finish_current(self) -> None:
         spec = self.plan[self._cur]
-        if spec.name not in self.sha256:
+        if self.hash_tensors and spec.name not in self.sha256:
             self.sha256[spec.name] = self._hasher.hexdigest()
 
     def _advance_to(self, idx: int) -> None:
@@ -890,7 +894,8 @@ class SafetensorsWriter:
                     f"tensor '{self.plan[idx].name}' written before '{skipped.name}' (out of plan order)",
                     "write the tensors in plan order",
                 )
-            self.sha256[skipped.name] = hashlib.sha256().hexdigest()
+            if self.hash_tensors:
+                self.sha256[skipped.name] = hashlib.sha256().hexdigest()
         self._cur = idx
         self._written = 0
         self._hasher = hashlib.sha256()
@@ -930,7 +935,8 @@ class SafetensorsWriter:
         except OSError as exc:
             self._broken = True
             raise _env_error("writing", self.target, exc) from exc
-        self._hasher.update(view)
+        if self.hash_tensors:
+            self._hasher.update(view)
         self._written += len(view)
         if self._written == spec.nbytes:
             self._finish_current()
@@ -957,7 +963,8 @@ class SafetensorsWriter:
                     )
                 self._finish_current()
                 for s in self.plan[self._cur + 1 :]:
-                    self.sha256[s.name] = hashlib.sha256().hexdigest()
+                    if self.hash_tensors:
+                        self.sha256[s.name] = hashlib.sha256().hexdigest()
             fh = self._fh
             fh.flush()
             os.fsync(fh.fileno())

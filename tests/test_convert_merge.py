@@ -408,14 +408,11 @@ def test_manifest_records_sources_and_outputs(example_root: ExampleSet, tmp_path
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "preprocessor_config.json"):
         assert sha(out / name) == sha(base / name)
     assert res.tokenizer_source == "base" and not (out / "README.md").exists()
-    # per-tensor rows: every output tensor, with the writer's sha256
+    # per-tensor rows: every output tensor (the output is committed to by each file's sha256 above: one hash
+    # pass, not per-tensor digests as well)
     header = read_header(out / "model.safetensors")
     assert {r["name"] for r in res.tensors} == set(header.tensors)
-    row = next(r for r in res.tensors if r["op"] == "merge")
-    with open(out / "model.safetensors", "rb") as fh:
-        a, b = header.file_range(row["name"])
-        fh.seek(a)
-        assert hashlib.sha256(fh.read(b - a)).hexdigest() == row["sha256"]
+    assert {r["op"] for r in res.tensors} >= {"merge"}
     assert json.loads(json.dumps(res.to_json()))["files"]
 
 

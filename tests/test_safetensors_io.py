@@ -795,3 +795,19 @@ with atomic_directory(root / "out") as tmp:
     assert proc.returncode == -9, proc.stderr
     left = _leftovers(tmp_path)
     assert left and all(name.startswith((".out.tmp-", ".model.safetensors.")) for name in left), left
+
+
+def test_writer_without_tensor_hashes_writes_the_same_bytes(tmp_path: Path) -> None:
+    import numpy as np
+
+    specs = [TensorSpec("a", "F32", (3, 4)), TensorSpec("b", "U8", (5,))]
+    data = {"a": np.arange(12, dtype=np.float32).tobytes(), "b": bytes(range(5))}
+    out = {}
+    for flag in (True, False):
+        target = tmp_path / f"{flag}.safetensors"
+        with SafetensorsWriter(target, specs, hash_tensors=flag) as w:
+            for s in specs:
+                w.write(s.name, data[s.name])
+        out[flag] = (target.read_bytes(), dict(w.sha256))
+    assert out[True][0] == out[False][0]
+    assert out[False][1] == {} and set(out[True][1]) == {"a", "b"}

@@ -370,7 +370,10 @@ def _write_shards(
             specs = [TensorSpec(op.name, op.dtype, op.src.shape) for op in ops]
             file_hash = HashThread()
             try:
-                with SafetensorsWriter(tmp / fname, specs, metadata={"format": "pt"}, overwrite=False) as w:
+                # one sha256 pass over the output: the whole file's (on a thread), not each tensor's as well
+                with SafetensorsWriter(
+                    tmp / fname, specs, metadata={"format": "pt"}, overwrite=False, hash_tensors=False
+                ) as w:
                     file_hash.update(w.header_bytes)
                     sink = _WriterThread(w, file_hash)
                     try:
@@ -388,7 +391,7 @@ def _write_shards(
             finally:
                 digest = file_hash.hexdigest()
             files.append({"name": fname, "bytes": (tmp / fname).stat().st_size, "sha256": digest, "from": "merge"})
-            rows.extend(_tensor_row(op, fname, w.sha256[op.name]) for op in ops)
+            rows.extend(_tensor_row(op, fname, w.sha256.get(op.name)) for op in ops)
         for f, s in sources.items():
             if known[f] is not None:
                 base_hashes[f.name] = known[f][0]
@@ -1145,7 +1148,7 @@ class _Scratch:
         return self.get(name, arr.size, dtype).reshape(arr.shape)
 
 
-def _tensor_row(op: _Op, fname: str, sha: str) -> dict[str, Any]:
+def _tensor_row(op: _Op, fname: str, sha: str | None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "name": op.name,
         "file": fname,

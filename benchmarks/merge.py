@@ -258,9 +258,9 @@ def main() -> None:
         mbps = sha256_speed()
         out_bytes = sum(f.stat().st_size for f in (work / "out-loradoc").glob("*.safetensors"))
         print(
-            f"sha256 here: {mbps:.0f} MB/s (one core). The output ({out_bytes / 1e9:.2f} GB) is hashed twice "
-            f"(SafetensorsWriter's per-tensor sha256 + the per-file sha256 of loradoc-merge.json): "
-            f"{2 * out_bytes / 1e6 / mbps:.1f} CPU s; the first merge also hashes the base: "
+            f"sha256 here: {mbps:.0f} MB/s (one core). The output ({out_bytes / 1e9:.2f} GB) is hashed once "
+            f"(the per-file sha256 of loradoc-merge.json, on a thread): "
+            f"{out_bytes / 1e6 / mbps:.1f} CPU s; the first merge also hashes the base: "
             f"{size / 1e6 / mbps:.1f} CPU s more"
         )
         print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

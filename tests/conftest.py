@@ -20,5 +20,12 @@ def example_root(tmp_path_factory: pytest.TempPathFactory) -> ExampleSet:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # CI explores the same hypothesis examples every run (a red CI must mean a regression, not a new draw);
+    # local runs keep drawing new ones.
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, print_blob=True)
+    if os.environ.get("CI"):
+        settings.load_profile("ci")
     # Profiles and registries the tests build go to a private cache, never the user's.
     os.environ.setdefault("LORADOC_CACHE_DIR", tempfile.mkdtemp(prefix="loradoc-test-cache-"))

@@ -1037,3 +1037,13 @@ def test_duplicate_ids_in_one_directory(reg: Registry) -> None:
     assert [str(p) for p in reg.sync().problems] == [str(dup)]  # reported again while it lasts
     (ad / "t--good-copy.toml").unlink()
     assert reg.sync().problems == [] and reg.show("t/good").current == "one"
+
+
+def test_keys_with_a_trailing_newline_are_quoted_in_toml() -> None:
+    """Found by the hypothesis round-trip: ``$`` also matches before a final newline, so "0\\n" was written bare."""
+    import tomllib
+
+    from loradoc.registry.schema import _key
+
+    assert _key("0\n") != "0\n"
+    assert tomllib.loads(f"{_key('0' + chr(10))} = 1") == {"0\n": 1}

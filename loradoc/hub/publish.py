@@ -45,8 +45,8 @@ README = "README.md"
 #: Files on the Hub that are removed when DIR no longer has them (a stale weights file next to the repaired one
 #: makes the load ambiguous; stale loradoc records would describe other files).
 _STALE_IF_ABSENT = (SAFETENSORS_NAME, PICKLE_NAME, CONFIG_NAME, CERTIFICATE_NAME, REPORT_NAME)
-_HEX = re.compile(r"^[0-9a-fA-F]{7,40}$")
-_TAG = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
+_HEX = re.compile(r"^[0-9a-fA-F]{7,40}\Z")
+_TAG = re.compile(r"^[A-Za-z0-9][\w.\-]*\Z")
 
 
 class UnverifiedError(BadInputError):

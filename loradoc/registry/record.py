@@ -37,7 +37,7 @@ from .schema import (
     now_iso,
 )
 
-_COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}\Z")
 
 
 def _commit_or_unknown(v: Any) -> str:

@@ -36,10 +36,10 @@ RELATION_KINDS: Final = ("bnb-4bit-repack", "mirror", "quantized-repack", "finet
 COMPAT_PACKAGES: Final = ("peft", "transformers")  # what a compat query asks about
 COMPAT_INFO_PACKAGES: Final = ("torch",)  # recorded with an entry, not queried
 
-_COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}\Z")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}\Z")
 
 
 def now_iso() -> str:
@@ -869,7 +869,7 @@ def _requires(r: _R) -> str:
     return r.specifier("requires") or UNKNOWN
 
 
-_LAYERS_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+_LAYERS_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*\Z")
 
 
 def _read_target(r: _R) -> TargetSummary:
@@ -1243,7 +1243,7 @@ def manifest_from_json(d: dict[str, Any]) -> Manifest:
 # TOML writing (arrays of tables as [[a.b]] headers; small flat tables inline)
 # ---------------------------------------------------------------------------------------------------------
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 
 def _key(k: str) -> str:

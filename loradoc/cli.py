@@ -435,15 +435,26 @@ def convert_merged(
     from .convert.merge import merge_adapter
 
     result = merge_adapter(adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size))
+    _finish_convert(result, "merged", f"safetensors-{dtype}", adapter, out, record, registry_path, as_json)
+
+
+def _finish_convert(
+    result: Any, kind: str, fmt: str, adapter: str, out: str, record: bool, registry_path: str | None, as_json: bool
+) -> None:
+    """Record the artifact when asked, then print the result (JSON, or a summary with every note and every tensor
+    that could not go in)."""
     if record:
-        _record_artifact(registry_path, adapter, "merged", out, f"safetensors-{dtype}")
+        _record_artifact(registry_path, adapter, kind, out, fmt)
+    d = result.to_json()
     if as_json:
-        _emit_json(result.to_json())
-    else:
-        d = result.to_json()
-        click.echo(f"wrote {out}: {len(d.get('merged', []))} modules merged, dtype {dtype}")
-        for note in d.get("notes", []):
-            click.echo(f"note: {note}")
+        _emit_json(d)
+        return
+    merged = d.get("merged") or d.get("merged_modules") or []
+    click.echo(f"wrote {out} ({fmt}; {len(merged)} modules merged)" if kind != "gguf-lora" else f"wrote {out}")
+    for note in d.get("notes", []):
+        click.echo(f"note: {note}")
+    for key in d.get("not_included", []) or []:
+        click.echo(f"not included: {key}")
 
 
 def _size(text: str) -> int:
@@ -480,15 +491,7 @@ def convert_gguf_cmd(
     from .convert.gguf_model import convert_gguf
 
     result = convert_gguf(adapter, base, out, outtype=outtype, mmproj=mmproj)
-    if record:
-        _record_artifact(registry_path, adapter, "gguf", out, f"gguf-{outtype}")
-    if as_json:
-        _emit_json(result.to_json())
-    else:
-        d = result.to_json()
-        click.echo(f"wrote {out} ({outtype})")
-        for note in d.get("notes", []):
-            click.echo(f"note: {note}")
+    _finish_convert(result, "gguf", f"gguf-{outtype}", adapter, out, record, registry_path, as_json)
 
 
 @convert.command("gguf-lora")
@@ -506,15 +509,7 @@ def convert_gguf_lora_cmd(
     from .convert.gguf_lora import convert_gguf_lora
 
     result = convert_gguf_lora(adapter, base, out)
-    if record:
-        _record_artifact(registry_path, adapter, "gguf-lora", out, "gguf-lora")
-    if as_json:
-        _emit_json(result.to_json())
-    else:
-        d = result.to_json()
-        click.echo(f"wrote {out}")
-        for t in d.get("skipped", []) or d.get("not_included", []) or []:
-            click.echo(f"not included: {t}")
+    _finish_convert(result, "gguf-lora", "gguf-lora", adapter, out, record, registry_path, as_json)
 
 
 # --------------------------------------------------------------------------------------------------- hub

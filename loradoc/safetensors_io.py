@@ -51,6 +51,7 @@ __all__ = [
     "header_bytes_needed",
     "iter_tensor_bytes",
     "parse_header_bytes",
+    "pread_exact",
     "read_header",
     "read_tensor_bytes",
     "sha256_file",
@@ -504,9 +505,15 @@ def _fileno(fh: Any) -> int | None:
         return None
 
 
-def _read_exact(fh: Any, offset: int, size: int, path: Path) -> bytes:
+def pread_exact(fd: int, offset: int, size: int, path: Path) -> bytes:
+    """Exactly ``size`` bytes at absolute ``offset`` of an open descriptor (a short file is a clear error)."""
+    return _read_exact(None, offset, size, path, fd=fd)
+
+
+def _read_exact(fh: Any, offset: int, size: int, path: Path, *, fd: int | None = None) -> bytes:
     """Exactly ``size`` bytes at absolute ``offset`` (os.pread if there is a descriptor, else seek + read)."""
-    fd = _fileno(fh)
+    if fd is None:
+        fd = _fileno(fh)
     parts: list[bytes] = []
     got = 0
     try:

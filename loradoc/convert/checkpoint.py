@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BadInputError, MalformedConfigError, MissingFileError, PickleRefusedError
 from ..layout import Address, address_of
 from ..safetensors_io import HashThread, SafetensorsHeader, TensorInfo, read_header
+from ..safetensors_io import pread_exact as _pread_exact
 
 if TYPE_CHECKING:
     import numpy as np
@@ -241,26 +242,6 @@ class SourceFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _pread_exact(fd: int, offset: int, size: int, path: Path) -> bytes:
-    parts: list[bytes] = []
-    got = 0
-    try:
-        while got < size:
-            part = os.pread(fd, size - got, offset + got)
-            if not part:
-                break
-            parts.append(part)
-            got += len(part)
-    except OSError as exc:
-        raise BadInputError(f"{path}: read failed ({exc.strerror})", hint="check the file and the disk") from exc
-    if got < size:
-        raise BadInputError(
-            f"{path}: truncated: wanted {size} bytes at byte {offset}, the file ends after {got}",
-            hint="the file is truncated (an interrupted download or copy?): fetch it again",
-        )
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _sha256_fd(fd: int, size: int, path: Path) -> str:

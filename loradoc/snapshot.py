@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapter_config import AdapterConfig, load_adapter_config
-from .errors import BadInputError, EnvironmentProblem, MissingFileError, PickleRefusedError
+from .errors import BadInputError, MissingFileError, PickleRefusedError
 from .safetensors_io import SafetensorsHeader, read_header, read_tensor_bytes, tensor_to_numpy
 
 if TYPE_CHECKING:
@@ -174,36 +174,8 @@ def _torch_dtype_name(dtype: Any) -> str:
 
 
 def _download(repo: str, revision: str | None, *, endpoint: str | None, token: str | bool | None) -> tuple[Path, str]:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    """Fetch through loradoc.hub.pull (one download path: patterns, endpoint, token scrubbing, error mapping)."""
+    from .hub.pull import pull
 
-    from .hub_endpoint import resolve_endpoint
-
-    ep = resolve_endpoint(endpoint)
-    try:
-        local = snapshot_download(
-            repo,
-            revision=revision,
-            endpoint=ep,
-            token=token,
-            allow_patterns=[CONFIG_NAME, SAFETENSORS_NAME, "*.json", "*.md", "*.txt", "*.model", "*.jinja"],
-        )
-    except RepositoryNotFoundError:
-        raise BadInputError(
-            f"repository {repo} not found on {ep}", hint="check the repo id, the endpoint and your token"
-        ) from None
-    except RevisionNotFoundError:
-        raise BadInputError(f"revision {revision} of {repo} not found on {ep}", hint="check the revision") from None
-    except (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise EnvironmentProblem(
-            f"could not fetch {repo} from {ep}: {first}", hint="check the endpoint (--endpoint / HF_ENDPOINT)"
-        ) from None
-    local_path = Path(local)
-    return local_path, local_path.name
+    got = pull(repo, revision, endpoint=endpoint, token=token if isinstance(token, str) else None)
+    return Path(got.path), got.commit_sha

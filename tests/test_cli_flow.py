@@ -65,6 +65,10 @@ def test_cli_flow(
     assert code == 0 and got["commit_sha"] == v1
     pulled = got["path"]
 
+    # doctor reads REPO@REV straight from the endpoint too (through the same download path as pull)
+    code, remote = run(["doctor", f"{REPO}@{v1}", "--endpoint", server.url, "--base", base, "--json"], capsys)
+    assert code == 1 and remote["verdict"] == "repairable" and remote["adapter"]["commit"] == v1
+
     code, d = run(["doctor", pulled, "--base", base, "--json", "--record", *reg], capsys)
     assert code == 1 and d["verdict"] == "repairable"
 

@@ -711,6 +711,8 @@ def registry_scan_hub(
     if as_json:
         _emit_json(res.to_json())
         return
+    if res.profile_note:
+        click.echo(f"note: {res.profile_note}", err=True)
     for row in res.rows:
         click.echo(f"{row.repo_id:<56} {row.verdict or 'error':<11} {row.error or ''}")
     click.echo(
@@ -764,10 +766,12 @@ def base_list(as_json: bool) -> None:
 @click.argument("base_spec", metavar="BASE")
 @click.option("--json", "as_json", is_flag=True)
 def base_profile(base_spec: str, as_json: bool) -> None:
-    """Build (or read from cache) the module profile of BASE."""
-    from .profiles import get_profile
+    """Build the module profile of BASE under the installed transformers and cache it (for doctor --fast).
 
-    p = get_profile(base_spec)
+    For a shipped base, says whether the build differs from the shipped profile (a drift) and where."""
+    from .profiles import build_and_cache
+
+    p, path, drift = build_and_cache(base_spec)
     summary = {
         "name": p.name,
         "architecture": p.architecture,
@@ -778,6 +782,8 @@ def base_profile(base_spec: str, as_json: bool) -> None:
         "towers": p.towers,
         "modules": len(p.modules),
         "config_sha256": p.config_sha256,
+        "cached_at": str(path),
+        "drift_from_shipped": drift,
     }
     if as_json:
         _emit_json(summary)

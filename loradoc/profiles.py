@@ -5,6 +5,12 @@ then walking ``named_modules()``. It records every module's class, kind and in/o
 layers, the towers, and the checkpoint-conversion renames peft applies on load. Profiles are cached as JSON,
 keyed by the config's sha256 and the transformers version, and the bases loradoc knows are shipped in
 ``manifests/bases/`` so that ``loradoc doctor --fast`` works offline without importing torch.
+
+A profile is a function of (config.json, the modeling code of the installed transformers). A shipped profile lists
+the transformers versions under which a fresh build was *verified* to give the same content
+(``verified_transformers``; ``scripts/refresh_profiles.py`` maintains it). Under any other version the nearest
+shipped profile is still used offline, with a note that names the gap and the command that rebuilds it; with torch
+and transformers importable (the full doctor) the profile is rebuilt for the installed version instead.
 """
 
 from __future__ import annotations
@@ -87,6 +93,8 @@ class BaseProfile:
     quantization: dict[str, Any] | None = None
     text_config: dict[str, Any] = field(default_factory=dict)
     format: int = PROFILE_FORMAT
+    # transformers versions under which a fresh build gave this same content (shipped profiles)
+    verified_transformers: list[str] = field(default_factory=list)
 
     # -- serialisation -------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -105,6 +113,18 @@ class BaseProfile:
         d["conversion_renames"] = [tuple(r) for r in d.get("conversion_renames", [])]
         d["load_rewrites"] = [tuple(r) for r in d.get("load_rewrites", [])]
         return cls(**d)
+
+    @property
+    def note(self) -> str | None:
+        """Why this profile is only a prediction under the installed transformers (None when it is exact)."""
+        return self.memo().get("note")
+
+    def content(self) -> dict[str, Any]:
+        """What the profile says about the model: everything but its name and the versions it was built under."""
+        d = self.to_json()
+        for k in _NOT_CONTENT:
+            d.pop(k, None)
+        return d
 
     # -- queries -------------------------------------------------------------------------------------------
     def tower_modules(self, tower: str) -> list[str]:
@@ -130,6 +150,29 @@ class BaseProfile:
             index.setdefault(address_of(name), name)
         self.memo()["address_index"] = index
         return index
+
+
+_NOT_CONTENT = ("name", "transformers_version", "verified_transformers", "format")
+
+
+def profile_drift(old: BaseProfile, new: BaseProfile) -> str | None:
+    """The first difference between two profiles' content, in words (None when they describe the same model).
+
+    Modules are compared first, in model order (name, class, kind, features), then every other field."""
+    for name in list(old.modules) + [n for n in new.modules if n not in old.modules]:
+        a, b = old.modules.get(name), new.modules.get(name)
+        if a is None or b is None:
+            where = "only in the new build" if a is None else "missing from the new build"
+            return f"module {name} is {where}"
+        if a != b:
+            return f"module {name}: {a} became {b}"
+    if list(old.modules) != list(new.modules):
+        return "the modules are the same but in another order"
+    ca, cb = old.content(), new.content()
+    for key in sorted(set(ca) | set(cb)):
+        if key != "modules" and ca.get(key) != cb.get(key):
+            return f"{key}: {ca.get(key)!r} became {cb.get(key)!r}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -359,6 +402,7 @@ def build_profile(source: BaseSource) -> BaseProfile:
         torch_dtype=str(cfg_dict.get("torch_dtype") or cfg_dict.get("dtype") or "") or None,
         quantization=cfg_dict.get("quantization_config"),
         text_config=text_summary,
+        verified_transformers=[transformers.__version__],
     )
 
 
@@ -451,40 +495,122 @@ def _load_json_profile(path: Path) -> BaseProfile | None:
         return None
 
 
+def _version_key(v: str) -> tuple[int, ...]:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(v).release
+    except InvalidVersion:
+        return (0,)
+
+
+def shipped_profiles(source: BaseSource) -> list[BaseProfile]:
+    """Every profile shipped for a base (``profile.json`` and older ``profile-transformers-*.json``) whose config
+    hash matches the shipped config."""
+    _, sha = read_config(source.config_path)
+    out = []
+    for path in sorted(source.directory.glob("profile*.json")):
+        prof = _load_json_profile(path)
+        if prof is not None and prof.config_sha256 == sha:
+            prof.verified_transformers = prof.verified_transformers or [prof.transformers_version]
+            out.append(prof)
+    return out
+
+
+def _nearest(profiles: list[BaseProfile], tf_version: str) -> BaseProfile:
+    """The profile verified under the version closest to ``tf_version`` (ties: the newer one)."""
+    target = _version_key(tf_version)
+
+    def distance(p: BaseProfile) -> tuple[Any, ...]:
+        best = min(p.verified_transformers, key=lambda v: _gap(_version_key(v), target))
+        return (_gap(_version_key(best), target), tuple(-x for x in _version_key(best)))
+
+    return min(profiles, key=distance)
+
+
+def _gap(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    width = max(len(a), len(b))
+    a, b = a + (0,) * (width - len(a)), b + (0,) * (width - len(b))
+    return tuple(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
 def get_profile(base: str | BaseSource, *, allow_build: bool = True) -> BaseProfile:
-    """The profile of ``base``: shipped, cached, or built (and cached) on the meta device."""
+    """The profile of ``base`` under the installed transformers.
+
+    In order: a shipped profile verified under the installed version; one cached for it; a fresh meta-device build
+    (``allow_build``, cached); else (offline, no torch) the shipped profile verified nearest to the installed
+    version, whose ``note`` says it is a prediction and how to rebuild it."""
     source = base if isinstance(base, BaseSource) else resolve_base(base)
     _, sha = read_config(source.config_path)
     tf_version = installed_version("transformers") or "none"
-    if source.shipped:
-        shipped = source.directory / "profile.json"
-        if shipped.is_file():
-            prof = _load_json_profile(shipped)
-            if prof and prof.config_sha256 == sha and prof.transformers_version == tf_version:
-                prof.name = source.name
-                return prof
+    shipped = shipped_profiles(source) if source.shipped else []
+    for prof in shipped:
+        if tf_version in prof.verified_transformers:
+            prof.name = source.name
+            return prof
     cached = _cache_path(sha, tf_version)
     if cached.is_file():
         prof = _load_json_profile(cached)
         if prof is not None:
             prof.name = source.name
             return prof
-    if not allow_build:
-        raise LoradocError(
-            f"no cached profile for base {source.name} under transformers {tf_version}",
-            hint=f"run `loradoc base profile {source.name}` (or doctor without --fast) once to build it",
+    if allow_build:
+        prof = build_profile(source)
+        _write_json_atomic(cached, prof.to_json())
+        return prof
+    if shipped:
+        prof = _nearest(shipped, tf_version)
+        prof.name = source.name
+        verified = ", ".join(sorted(prof.verified_transformers, key=_version_key))
+        prof.memo()["note"] = (
+            f"the shipped profile of {source.name} was verified under transformers {verified}, not the installed "
+            f"{tf_version}; it is used as a prediction (run `loradoc base profile {source.name}` to build it for "
+            f"{tf_version})"
         )
+        return prof
+    raise LoradocError(
+        f"no cached profile for base {source.name} under transformers {tf_version}",
+        hint=f"run `loradoc base profile {source.name}` (or doctor without --fast) once to build it",
+    )
+
+
+def build_and_cache(base: str) -> tuple[BaseProfile, Path, str | None]:
+    """Build the profile of ``base`` under the installed transformers and cache it (``loradoc base profile``).
+
+    Returns the profile, the cache file, and for a shipped base the drift from its nearest shipped profile."""
+    source = resolve_base(base)
     prof = build_profile(source)
-    _write_json_atomic(cached, prof.to_json())
-    return prof
+    path = _cache_path(prof.config_sha256, prof.transformers_version)
+    _write_json_atomic(path, prof.to_json())
+    drift = None
+    if source.shipped:
+        shipped = shipped_profiles(source)
+        if shipped:
+            drift = profile_drift(_nearest(shipped, prof.transformers_version), prof)
+    return prof, path, drift
 
 
-def write_shipped_profile(base: str) -> Path:
-    """Regenerate ``manifests/bases/<id>/profile.json`` for a shipped base (maintainers' tool)."""
+def refresh_shipped_profile(base: str) -> tuple[Path, str | None]:
+    """Maintainers' tool: build a shipped base's profile under the installed transformers and record the result.
+
+    Same content as ``profile.json``: the installed version is added to its ``verified_transformers``. Different
+    content (a drift): the old file is kept as ``profile-transformers-<version>.json`` and the new build becomes
+    ``profile.json``. Returns the path written and the drift (None when there was none)."""
     source = resolve_base(base)
     if not source.shipped:
         raise BadInputError(f"{base} is not a shipped base", hint="pass one of: " + ", ".join(shipped_bases()))
-    prof = build_profile(source)
+    fresh = build_profile(source)
+    fresh.name = source.name
     target = source.directory / "profile.json"
-    _write_json_atomic(target, prof.to_json())
-    return target
+    current = _load_json_profile(target) if target.is_file() else None
+    drift = profile_drift(current, fresh) if current is not None else "no shipped profile"
+    if current is not None and drift is None:
+        versions = set(current.verified_transformers or [current.transformers_version]) | {fresh.transformers_version}
+        current.verified_transformers = sorted(versions, key=_version_key)
+        _write_json_atomic(target, current.to_json())
+        return target, None
+    if current is not None:
+        keep = source.directory / f"profile-transformers-{current.transformers_version}.json"
+        _write_json_atomic(keep, current.to_json())
+    _write_json_atomic(target, fresh.to_json())
+    return target, drift

@@ -73,6 +73,7 @@ class ScanResult:
     weight_bytes_total: int
     seconds: float
     cache_hits: int = 0  # adapters whose (config, header) pair was already analysed in this scan
+    profile_note: str | None = None  # the base profile is a prediction under the installed transformers
 
     @property
     def verdicts(self) -> dict[str, int]:
@@ -97,6 +98,7 @@ class ScanResult:
             "weight_bytes_total": self.weight_bytes_total,
             "seconds": round(self.seconds, 3),
             "cache_hits": self.cache_hits,
+            "profile_note": self.profile_note,
             "rows": [r.to_json() for r in self.rows],
         }
 
@@ -336,4 +338,5 @@ def scan_hub(
         weight_bytes_total=sum(r.weights_size or 0 for r in rows),
         seconds=time.perf_counter() - t0,
         cache_hits=cache.hits,
+        profile_note=profile.note,
     )

@@ -178,6 +178,8 @@ def diagnose(
     profile = get_profile(source, allow_build=not fast)
     st: StaticResult = analyze(snap, profile)
     findings = list(st.findings)
+    if profile.note:
+        findings.append(F.make("profile-version-gap", F.INFO, 0, profile.note, repair=None))
     if read_data:
         findings.extend(data_findings(snap))
     warnings_: list[str] = []

@@ -39,6 +39,11 @@ CODES: dict[str, CodeInfo] = {
         CodeInfo("peft-load-error", "peft raises while loading", None),
         CodeInfo("not-lora", "not a LoRA adapter: analysed only partly", None),
         CodeInfo("static-disagrees", "the static prediction differs from the real dry load", None),
+        CodeInfo(
+            "profile-version-gap",
+            "the base profile was verified under another transformers version (a prediction)",
+            None,
+        ),
     )
 }
 

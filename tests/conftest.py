@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,20 @@ def example_root(tmp_path_factory: pytest.TempPathFactory) -> ExampleSet:
     Read-only: a test that needs a broken variant copies one into its tmp_path with
     ``loradoc.fixtures.rewrite_adapter``."""
     return build_example(tmp_path_factory.mktemp("example"))
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_src() -> Path:
+    """llama.cpp's source tree (reference converters), from the llama-cpp-python sdist on the package registry.
+
+    Cannot be had -> the test fails (never skips): a skipped check in CI is a check that does not exist."""
+    from llama_cpp_source import LlamaCppSourceError, llama_cpp_source_dir
+
+    try:
+        return llama_cpp_source_dir()
+    except LlamaCppSourceError as e:
+        why = str(e)
+    pytest.fail(f"llama.cpp's source tree is not available: {why}", pytrace=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,8 +1,8 @@
 """loradoc convert gguf / gguf-lora, judged by llama.cpp itself (llama-cpp-python) against transformers + peft.
 
 The llama.cpp checks skip when ``llama_cpp`` is not installed; the byte-for-byte comparison with llama.cpp's own
-``convert_lora_to_gguf.py`` skips unless its source tree is found (``LORADOC_LLAMA_CPP_DIR``: the
-``vendor/llama.cpp`` folder of the llama-cpp-python sdist).
+``convert_lora_to_gguf.py`` takes llama.cpp's source from the llama-cpp-python sdist on the package registry
+(``tests/llama_cpp_source.py``; ``LORADOC_LLAMA_CPP_DIR`` overrides) and fails if it cannot.
 """
 
 from __future__ import annotations
@@ -29,13 +29,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 
 PROBE = [2, 10, 20, 30, 40, 50, 60, 70]
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _llama_cpp_dir() -> Path | None:
-    cand = os.environ.get("LORADOC_LLAMA_CPP_DIR")
-    if cand and (Path(cand) / "convert_lora_to_gguf.py").is_file():
-        return Path(cand)
-    return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -241,20 +234,21 @@ def test_embedding_lora(ex: ExampleSet, tmp_path: Path) -> None:
         convert_gguf_lora(str(tmp_path / "emb"), str(base), tmp_path / "emb-lora.gguf")
 
 
-def test_lora_gguf_identical_to_llama_cpp_converter(ex: ExampleSet, out_dir: Path) -> None:
-    ref_dir = _llama_cpp_dir()
-    if ref_dir is None:
-        pytest.skip("llama.cpp's convert_lora_to_gguf.py not found (set LORADOC_LLAMA_CPP_DIR)")
+def test_lora_gguf_identical_to_llama_cpp_converter(ex: ExampleSet, out_dir: Path, llama_cpp_src: Path) -> None:
+    """Byte-for-byte the LoRA GGUF of llama.cpp's own convert_lora_to_gguf.py, run from llama.cpp's tree so that it
+    imports that tree's conversion/ and gguf-py/ (not the gguf package installed here)."""
     import gguf
 
     adapter, base = ex.adapters["seed-cliniq-gemma4-e2b"], ex.bases["tiny-gemma4-e2b"]
     ours = out_dir / "cliniq-ours.gguf"
     ref = out_dir / "cliniq-ref.gguf"
     convert_gguf_lora(str(adapter), str(base), ours)
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the script then imports its own gguf-py
+    env["HF_HUB_OFFLINE"] = "1"  # --base is a local folder: nothing to fetch
     proc = subprocess.run(
-        [sys.executable, str(ref_dir / "convert_lora_to_gguf.py"), str(adapter), "--base", str(base),
+        [sys.executable, str(llama_cpp_src / "convert_lora_to_gguf.py"), str(adapter), "--base", str(base),
          "--outfile", str(ref)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     a = {t.name: t for t in gguf.GGUFReader(ours).tensors}

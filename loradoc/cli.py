@@ -28,6 +28,24 @@ def _registry(path: str | None) -> Any:
     return Registry(Path(path) if path else None)
 
 
+BASE_DEFAULT = "Default: the base the registry knows for ADAPTER, else the one its adapter_config.json names."
+
+
+def _base_for(adapter: str, base: str | None, registry_path: str | None, *, weights: bool = False) -> str:
+    """--base, or the base the registry / adapter_config.json knows for ADAPTER (said on stderr)."""
+    if base:
+        return base
+    from .workflows import choose_base
+
+    try:
+        reg = _registry(registry_path)
+    except LoradocError:
+        reg = None
+    choice = choose_base(adapter, base, reg, weights=weights)
+    click.echo(f"base: {choice.base} (from {choice.why}; pass --base to choose another)", err=True)
+    return choice.base
+
+
 REGISTRY_OPT = click.option(
     "--registry", "registry_path", default=None, help="SQLite index to use (default: $LORADOC_REGISTRY or user data)."
 )
@@ -48,7 +66,9 @@ def cli() -> None:
 # --------------------------------------------------------------------------------------------------- doctor
 @cli.command()
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory (config.json) or a shipped base id.")
+@click.option(
+    "--base", "base", default=None, help="Local base directory (config.json) or a shipped base id. " + BASE_DEFAULT
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the machine-readable report on stdout.")
 @click.option("--fast", is_flag=True, help="Static analysis only: no torch import, cached/shipped base profile.")
 @click.option("--endpoint", default=None, help="Hub endpoint for REPO@REV adapters (default: $HF_ENDPOINT).")
@@ -73,6 +93,7 @@ def doctor(
     """
     from .repair.doctor import HEALTHY, diagnose
 
+    base = _base_for(adapter, base, registry_path)
     d = diagnose(adapter, base, fast=fast, endpoint=endpoint, allow_pickle=allow_pickle, read_data=not no_data)
     if record:
         manifest = _registry(registry_path).add_from_diagnosis(d)
@@ -88,8 +109,10 @@ def doctor(
 
 # --------------------------------------------------------------------------------------------------- repair
 @cli.command()
-@click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory (config.json) or a shipped base id.")
+@click.argument("adapter", required=False)
+@click.option(
+    "--base", "base", default=None, help="Local base directory (config.json) or a shipped base id. " + BASE_DEFAULT
+)
 @click.option("--out", "out", default=None, help="Directory to write the repaired adapter to (must not exist).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print what would happen; write nothing.")
 @click.option("--only", "only", multiple=True, help="Run exactly these passes (repeatable).")
@@ -110,7 +133,7 @@ def doctor(
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def repair(
-    adapter: str,
+    adapter: str | None,
     base: str,
     out: str | None,
     plan_only: bool,
@@ -143,10 +166,14 @@ def repair(
                 flag = "default" if r["default"] else "on request"
                 click.echo(f"{r['name']:<24} {flag:<11} answers {','.join(r['answers']):<18} {r['description']}")
         return
+    if not adapter:
+        raise click.UsageError("missing argument ADAPTER (or pass --list-passes)")
     from pathlib import Path
 
     from .profiles import get_profile, resolve_base
     from .repair.passes import build_plan
+
+    base = _base_for(adapter, base, registry_path)
     from .snapshot import open_snapshot
 
     consent = allow_pickle or "pickle-to-safetensors" in (*only, *also)
@@ -188,7 +215,7 @@ def repair(
 # --------------------------------------------------------------------------------------------------- check-load
 @cli.command("check-load")
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory with weights.")
+@click.option("--base", "base", default=None, help="Local base directory with weights. " + BASE_DEFAULT)
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option(
     "--certificate",
@@ -218,6 +245,7 @@ def check_load_cmd(
 
     from .repair.checkload import check_load
 
+    base = _base_for(adapter, base, registry_path, weights=True)
     cert = check_load(
         adapter, base, device=device, certificate=Path(certificate) if certificate else None, allow_pickle=allow_pickle
     )
@@ -243,8 +271,10 @@ def check_load_cmd(
     show_default=True,
     help="Which bundled adapter to diagnose after building.",
 )
-def example(directory: str, as_json: bool, adapter: str) -> None:
-    """Build tiny real-architecture bases and seed-adapter replicas in DIRECTORY, then diagnose one."""
+@REGISTRY_OPT
+def example(directory: str, as_json: bool, adapter: str, registry_path: str | None) -> None:
+    """Build tiny real-architecture bases and seed-adapter replicas in DIRECTORY, record each adapter with its
+    tiny base in the registry (so --base can be left out), then diagnose one."""
     from pathlib import Path
 
     from .fixtures import ADAPTER_SPECS, build_example
@@ -254,24 +284,37 @@ def example(directory: str, as_json: bool, adapter: str) -> None:
         raise click.BadParameter(f"choose one of: {', '.join(ADAPTER_SPECS)}", param_hint="--adapter")
     root = Path(directory)
     ex = build_example(root)
-    spec = ADAPTER_SPECS[adapter]
-    a_dir = ex.adapters[adapter]
-    b_dir = ex.bases[spec.base]
-    d = diagnose(str(a_dir), str(b_dir))
+    reg = _registry(registry_path)
+    pairs: dict[str, dict[str, str]] = {}
+    shown = None
+    for name, spec in ADAPTER_SPECS.items():
+        a_dir, b_dir = ex.adapters[name].resolve(), ex.bases[spec.base].resolve()
+        d = diagnose(str(a_dir), str(b_dir))
+        reg.add_from_diagnosis(d)
+        pairs[name] = {"adapter": str(a_dir), "base": str(b_dir), "verdict": d.verdict}
+        if name == adapter:
+            shown = d
+    assert shown is not None
     if as_json:
         _emit_json(
             {
                 "root": str(root),
-                "adapters": {k: str(v) for k, v in ex.adapters.items()},
+                "adapters": {k: v["adapter"] for k, v in pairs.items()},
                 "bases": {k: str(v) for k, v in ex.bases.items()},
-                "diagnosis": d.to_json(),
+                "pairs": pairs,
+                "registry": str(reg.path),
+                "diagnosis": shown.to_json(),
             }
         )
         return
     click.echo(f"built {len(ex.bases)} tiny bases and {len(ex.adapters)} adapters under {root}/")
+    click.echo(f"recorded each adapter with its tiny base in the registry ({reg.path}):")
+    for name, row in pairs.items():
+        click.echo(f"  {name:<34} base {Path(row['base']).name:<18} {row['verdict']}")
+    click.echo(f"\n{adapter}:")
     from .render import render_diagnosis
 
-    render_diagnosis(d, adapter=str(a_dir), base=str(b_dir))
+    render_diagnosis(shown, adapter=pairs[adapter]["adapter"], base=pairs[adapter]["base"])
 
 
 # --------------------------------------------------------------------------------------------------- registry
@@ -325,7 +368,7 @@ def registry_show(ident: str, registry_path: str | None, as_json: bool) -> None:
 
 @registry.command("add")
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory or shipped base id to diagnose against.")
+@click.option("--base", "base", default=None, help="Local base directory or shipped base id. " + BASE_DEFAULT)
 @click.option("--fast", is_flag=True, help="Static analysis only.")
 @click.option("--endpoint", default=None)
 @REGISTRY_OPT
@@ -336,6 +379,7 @@ def registry_add(
     """Run doctor on ADAPTER (a path or REPO[@REV]) and write its manifest."""
     from .repair.doctor import diagnose
 
+    base = _base_for(adapter, base, registry_path)
     d = diagnose(adapter, base, fast=fast, endpoint=endpoint)
     path = _registry(registry_path).add_from_diagnosis(d)
     if as_json:
@@ -412,7 +456,7 @@ def _record_artifact(registry_path: str | None, adapter: str, kind: str, out: An
 
 @convert.command("merged")
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory with weights (bf16/f16/f32).")
+@click.option("--base", "base", default=None, help="Local base directory with weights. " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output directory (must not exist).")
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
 @click.option("--shard-size", default="5GB", show_default=True, help="Maximum shard size, e.g. 2GB or 500MB.")
@@ -434,6 +478,7 @@ def convert_merged(
 
     from .convert.merge import merge_adapter
 
+    base = _base_for(adapter, base, registry_path, weights=True)
     result = merge_adapter(adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size))
     _finish_convert(result, "merged", f"safetensors-{dtype}", adapter, out, record, registry_path, as_json)
 
@@ -449,8 +494,9 @@ def _finish_convert(
     if as_json:
         _emit_json(d)
         return
-    merged = d.get("merged") or d.get("merged_modules") or []
-    click.echo(f"wrote {out} ({fmt}; {len(merged)} modules merged)" if kind != "gguf-lora" else f"wrote {out}")
+    merged = d.get("merged", d.get("merged_modules", 0))
+    n_merged = len(merged) if isinstance(merged, list | dict) else int(merged or 0)
+    click.echo(f"wrote {out} ({fmt}; {n_merged} modules merged)" if kind != "gguf-lora" else f"wrote {out}")
     for note in d.get("notes", []):
         click.echo(f"note: {note}")
     for key in d.get("not_included", []) or []:
@@ -470,10 +516,9 @@ def _size(text: str) -> int:
 
 @convert.command("gguf")
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory with weights and tokenizer.")
+@click.option("--base", "base", default=None, help="Local base directory with weights and tokenizer. " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output .gguf file.")
 @click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="bf16", show_default=True)
-@click.option("--mmproj", default=None, help="Also write the vision/audio towers as an mmproj GGUF here.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
@@ -482,7 +527,6 @@ def convert_gguf_cmd(
     base: str,
     out: str,
     outtype: str,
-    mmproj: str | None,
     record: bool,
     registry_path: str | None,
     as_json: bool,
@@ -490,13 +534,14 @@ def convert_gguf_cmd(
     """The merged text model of BASE + ADAPTER as GGUF, in one fused pass (no intermediate checkpoint)."""
     from .convert.gguf_model import convert_gguf
 
-    result = convert_gguf(adapter, base, out, outtype=outtype, mmproj=mmproj)
+    base = _base_for(adapter, base, registry_path, weights=True)
+    result = convert_gguf(adapter, base, out, outtype=outtype)
     _finish_convert(result, "gguf", f"gguf-{outtype}", adapter, out, record, registry_path, as_json)
 
 
 @convert.command("gguf-lora")
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory (config.json is enough).")
+@click.option("--base", "base", default=None, help="Local base directory (config.json is enough). " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output .gguf file.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
@@ -508,6 +553,7 @@ def convert_gguf_lora_cmd(
     silently."""
     from .convert.gguf_lora import convert_gguf_lora
 
+    base = _base_for(adapter, base, registry_path)
     result = convert_gguf_lora(adapter, base, out)
     _finish_convert(result, "gguf-lora", "gguf-lora", adapter, out, record, registry_path, as_json)
 

@@ -33,7 +33,7 @@ def render_diagnosis(d: Diagnosis, *, adapter: str, base: str) -> None:
     table.add_column("finding")
     table.add_column("sev")
     table.add_column("n", justify="right")
-    table.add_column("what")
+    table.add_column("what", overflow="fold")  # key paths wrap, never cut
     groups: dict[str, list] = defaultdict(list)
     for f in d.findings:
         groups[f.tower or "adapter"].append(f)

@@ -491,7 +491,7 @@ def _lookup(header: SafetensorsHeader, name: str) -> TensorInfo:
     if info is None:
         raise BadInputError(
             f"{header.path}: no tensor named '{name}' (the file has {len(header.tensors)} tensors)",
-            hint="list the file's tensors with `loradoc inspect` and use one of those names",
+            hint="use one of the tensor names in the file's header",
         )
     return info
 

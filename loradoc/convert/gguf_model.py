@@ -165,7 +165,7 @@ def add_arch_metadata(w: Any, arch: str, hp: dict[str, Any], file_type: Any) -> 
     if hp.get("enable_moe_block") or hp.get("num_experts"):
         raise BadInputError(
             "Gemma 4 mixture-of-experts bases (26B-A4B) are not supported by loradoc's GGUF converter yet",
-            hint="merge with `loradoc convert merge` and convert with llama.cpp's convert_hf_to_gguf.py",
+            hint="merge with `loradoc convert merged` and convert with llama.cpp's convert_hf_to_gguf.py",
         )
     n_shared = int(hp.get("num_kv_shared_layers") or 0)
     w.add_shared_kv_layers(n_shared)
@@ -270,7 +270,7 @@ def convert_gguf(
         raise BadInputError(
             "--mmproj is not supported yet: loradoc writes the text model only",
             hint="for the vision/audio projector run llama.cpp's convert_hf_to_gguf.py --mmproj on the base "
-            "(tower LoRAs need a merged checkpoint: `loradoc convert merge`)",
+            "(tower LoRAs need a merged checkpoint: `loradoc convert merged`)",
         )
     ckpt = open_base(base)
     arch = gguf_arch_for(ckpt.config, str(ckpt.directory / "config.json"))

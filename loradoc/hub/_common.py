@@ -120,9 +120,9 @@ def raise_hub_error(exc: BaseException, *, what: str, endpoint: str, token: str 
     if status in (401, 403):
         raise HubAuthError(
             f"{what}: the Hub at {endpoint} refused the request ({status}{' unauthorized' if status == 401 else ''})",
-            hint="pass a token with write access (--token, HF_TOKEN, or `hf auth login`)"
+            hint="use a token with write access (HF_TOKEN, or `hf auth login`)"
             if token
-            else "no token was sent: pass --token, set HF_TOKEN, or run `hf auth login`",
+            else "no token was sent: set HF_TOKEN, or run `hf auth login`",
         ) from None
     if isinstance(exc, RepositoryNotFoundError) or status == 404:
         raise BadInputError(

@@ -456,7 +456,7 @@ def publish(plan: PublishPlan, *, endpoint: str | None = None, token: str | None
     if not tok:
         raise HubAuthError(
             f"publishing to {plan.repo_id} needs a Hugging Face token with write access; none was found",
-            hint="pass --token, set HF_TOKEN, or run `hf auth login`",
+            hint="set HF_TOKEN, or run `hf auth login`",
         )
     # the files must still be the ones the plan checked (and the certificate covers)
     for o in plan.operations:

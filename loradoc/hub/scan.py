@@ -1,4 +1,4 @@
-"""``loradoc scan-hub BASE``: the verdict of every adapter of a base on the Hub, from headers alone.
+"""``loradoc registry scan-hub --base BASE``: the verdict of every adapter of a base on the Hub, from headers alone.
 
 For each repository listed by ``list_models(filter="base_model:adapter:BASE")`` it reads only
 ``adapter_config.json`` and the safetensors header (an HTTP Range request for the first 8 bytes, then one for

@@ -53,7 +53,7 @@ class PeftCounts:
     effective_modules: int = 0
     injected_modules: int = 0
 
-    def to_json(self, max_keys: int = 50) -> dict[str, Any]:
+    def to_json(self, max_keys: int | None = None) -> dict[str, Any]:
         return {
             "loaded": self.loaded,
             "missing": self.missing,

@@ -71,7 +71,7 @@ class Diagnosis:
             "data_checked": self.data_checked,
             "repair_passes": self.repair_passes,
             "versions": {d: installed_version(d) for d in ("peft", "transformers", "torch")},
-            "warnings": self.warnings[:20],
+            "warnings": self.warnings,
         }
 
 

@@ -58,7 +58,7 @@ class Finding:
     tower: str | None = None
     keys: list[str] = field(default_factory=list)
 
-    def to_json(self, *, max_keys: int = 50) -> dict[str, Any]:
+    def to_json(self, *, max_keys: int | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {
             "code": self.code,
             "severity": self.severity,

@@ -630,6 +630,11 @@ def _record_pull(got: Any, base: str | None, registry_path: str | None) -> Any:
 @click.option("--repo", "repo", required=True, help="Hub repo id to push to.")
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
 @click.option("--tag", default=None, help="Tag the new commit.")
+@click.option(
+    "--tag-existing",
+    is_flag=True,
+    help="With --tag: when there is nothing to publish, tag the existing commit that already holds DIR's files.",
+)
 @click.option("--message", "-m", default=None, help="Commit message.")
 @click.option("--parent", "parent", default=None, help="Parent commit (default: the revision the repair started from).")
 @click.option("--force", is_flag=True, help="Push without a passing certificate (said loudly in the card).")
@@ -643,6 +648,7 @@ def publish(
     repo: str,
     create_pr: bool,
     tag: str | None,
+    tag_existing: bool,
     message: str | None,
     parent: str | None,
     force: bool,
@@ -652,10 +658,15 @@ def publish(
     registry_path: str | None,
     as_json: bool,
 ) -> None:
-    """Push a repaired, certified adapter DIR to REPO as ONE commit with the card, certificate and repair report."""
+    """Push a repaired, certified adapter DIR to REPO as ONE commit with the card, certificate and repair report.
+
+    Exit code: 0 pushed (the new commit, read back from the Hub), 4 nothing to publish (REPO's head already holds
+    exactly these files: no commit, no record, no tag unless --tag-existing), 2 bad input / refused (stale parent,
+    unverified files, existing tag), 3 network."""
     from pathlib import Path
 
-    from .hub import plan_publish
+    from .errors import NothingToDo
+    from .hub import NothingToPublishError, plan_publish
     from .hub import publish as hub_publish
 
     plan = plan_publish(
@@ -667,6 +678,7 @@ def publish(
         message=message,
         force=force,
         endpoint=endpoint,
+        tag_existing=tag_existing,
     )
     if plan.warning:
         click.secho(plan.warning, fg="red", bold=True, err=True)
@@ -680,8 +692,19 @@ def publish(
                 click.echo(f"  {op.get('op', op.get('kind', ''))} {op.get('path')} {op.get('size', '')}")
             if data.get("card_diff"):
                 click.echo(data["card_diff"])
+            if plan.nothing_to_publish:
+                click.echo(f"nothing to publish: {plan.directory} equals {plan.repo_id}@{plan.head_commit}")
+        if plan.nothing_to_publish:
+            sys.exit(NothingToDo.exit_code)  # what publish would exit with
         return
-    result = hub_publish(plan, endpoint=endpoint)
+    try:
+        result = hub_publish(plan, endpoint=endpoint)
+    except NothingToPublishError as e:  # not a failure: say so on stdout (or as JSON), exit 4, record nothing
+        if as_json:
+            _emit_json({**e.to_json(), "recorded": None})
+        else:
+            click.echo(e.one_line())
+        sys.exit(exit_code_for(e))
     if result.warning:
         click.secho(result.warning, fg="red", bold=True, err=True)
     recorded = None
@@ -703,8 +726,8 @@ def publish(
     if as_json:
         _emit_json({**result.to_json(), "recorded": str(recorded) if recorded else None})
     else:
-        where = f"PR #{result.pr_num}" if result.pr_num else result.commit_sha
-        click.echo(f"pushed {where} to {result.repo_id}: {result.commit_url}")
+        where = f"{result.commit_sha} as PR #{result.pr_num}" if result.pr_num else result.commit_sha
+        click.echo(f"pushed {where} to {result.repo_id} (parent {result.parent_commit}): {result.commit_url}")
         if recorded:
             click.echo(f"recorded in {recorded}")
 

@@ -232,7 +232,7 @@ def test_card_update_is_idempotent_and_names_the_original_of_a_repack() -> None:
     }
     cfg = {"base_model_name_or_path": "unsloth/gemma-4-e4b-it-unsloth-bnb-4bit"}
     readme = "---\nlicense: apache-2.0\ntags: [medical]\n---\n# My adapter\n\nIntro.\n\n## Usage\n\nText.\n"
-    section = loading_fix_section(report, None, verified=False, parent_commit="a" * 40, forced_reason="x")
+    section = loading_fix_section(report, None, verified=False, forced_reason="x")
     once = update_card(readme, adapter_config=cfg, section=section, verified=False, repo_id="a/b")
     twice = update_card(once, adapter_config=cfg, section=section, verified=False, repo_id="a/b")
     assert once == twice
@@ -247,6 +247,121 @@ def test_card_update_is_idempotent_and_names_the_original_of_a_repack() -> None:
     # no card at all: one is generated
     fresh = update_card(None, adapter_config=cfg, section=section, verified=True, repo_id="org/name")
     assert fresh.startswith("---\n") and "# name" in fresh and VERIFIED_TAG in fresh
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# publish tells the truth and is idempotent
+
+
+def _commit_ids(server: HubServer, repo: str) -> list[str]:
+    return [c.commit_id for c in HfApi(endpoint=server.url).list_repo_commits(repo)]
+
+
+def _tags(server: HubServer, repo: str) -> dict[str, str]:
+    return {t.name: t.target_commit for t in HfApi(endpoint=server.url).list_repo_refs(repo).tags}
+
+
+def _nothing_to_publish(exc: BaseException, directory: object, repo: str, commit: str) -> str:
+    msg = _one_line(exc)
+    assert exit_code_for(exc) == 4, msg
+    assert msg.startswith(f"nothing to publish: {directory} equals {repo}@{commit}"), msg
+    return msg
+
+
+def test_publishing_the_same_directory_twice_is_nothing_to_publish(
+    server: HubServer, published: dict[str, object], certified: dict[str, object]
+) -> None:
+    """The branch moved from the repair's source (v1) to our own first publish: that is not a stale parent but
+    "nothing to publish", exit 4, no new commit and no tag."""
+    first = published["result"]
+    commits_before = _commit_ids(server, REPO)
+    assert commits_before[:2] == [first.commit_sha, certified["v1"]]  # type: ignore[attr-defined]
+    plan = plan_publish(certified["fixed"], REPO, tag="again", endpoint=server.url, token=TOKEN)  # type: ignore
+    assert plan.parent_commit == certified["v1"] and plan.head_commit == first.commit_sha  # type: ignore
+    assert plan.to_json()["nothing_to_publish"] and not plan.stale
+    before = _server_state(server)
+    with pytest.raises(LoradocError) as exc:
+        publish(plan, token=TOKEN)
+    msg = _nothing_to_publish(exc.value, certified["fixed"], REPO, first.commit_sha)  # type: ignore[attr-defined]
+    assert "--tag-existing" in msg
+    assert _server_state(server) == before  # exactly the one commit of the first publish, no tag "again"
+    assert _commit_ids(server, REPO) == commits_before
+    assert _tags(server, REPO) == {"loradoc-fix": first.commit_sha}  # type: ignore[attr-defined]
+
+
+def test_card_names_the_repair_source_and_a_second_publish_changes_nothing(
+    server: HubServer, certified: dict[str, object], tmp_path: Path
+) -> None:
+    """Published to another repository (so the parent is that repository's head), the card still names the
+    revision the repair started from, never the head; publishing again produces the same bytes."""
+    repo = _fresh_repo(server, certified, "card-source")
+    api = HfApi(endpoint=server.url)
+    head = api.repo_info(repo).sha
+    first = publish(plan_publish(certified["fixed"], repo, endpoint=server.url, token=TOKEN), token=TOKEN)
+    assert first.parent_commit == head
+    card = Path(api.hf_hub_download(repo, "README.md", revision=first.commit_sha, cache_dir=tmp_path / "c"))
+    text = card.read_text()
+    section = text[text.index(START_MARK) : text.index(END_MARK)]
+    v1 = str(certified["v1"])
+    assert f"as published in `{REPO}` revision `{v1[:12]}` did not load as trained" in section
+    assert str(head)[:12] not in text and first.commit_sha[:12] not in text
+
+    again = plan_publish(certified["fixed"], repo, endpoint=server.url, token=TOKEN)
+    assert again.parent_commit == first.commit_sha  # the head: the report names another repository
+    readme = next(o for o in again.operations if o.path == "README.md")
+    assert readme.content == card.read_bytes()  # deterministic card
+    before = _server_state(server)
+    with pytest.raises(LoradocError) as exc:
+        publish(again, token=TOKEN)
+    _nothing_to_publish(exc.value, certified["fixed"], repo, first.commit_sha)
+    assert _server_state(server) == before and _commit_ids(server, repo)[0] == first.commit_sha
+
+
+def test_a_foreign_commit_equal_in_content_is_not_tagged_unless_asked(
+    server: HubServer, certified: dict[str, object]
+) -> None:
+    repo = _fresh_repo(server, certified, "foreign-copy")
+    plan = plan_publish(certified["fixed"], repo, tag="fix", endpoint=server.url, token=TOKEN)
+    assert not plan.nothing_to_publish
+    # before the publish runs, someone else pushes exactly these files (same card bytes included)
+    same = {o.path: o.content if o.content is not None else o.local.read_bytes() for o in plan.operations}  # type: ignore
+    assert all(o.op == "add" for o in plan.operations)
+    foreign = server.store.seed(repo, same, message="bob's copy", author="bob")
+    before = _server_state(server)
+    with pytest.raises(LoradocError) as exc:
+        publish(plan, token=TOKEN)  # the parent is stale, but the head already holds these files
+    msg = _nothing_to_publish(exc.value, certified["fixed"], repo, foreign)
+    assert "to tag that existing commit pass --tag fix --tag-existing" in msg
+    assert _server_state(server) == before and _tags(server, repo) == {}  # no commit, no tag on bob's commit
+
+    with pytest.raises(BadInputError, match="--tag-existing needs --tag"):
+        plan_publish(certified["fixed"], repo, tag_existing=True, endpoint=server.url, token=TOKEN)
+    asked = plan_publish(certified["fixed"], repo, tag="fix", tag_existing=True, endpoint=server.url, token=TOKEN)
+    assert asked.nothing_to_publish and asked.head_commit == foreign
+    with pytest.raises(LoradocError) as exc:
+        publish(asked, token=TOKEN)
+    assert "(tagged fix on that existing commit)" in _nothing_to_publish(exc.value, certified["fixed"], repo, foreign)
+    assert _tags(server, repo) == {"fix": foreign}
+    assert _commit_ids(server, repo)[0] == foreign and server.store.commit_count() == before[0]
+
+
+def test_the_result_is_the_commit_read_back_from_the_hub(server: HubServer, certified: dict[str, object]) -> None:
+    repo = _fresh_repo(server, certified, "read-back")
+    v1 = HfApi(endpoint=server.url).repo_info(repo).sha
+    res = publish(plan_publish(certified["fixed"], repo, tag="fix", endpoint=server.url, token=TOKEN), token=TOKEN)
+    assert _commit_ids(server, repo)[:2] == [res.commit_sha, v1] and res.parent_commit == v1
+    assert _tags(server, repo) == {"fix": res.commit_sha}
+
+    # another user commits on the branch between our commit and the read-back: a clear error, no tag
+    repo = _fresh_repo(server, certified, "raced")
+    plan = plan_publish(certified["fixed"], repo, tag="fix", endpoint=server.url, token=TOKEN)
+    server.fail_next("commit", "race")
+    with pytest.raises(LoradocError) as exc:
+        publish(plan, token=TOKEN)
+    msg = _one_line(exc.value)
+    ours, theirs = _commit_ids(server, repo)[1], _commit_ids(server, repo)[0]
+    assert f"the Hub returned commit {ours}, but main is at {theirs[:12]}" in msg and "no tag was placed" in msg
+    assert exit_code_for(exc.value) == 2 and _tags(server, repo) == {}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -861,9 +861,21 @@ def base_profile(base_spec: str, as_json: bool) -> None:
         click.echo(f"{k:<22} {v}")
 
 
+def _quiet_third_party_warnings() -> None:
+    """Deprecation notices of torch / transformers / peft are theirs to fix, not the user's: hidden unless
+    LORADOC_DEBUG=1. loradoc's own warnings still show."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=category, module=r"loradoc(\.|$)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place that maps exceptions to exit codes and one-line messages."""
     debug = bool(os.environ.get("LORADOC_DEBUG"))
+    if not debug:
+        _quiet_third_party_warnings()
     try:
         cli.main(args=argv, prog_name="loradoc", standalone_mode=False)
         sys.exit(0)

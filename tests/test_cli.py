@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -311,3 +312,22 @@ def test_convert_merged_cli_records_the_artifact(
     code, shown, _ = run_cli(["registry", "show", a, "--json", *reg], capsys)
     arts = [x for rv in json.loads(shown)["revisions"] for x in rv.get("artifacts", [])]
     assert arts and arts[0]["kind"] == "merged" and len(arts[0]["sha256"]) == 64
+
+
+def test_third_party_deprecation_warnings_are_hidden_unless_debugging(tmp_path) -> None:
+    """Building the medgemma profile makes transformers emit a FutureWarning: the user does not see it;
+    LORADOC_DEBUG=1 shows it."""
+    results = {}
+    for debug in ("", "1"):
+        env = {**os.environ, "LORADOC_CACHE_DIR": str(tmp_path / f"cache{debug}"), "LORADOC_DEBUG": debug}
+        proc = subprocess.run(
+            [sys.executable, "-c", "from loradoc.cli import main; main()", "base", "profile", "google/medgemma-4b-it"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        results[debug] = proc.stderr
+    assert "Warning" not in results[""], results[""]
+    assert "FutureWarning" in results["1"]

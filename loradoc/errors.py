@@ -79,6 +79,12 @@ class NothingToDo(LoradocError):
     exit_code = 4
 
 
+class Cancelled(LoradocError):
+    """The user stopped a job (a progress callback raised it); nothing was written or recorded (exit 130)."""
+
+    exit_code = 130
+
+
 def exit_code_for(exc: BaseException) -> int:
     """The single mapping from exceptions to CLI exit codes."""
     if isinstance(exc, LoradocError):

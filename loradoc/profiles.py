@@ -158,7 +158,8 @@ _NOT_CONTENT = ("name", "transformers_version", "verified_transformers", "format
 def profile_drift(old: BaseProfile, new: BaseProfile) -> str | None:
     """The first difference between two profiles' content, in words (None when they describe the same model).
 
-    Modules are compared first, in model order (name, class, kind, features), then every other field."""
+    Modules are compared first (name, class, kind, features; their order is not content), then every other
+    field."""
     for name in list(old.modules) + [n for n in new.modules if n not in old.modules]:
         a, b = old.modules.get(name), new.modules.get(name)
         if a is None or b is None:
@@ -166,8 +167,6 @@ def profile_drift(old: BaseProfile, new: BaseProfile) -> str | None:
             return f"module {name} is {where}"
         if a != b:
             return f"module {name}: {a} became {b}"
-    if list(old.modules) != list(new.modules):
-        return "the modules are the same but in another order"
     ca, cb = old.content(), new.content()
     for key in sorted(set(ca) | set(cb)):
         if key != "modules" and ca.get(key) != cb.get(key):
@@ -593,24 +592,40 @@ def build_and_cache(base: str) -> tuple[BaseProfile, Path, str | None]:
 def refresh_shipped_profile(base: str) -> tuple[Path, str | None]:
     """Maintainers' tool: build a shipped base's profile under the installed transformers and record the result.
 
-    Same content as ``profile.json``: the installed version is added to its ``verified_transformers``. Different
-    content (a drift): the old file is kept as ``profile-transformers-<version>.json`` and the new build becomes
-    ``profile.json``. Returns the path written and the drift (None when there was none)."""
+    Same content as a shipped profile: the installed version is added to its ``verified_transformers``. Different
+    content from all of them (a drift): a build under a newer transformers than ``profile.json``'s becomes
+    ``profile.json`` (the old one is kept as ``profile-transformers-<its version>.json``); a build under an older
+    one is added as ``profile-transformers-<installed version>.json``. Returns the path written and the drift from
+    the nearest shipped profile (None when there was none)."""
     source = resolve_base(base)
     if not source.shipped:
         raise BadInputError(f"{base} is not a shipped base", hint="pass one of: " + ", ".join(shipped_bases()))
     fresh = build_profile(source)
     fresh.name = source.name
-    target = source.directory / "profile.json"
-    current = _load_json_profile(target) if target.is_file() else None
-    drift = profile_drift(current, fresh) if current is not None else "no shipped profile"
-    if current is not None and drift is None:
-        versions = set(current.verified_transformers or [current.transformers_version]) | {fresh.transformers_version}
-        current.verified_transformers = sorted(versions, key=_version_key)
-        _write_json_atomic(target, current.to_json())
-        return target, None
-    if current is not None:
-        keep = source.directory / f"profile-transformers-{current.transformers_version}.json"
-        _write_json_atomic(keep, current.to_json())
-    _write_json_atomic(target, fresh.to_json())
-    return target, drift
+    version = fresh.transformers_version
+    shipped = {p.transformers_version: p for p in shipped_profiles(source)}
+    for prof in shipped.values():
+        if profile_drift(prof, fresh) is None:
+            prof.verified_transformers = sorted(set(prof.verified_transformers) | {version}, key=_version_key)
+            path = source.directory / _profile_file(prof, source)
+            _write_json_atomic(path, prof.to_json())
+            return path, None
+    drift = profile_drift(_nearest(list(shipped.values()), version), fresh) if shipped else "no shipped profile"
+    main_path = source.directory / "profile.json"
+    current = _load_json_profile(main_path) if main_path.is_file() else None
+    if current is not None and _version_key(version) < _version_key(current.transformers_version):
+        path = source.directory / f"profile-transformers-{version}.json"
+    else:
+        if current is not None:
+            keep = source.directory / f"profile-transformers-{current.transformers_version}.json"
+            _write_json_atomic(keep, current.to_json())
+        path = main_path
+    _write_json_atomic(path, fresh.to_json())
+    return path, drift
+
+
+def _profile_file(prof: BaseProfile, source: BaseSource) -> str:
+    main = _load_json_profile(source.directory / "profile.json")
+    if main is not None and main.transformers_version == prof.transformers_version:
+        return "profile.json"
+    return f"profile-transformers-{prof.transformers_version}.json"

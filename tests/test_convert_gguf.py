@@ -436,7 +436,7 @@ def test_atomic_output_and_inputs_untouched(ex: ExampleSet, tmp_path: Path) -> N
     target = tmp_path / "m.gguf"
     target.write_bytes(b"old")
 
-    def boom(name: str, done: int, total: int) -> None:
+    def boom(done: int, total: int, name: str) -> None:
         if done == 5:
             raise KeyboardInterrupt
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError, EnvironmentProblem, MalformedConfigError, MissingFileError, UnknownBaseError
 from ..layout import parse_key, tower_of
+from ..progress import Progress
 from ..safetensors_io import SafetensorsHeader, TensorInfo, fsync_dir, read_header
 
 if TYPE_CHECKING:
@@ -502,7 +503,7 @@ class PlannedTensor:
         return tensor_nbytes(self.shape, self.qtype)
 
 
-def write_gguf(writer: Any, path: Path, plan: list[PlannedTensor], progress: Callable[..., None] | None = None) -> int:
+def write_gguf(writer: Any, path: Path, plan: list[PlannedTensor], progress: Progress | None = None) -> int:
     """Write header + KV + tensor infos with gguf.GGUFWriter, then stream every tensor's chunks. Returns bytes."""
     import numpy as np
 
@@ -524,7 +525,7 @@ def write_gguf(writer: Any, path: Path, plan: list[PlannedTensor], progress: Cal
             raise AssertionError(f"{t.name}: wrote {written} bytes, planned {t.nbytes}")
         fout.write(b"\0" * (-written % align))
         if progress is not None:
-            progress(t.name, i + 1, len(plan))
+            progress(i + 1, len(plan), t.name)
     fout.flush()
     size = fout.tell()
     writer.close()

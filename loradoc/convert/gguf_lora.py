@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..progress import Progress
 from .gguf_io import (
     PlannedTensor,
     atomic_output,
@@ -102,7 +103,7 @@ def convert_gguf_lora(
     out: str | os.PathLike[str],
     *,
     check_health: bool = True,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> GgufLoraResult:
     """Write ``adapter`` as a llama.cpp LoRA GGUF for the text model of ``base`` (a local directory whose
     config.json names the architecture; weights are not read) at ``out``."""

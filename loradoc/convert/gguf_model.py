@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..progress import Progress
 from ..safetensors_io import SafetensorsHeader, TensorInfo
 from .gguf_io import (
     AdapterLoras,
@@ -255,12 +256,12 @@ def convert_gguf(
     outtype: str = "bf16",
     mmproj: str | os.PathLike[str] | None = None,
     check_health: bool = True,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> GgufResult:
     """Write the merged text model of ``base`` + ``adapter`` (None: the base alone) as a GGUF file at ``out``.
 
     ``outtype``: f32 | f16 | bf16 | q8_0. The adapter must be healthy (``loradoc doctor``) unless
-    ``check_health`` is False. ``progress(tensor_name, done, total)`` is called after each tensor."""
+    ``check_health`` is False. ``progress(done, total, tensor_name)`` is called after each tensor."""
     import gguf
 
     t0 = time.perf_counter()

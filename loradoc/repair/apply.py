@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from .. import __version__
 from ..errors import BadInputError, LoradocError
 from ..profiles import BaseSource, installed_version
+from ..progress import Progress
 from ..safetensors_io import (
     HashThread,
     SafetensorsWriter,
@@ -77,7 +77,6 @@ def _check_out(plan: RepairPlan, out: Path, overwrite: bool) -> None:
 _CHUNK = 8 << 20
 
 
-Progress = Callable[[int, int, str], None]
 
 
 def _stream_safetensors(

@@ -144,7 +144,7 @@ def run_convert(kind: str, adapter: str, base: str, out: Path, registry: Any, re
     elif kind == "gguf":
         from ..convert.gguf_model import convert_gguf
 
-        result = convert_gguf(adapter, base, out, progress=lambda name, done, total: report(done, total, name))
+        result = convert_gguf(adapter, base, out, progress=report)
     elif kind == "gguf-lora":
         from ..convert.gguf_lora import convert_gguf_lora
 

@@ -6,14 +6,17 @@ Parse, call one core function, print (human or ``--json``). Exceptions are mappe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from .errors import LoradocError, exit_code_for
+from .progress import Progress
 
 
 def _emit_json(data: Any) -> None:
@@ -44,6 +47,36 @@ def _base_for(adapter: str, base: str | None, registry_path: str | None, *, weig
     choice = choose_base(adapter, base, reg, weights=weights)
     click.echo(f"base: {choice.base} (from {choice.why}; pass --base to choose another)", err=True)
     return choice.base
+
+
+@contextlib.contextmanager
+def _progress_bar(label: str, quiet: bool) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr for a long job (the one progress protocol: ``(done, total, what)``).
+
+    Shown only on a terminal and never with --json; None otherwise (the job then reports to nobody)."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    bar = Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("[dim]{task.fields[what]}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(label, total=None, what="")
+
+    def update(done: int, total: int, what: str) -> None:
+        bar.update(task, completed=done, total=total or None, what=str(what)[-48:])
+
+    with bar:
+        yield update
 
 
 REGISTRY_OPT = click.option(
@@ -193,7 +226,8 @@ def repair(
         raise click.UsageError("--out DIR is required (or use --plan)")
     from .repair.apply import apply_plan
 
-    result = apply_plan(plan, Path(out), source, verify=verify, overwrite=overwrite)
+    with _progress_bar("repair", as_json) as progress:
+        result = apply_plan(plan, Path(out), source, verify=verify, overwrite=overwrite, progress=progress)
     if record:
         manifest = _registry(registry_path).record_repair(result.report, result.out)
         click.echo(f"recorded in {manifest}", err=True)
@@ -255,9 +289,10 @@ def check_load_cmd(
     if as_json:
         _emit_json({**cert.data, "certificate_path": str(cert.path)})
     else:
-        from .render import render_certificate
+        from .render import next_after_check, render_certificate
 
         render_certificate(cert)
+        click.echo(f"next: {next_after_check(adapter, base, cert.passed)}")
     sys.exit(0 if cert.passed else 1)
 
 
@@ -479,7 +514,8 @@ def convert_merged(
     from .convert.merge import merge_adapter
 
     base = _base_for(adapter, base, registry_path, weights=True)
-    result = merge_adapter(adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size))
+    with _progress_bar("merge", as_json) as progress:
+        result = merge_adapter(adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size), progress=progress)
     _finish_convert(result, "merged", f"safetensors-{dtype}", adapter, out, record, registry_path, as_json)
 
 
@@ -501,6 +537,9 @@ def _finish_convert(
         click.echo(f"note: {note}")
     for key in d.get("not_included", []) or []:
         click.echo(f"not included: {key}")
+    from .render import next_after_convert
+
+    click.echo(f"next: {next_after_convert(kind, out)}")
 
 
 def _size(text: str) -> int:
@@ -535,7 +574,8 @@ def convert_gguf_cmd(
     from .convert.gguf_model import convert_gguf
 
     base = _base_for(adapter, base, registry_path, weights=True)
-    result = convert_gguf(adapter, base, out, outtype=outtype)
+    with _progress_bar("gguf", as_json) as progress:
+        result = convert_gguf(adapter, base, out, outtype=outtype, progress=progress)
     _finish_convert(result, "gguf", f"gguf-{outtype}", adapter, out, record, registry_path, as_json)
 
 
@@ -554,7 +594,8 @@ def convert_gguf_lora_cmd(
     from .convert.gguf_lora import convert_gguf_lora
 
     base = _base_for(adapter, base, registry_path)
-    result = convert_gguf_lora(adapter, base, out)
+    with _progress_bar("gguf-lora", as_json) as progress:
+        result = convert_gguf_lora(adapter, base, out, progress=progress)
     _finish_convert(result, "gguf-lora", "gguf-lora", adapter, out, record, registry_path, as_json)
 
 
@@ -745,23 +786,8 @@ def registry_scan_hub(
     """Audit every adapter of BASE on the Hub from adapter_config.json and the safetensors header alone."""
     from .hub import scan_hub
 
-    bar: Any = None
-    if not as_json and sys.stderr.isatty():
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task("scanning", total=None)
-
-    def progress(done: int, total: int, row: Any = None) -> None:
-        if bar is not None:
-            bar.update(task, completed=done, total=total, description=str(getattr(row, "repo_id", ""))[:40])
-
-    try:
+    with _progress_bar("scan-hub", as_json) as progress:
         res = scan_hub(base, limit=limit, endpoint=endpoint, concurrency=concurrency, progress=progress)
-    finally:
-        if bar is not None:
-            bar.stop()
     reg = _registry(registry_path)
     for row in res.rows:
         if row.verdict is None:

@@ -15,6 +15,8 @@ from loradoc.cli import cli
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = [*sorted((REPO / "loradoc").rglob("*.py")), REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 _INLINE = re.compile(r"`(loradoc(?: [^`]*)?)`")
+_NEXT = re.compile(r"(?:next|fix): (loradoc [^\"'`()]*)")
+_LITERAL = re.compile(r"""f?["'](loradoc [a-z][^"'\n]*)["']""")
 _BLOCK_LINE = re.compile(r"^\s*(?:\$ )?(loradoc [^#\n]*)", re.M)
 
 
@@ -22,7 +24,11 @@ def _mentions() -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for path in SOURCES:
         text = path.read_text()
-        found = set(_INLINE.findall(text))
+        found = set(_INLINE.findall(text)) | set(_NEXT.findall(text))
+        if path.suffix == ".py":
+            for m in _LITERAL.findall(text):  # "loradoc a ... (why), or loradoc b ..." names two commands
+                parts = re.split(r", or |, then ", m)
+                found |= {re.sub(r" \(.*", "", x) for x in parts if x.startswith("loradoc ")}
         if path.suffix == ".md":
             for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.S):
                 found |= set(_BLOCK_LINE.findall(block))

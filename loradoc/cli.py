@@ -105,6 +105,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the machine-readable report on stdout.")
 @click.option("--fast", is_flag=True, help="Static analysis only: no torch import, cached/shipped base profile.")
 @click.option("--endpoint", default=None, help="Hub endpoint for REPO@REV adapters (default: $HF_ENDPOINT).")
+@click.option("--offline", is_flag=True, help="REPO@REV adapters: answer from the cache only (as HF_HUB_OFFLINE=1).")
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
 @click.option("--no-data", is_flag=True, help="Skip the checks that read tensor data (untrained, NaN/Inf).")
 @click.option("--record", is_flag=True, help="Write the result into the adapter's manifest and the registry.")
@@ -115,6 +116,7 @@ def doctor(
     as_json: bool,
     fast: bool,
     endpoint: str | None,
+    offline: bool,
     allow_pickle: bool,
     no_data: bool,
     record: bool,
@@ -126,6 +128,8 @@ def doctor(
     """
     from .repair.doctor import HEALTHY, diagnose
 
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read by loradoc.hub.pull for REPO@REV adapters
     base = _base_for(adapter, base, registry_path)
     d = diagnose(adapter, base, fast=fast, endpoint=endpoint, allow_pickle=allow_pickle, read_data=not no_data)
     if record:
@@ -606,6 +610,7 @@ def convert_gguf_lora_cmd(
 @click.option("--base", "base", default=None, help="Diagnose against this base when recording (default: declared).")
 @click.option("--no-record", is_flag=True, help="Do not record the pulled commit in the registry.")
 @click.option("--cache-dir", default=None, help="huggingface_hub cache directory (default: its own).")
+@click.option("--offline", is_flag=True, help="Answer from this endpoint's cache only (as HF_HUB_OFFLINE=1).")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def pull(
@@ -614,6 +619,7 @@ def pull(
     base: str | None,
     no_record: bool,
     cache_dir: str | None,
+    offline: bool,
     registry_path: str | None,
     as_json: bool,
 ) -> None:
@@ -622,7 +628,9 @@ def pull(
     from .snapshot import parse_source
 
     repo_id, rev = parse_source(repo)
-    got = hub_pull(repo_id, rev, endpoint=endpoint, cache_dir=cache_dir)
+    got = hub_pull(repo_id, rev, endpoint=endpoint, cache_dir=cache_dir, offline=offline)
+    if got.from_cache:
+        click.echo(f"note: offline: {got.spec} comes from the cache, not from the endpoint", err=True)
     recorded = None
     if not no_record:
         recorded = _record_pull(got, base, registry_path)

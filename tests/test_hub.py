@@ -585,3 +585,49 @@ def test_the_token_never_appears_anywhere(
                 assert TOKEN.encode() not in data and WRONG_TOKEN.encode() not in data, p
                 scanned += 1
     assert scanned > 20
+
+
+def _seeded_server(root: Path, marker: str) -> HubServer:
+    srv = HubServer(root / "store")
+    srv.store.seed("carol/adapter", {"adapter_config.json": json.dumps({"peft_type": "LORA", "marker": marker})})
+    return srv
+
+
+def test_pull_never_answers_from_the_cache_in_silence(tmp_path: Path) -> None:
+    """After a pull, main moves and the endpoint stops answering (or refuses the token): pull fails, names the
+    commit the cache holds, and only --offline uses it, saying so."""
+    srv = _seeded_server(tmp_path / "a", "v1")
+    with srv:
+        first = pull("carol/adapter", endpoint=srv.url, cache_dir=tmp_path / "c")
+        srv.store.seed("carol/adapter", {"adapter_config.json": '{"peft_type": "LORA", "marker": "v2"}'})
+        srv.fail_next("info", "401")
+        with pytest.raises(HubAuthError) as refused:
+            pull("carol/adapter", endpoint=srv.url, cache_dir=tmp_path / "c")
+        assert f"the cache holds carol/adapter@{first.commit_sha[:12]}" in _one_line(refused.value)
+        assert "--offline" in _one_line(refused.value) and exit_code_for(refused.value) == 2
+        moved = pull("carol/adapter", endpoint=srv.url, cache_dir=tmp_path / "c")
+        assert moved.commit_sha != first.commit_sha and not moved.from_cache
+        url = srv.url
+        srv.fail_next("info", "drop", times=20)  # the connection breaks (retries included)
+        with pytest.raises(HubNetworkError) as down:
+            pull("carol/adapter", endpoint=url, cache_dir=tmp_path / "c")
+        srv.clear_faults()
+    assert f"the cache holds carol/adapter@{moved.commit_sha[:12]}" in _one_line(down.value)
+    assert exit_code_for(down.value) == 3
+    cached = pull("carol/adapter", endpoint=url, cache_dir=tmp_path / "c", offline=True)
+    assert cached.from_cache and cached.commit_sha == moved.commit_sha
+    with pytest.raises(BadInputError, match="not in the cache"):
+        pull("carol/other", endpoint=url, cache_dir=tmp_path / "c", offline=True)
+
+
+def test_the_cache_is_keyed_by_endpoint(tmp_path: Path) -> None:
+    """The same repo id on two servers: each pull gets its own server's files, never the other's snapshot."""
+    a, b = _seeded_server(tmp_path / "a", "from-a"), _seeded_server(tmp_path / "b", "from-b")
+    with a, b:
+        got_a = pull("carol/adapter", endpoint=a.url, cache_dir=tmp_path / "c")
+        got_b = pull("carol/adapter", endpoint=b.url, cache_dir=tmp_path / "c")
+        url_b = b.url
+    assert json.loads((got_a.path / "adapter_config.json").read_text())["marker"] == "from-a"
+    assert json.loads((got_b.path / "adapter_config.json").read_text())["marker"] == "from-b"
+    offline_b = pull("carol/adapter", endpoint=url_b, cache_dir=tmp_path / "c", offline=True)
+    assert json.loads((offline_b.path / "adapter_config.json").read_text())["marker"] == "from-b"

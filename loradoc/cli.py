@@ -915,8 +915,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # usage errors: one line, naming the help to read
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "loradoc"
+        text = " ".join(e.format_message().split()).rstrip(".")
+        click.echo(f"error: {text}; next: see `{where} --help`", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -80,7 +80,7 @@ def test_cli_flow(
     code, c = run(["check-load", out, "--base", base, "--device", "cpu", "--json", "--record", *reg], capsys)
     assert code == 0 and c["passed"]
     # the certificate goes to the registry's data directory, keyed by the files' sha256, never into the adapter
-    assert Path(c["certificate_path"]).parent.parent.parent == tmp_path / "certificates"
+    assert Path(c["certificate_path"]).parent.parent == tmp_path / "certificates"
     assert not (Path(out) / "loradoc-certificate.json").exists()
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)

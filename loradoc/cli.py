@@ -216,6 +216,10 @@ def repair(
     consent = allow_pickle or "pickle-to-safetensors" in (*only, *also)
     snap = open_snapshot(adapter, endpoint=endpoint, allow_pickle=consent)
     source = resolve_base(base)
+    if out and not plan_only:  # before any work: --out must not touch the inputs
+        from .outputs import guard_outputs
+
+        guard_outputs([("--out", out)], adapter=snap.directory, base=source.directory, overwrite=overwrite)
     profile = get_profile(source)
     plan = build_plan(snap, profile, only=list(only) or None, also=list(also) or None, peft_version=peft_version)
     if plan_only:
@@ -259,8 +263,9 @@ def repair(
     "--certificate",
     "certificate",
     default=None,
-    help="Write the certificate here instead of ADAPTER/loradoc-certificate.json.",
+    help="Write the certificate here (default: the registry's data directory, keyed by the files' sha256).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing --certificate file.")
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
 @click.option("--record", is_flag=True, help="Record the certificate in the registry.")
 @REGISTRY_OPT
@@ -270,6 +275,7 @@ def check_load_cmd(
     base: str,
     device: str,
     certificate: str | None,
+    overwrite: bool,
     allow_pickle: bool,
     record: bool,
     registry_path: str | None,
@@ -285,7 +291,13 @@ def check_load_cmd(
 
     base = _base_for(adapter, base, registry_path, weights=True)
     cert = check_load(
-        adapter, base, device=device, certificate=Path(certificate) if certificate else None, allow_pickle=allow_pickle
+        adapter,
+        base,
+        device=device,
+        certificate=Path(certificate) if certificate else None,
+        allow_pickle=allow_pickle,
+        overwrite=overwrite,
+        registry=registry_path,
     )
     if record:
         manifest = _registry(registry_path).record_certificate(cert.data, path=cert.path)
@@ -496,9 +508,10 @@ def _record_artifact(registry_path: str | None, adapter: str, kind: str, out: An
 @convert.command("merged")
 @click.argument("adapter")
 @click.option("--base", "base", default=None, help="Local base directory with weights. " + BASE_DEFAULT)
-@click.option("--out", "out", required=True, help="Output directory (must not exist).")
+@click.option("--out", "out", required=True, help="Output directory (must not exist unless --overwrite).")
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
 @click.option("--shard-size", default="5GB", show_default=True, help="Maximum shard size, e.g. 2GB or 500MB.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
@@ -508,6 +521,7 @@ def convert_merged(
     out: str,
     dtype: str,
     shard_size: str,
+    overwrite: bool,
     record: bool,
     registry_path: str | None,
     as_json: bool,
@@ -519,7 +533,9 @@ def convert_merged(
 
     base = _base_for(adapter, base, registry_path, weights=True)
     with _progress_bar("merge", as_json) as progress:
-        result = merge_adapter(adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size), progress=progress)
+        result = merge_adapter(
+            adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size), progress=progress, overwrite=overwrite
+        )
     _finish_convert(result, "merged", f"safetensors-{dtype}", adapter, out, record, registry_path, as_json)
 
 
@@ -562,6 +578,7 @@ def _size(text: str) -> int:
 @click.option("--base", "base", default=None, help="Local base directory with weights and tokenizer. " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output .gguf file.")
 @click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="bf16", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
@@ -570,6 +587,7 @@ def convert_gguf_cmd(
     base: str,
     out: str,
     outtype: str,
+    overwrite: bool,
     record: bool,
     registry_path: str | None,
     as_json: bool,
@@ -579,7 +597,7 @@ def convert_gguf_cmd(
 
     base = _base_for(adapter, base, registry_path, weights=True)
     with _progress_bar("gguf", as_json) as progress:
-        result = convert_gguf(adapter, base, out, outtype=outtype, progress=progress)
+        result = convert_gguf(adapter, base, out, outtype=outtype, progress=progress, overwrite=overwrite)
     _finish_convert(result, "gguf", f"gguf-{outtype}", adapter, out, record, registry_path, as_json)
 
 
@@ -587,11 +605,12 @@ def convert_gguf_cmd(
 @click.argument("adapter")
 @click.option("--base", "base", default=None, help="Local base directory (config.json is enough). " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output .gguf file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def convert_gguf_lora_cmd(
-    adapter: str, base: str, out: str, record: bool, registry_path: str | None, as_json: bool
+    adapter: str, base: str, out: str, overwrite: bool, record: bool, registry_path: str | None, as_json: bool
 ) -> None:
     """ADAPTER as a llama.cpp LoRA GGUF (llama-server --lora); tensors that cannot go in are listed, not dropped
     silently."""
@@ -599,7 +618,7 @@ def convert_gguf_lora_cmd(
 
     base = _base_for(adapter, base, registry_path)
     with _progress_bar("gguf-lora", as_json) as progress:
-        result = convert_gguf_lora(adapter, base, out, progress=progress)
+        result = convert_gguf_lora(adapter, base, out, progress=progress, overwrite=overwrite)
     _finish_convert(result, "gguf-lora", "gguf-lora", adapter, out, record, registry_path, as_json)
 
 
@@ -728,6 +747,7 @@ def publish(
         force=force,
         endpoint=endpoint,
         tag_existing=tag_existing,
+        registry=registry_path,
     )
     if plan.warning:
         click.secho(plan.warning, fg="red", bold=True, err=True)

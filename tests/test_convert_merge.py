@@ -369,7 +369,7 @@ def test_unsupported_adapters_and_arguments_are_refused(example_root: ExampleSet
         merge_adapter(str(qa), str(base), tmp_path / "o", require_healthy=False)
     with pytest.raises(BadInputError, match="unknown output dtype"):
         merge_adapter(str(text), str(base), tmp_path / "o", dtype="int4")
-    with pytest.raises(BadInputError, match="overlaps"):
+    with pytest.raises(BadInputError, match="lies inside the base directory"):
         merge_adapter(str(text), str(base), base / "merged")
     (tmp_path / "exists").mkdir()
     with pytest.raises(BadInputError, match="already exists"):

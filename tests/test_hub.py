@@ -32,7 +32,7 @@ from loradoc.hub import (
 from loradoc.hub.card import END_MARK, SECTION_TITLE, START_MARK
 from loradoc.profiles import get_profile, resolve_base
 from loradoc.repair.apply import CERTIFICATE_NAME, REPORT_NAME, apply_plan
-from loradoc.repair.checkload import check_load
+from loradoc.repair.checkload import adapter_file_hashes, check_load, stored_certificate_path
 from loradoc.repair.doctor import diagnose
 from loradoc.repair.passes import build_plan
 from loradoc.snapshot import open_snapshot
@@ -101,7 +101,8 @@ def certified(
     plan = build_plan(open_snapshot(str(got.path)), get_profile(src))
     res = apply_plan(plan, root / "fixed", src)
     assert res.verdict == "healthy"
-    cert = check_load(str(root / "fixed"), str(example_root.bases[BASE]))
+    # the user puts the certificate beside the repaired files (repair --out + check-load --certificate OUT/...)
+    cert = check_load(str(root / "fixed"), str(example_root.bases[BASE]), certificate=root / "fixed" / CERTIFICATE_NAME)
     assert cert.passed
     return {"v1": v1, "pulled": got, "fixed": root / "fixed", "root": root, "seed": seed}
 
@@ -631,3 +632,37 @@ def test_the_cache_is_keyed_by_endpoint(tmp_path: Path) -> None:
     assert json.loads((got_b.path / "adapter_config.json").read_text())["marker"] == "from-b"
     offline_b = pull("carol/adapter", endpoint=url_b, cache_dir=tmp_path / "c", offline=True)
     assert json.loads((offline_b.path / "adapter_config.json").read_text())["marker"] == "from-b"
+
+
+def test_publish_finds_the_certificate_in_the_registry_store(
+    server: HubServer, certified: dict[str, object], tmp_path: Path
+) -> None:
+    """check-load without --certificate stores it under the registry's data directory, keyed by the files' sha256:
+    publish looks it up there and pushes it as loradoc-certificate.json."""
+    repo = _fresh_repo(server, certified, "stored-cert")
+    d = _copy_fixed(certified, tmp_path)
+    real_cert = (d / CERTIFICATE_NAME).read_bytes()
+    (d / CERTIFICATE_NAME).unlink()
+    reg = tmp_path / "data" / "registry.sqlite"
+    with pytest.raises(UnverifiedError, match="no loradoc-certificate.json"):
+        plan_publish(d, repo, endpoint=server.url, token=TOKEN, registry=reg)
+    stored = stored_certificate_path(adapter_file_hashes(d), reg)  # where check-load --registry REG writes it
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(real_cert)
+    # a stale certificate left in DIR does not hide the matching stored one, and is not pushed
+    (d / CERTIFICATE_NAME).write_text(json.dumps({"passed": False, "checks": [{"name": "effect", "passed": False}]}))
+    plan = plan_publish(d, repo, endpoint=server.url, token=TOKEN, registry=reg)
+    assert plan.verified and plan.warning is None and plan.certificate["origin"] == "registry"
+    ops = {o.path: o for o in plan.operations}
+    assert ops[CERTIFICATE_NAME].origin == "registry" and ops[CERTIFICATE_NAME].local == stored
+    res = publish(plan, token=TOKEN)
+    api = HfApi(endpoint=server.url)
+    got = api.hf_hub_download(repo, CERTIFICATE_NAME, revision=res.commit_sha, cache_dir=tmp_path / "c")
+    assert Path(got).read_bytes() == real_cert
+    # files changed since: the stored certificate of the same weights says what changed
+    (d / CERTIFICATE_NAME).unlink()
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    cfg["lora_dropout"] = 0.1
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnverifiedError, match="changed since check-load: adapter_config.json"):
+        plan_publish(d, repo, endpoint=server.url, token=TOKEN, registry=reg)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..outputs import guard_outputs
 from ..progress import Progress
 from ..safetensors_io import SafetensorsHeader, TensorInfo
 from .gguf_io import (
@@ -257,6 +258,7 @@ def convert_gguf(
     mmproj: str | os.PathLike[str] | None = None,
     check_health: bool = True,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> GgufResult:
     """Write the merged text model of ``base`` + ``adapter`` (None: the base alone) as a GGUF file at ``out``.
 
@@ -286,7 +288,17 @@ def convert_gguf(
     if adapter is not None:
         from ..snapshot import open_snapshot
 
-        snapshot = require_healthy(adapter, base).snapshot if check_health else open_snapshot(adapter)
+        snapshot = open_snapshot(adapter)
+    guard_outputs(
+        [("--out", out)],
+        adapter=snapshot.directory if snapshot else None,
+        base=ckpt.directory,
+        overwrite=overwrite,
+    )
+    if adapter is not None:
+        if check_health:
+            snapshot = require_healthy(adapter, base).snapshot
+        assert snapshot is not None
         loras = collect_loras(snapshot)
 
     hp = text_hparams(ckpt, arch)
@@ -421,7 +433,7 @@ def convert_gguf(
             )
 
         ftype = getattr(gguf.LlamaFileType, OUTTYPES[outtype][0])
-        with atomic_output(out) as tmp:
+        with atomic_output(out, overwrite=overwrite) as tmp:
             w = make_writer(arch)
             w.add_type(gguf.GGUFType.MODEL)
             name = ckpt.directory.name

@@ -472,16 +472,10 @@ def _parse_dtype(dtype: str) -> str:
 
 
 def _check_out(out: Path, adapter_dir: Path, base_dir: Path, overwrite: bool) -> None:
-    o = out.resolve()
-    for what, d in (("adapter", adapter_dir), ("base", base_dir)):
-        r = Path(d).resolve()
-        if o == r or r in o.parents or o in r.parents:
-            raise BadInputError(
-                f"--out {out} overlaps the {what} directory {d}",
-                hint="write the merged model to a new directory; the inputs are never modified",
-            )
-    if out.exists() and not overwrite:
-        raise BadInputError(f"{out} already exists", hint="choose a new --out directory or pass --overwrite")
+    """--out must not be, contain or lie inside an input; an existing --out only with ``overwrite``."""
+    from ..outputs import guard_outputs
+
+    guard_outputs([("--out", out)], adapter=adapter_dir, base=base_dir, overwrite=overwrite)
 
 
 def _original_hint(base_cfg: dict[str, Any], snap: AdapterSnapshot) -> str:
@@ -1223,7 +1217,15 @@ def _copy_side_files(
     for p in sorted(base_dir.iterdir()):
         if _is_side_file(p):
             chosen[p.name], origin[p.name] = p, "base"
-    adapter_tok = {p.name: p for p in sorted(adapter_dir.iterdir()) if p.is_file() and p.name in TOKENIZER_FILES}
+    from ..outputs import escapes
+
+    adapter_tok: dict[str, Path] = {}
+    for p in sorted(adapter_dir.iterdir()):
+        if p.name in TOKENIZER_FILES and p.is_file():
+            if escapes(p, adapter_dir):
+                notes.append(f"adapter file {p.name} is a symlink pointing outside the adapter: not copied")
+            else:
+                adapter_tok[p.name] = p
     has_base_tok = any(n in chosen for n in _TOKENIZER_CORE)
     source = "base" if has_base_tok else "none"
     if any(n in adapter_tok for n in _TOKENIZER_CORE):

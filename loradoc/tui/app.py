@@ -466,7 +466,9 @@ class LoradocApp(App[None]):
             endpoint = values.get("endpoint") or self.endpoint
 
             def job() -> None:
-                plan = jobs.plan_publish(path, values["repo"], values.get("tag") or None, endpoint)
+                plan = jobs.plan_publish(
+                    path, values["repo"], values.get("tag") or None, endpoint, self.worker_registry()
+                )
                 self.call_from_thread(self._show_publish_plan, plan, endpoint)
 
             self.start("publish plan", job)

@@ -131,7 +131,7 @@ def list_devices() -> list[tuple[str, str]]:
 def run_check_load(adapter: str, base: str, device: str, registry: Any) -> Any:
     from ..repair.checkload import check_load
 
-    cert = check_load(adapter, base, device=device)
+    cert = check_load(adapter, base, device=device, registry=registry.path)
     registry.record_certificate(cert.data, path=cert.path)
     return cert
 
@@ -155,10 +155,10 @@ def run_convert(kind: str, adapter: str, base: str, out: Path, registry: Any, re
     return result
 
 
-def plan_publish(directory: str, repo: str, tag: str | None, endpoint: str | None) -> Any:
+def plan_publish(directory: str, repo: str, tag: str | None, endpoint: str | None, registry: Any = None) -> Any:
     from ..hub.publish import plan_publish as plan
 
-    return plan(Path(directory), repo, tag=tag, endpoint=endpoint)
+    return plan(Path(directory), repo, tag=tag, endpoint=endpoint, registry=registry.path if registry else None)
 
 
 def run_publish(plan: Any, endpoint: str | None, registry: Any) -> Any:

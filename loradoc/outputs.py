@@ -222,6 +222,14 @@ def _overlap(candidates: set[str], inputs: list[tuple[str, str]], dirs_ok: set[s
     return None
 
 
+def _existing_ancestor(path: str) -> str:
+    """The nearest ancestor of ``path`` that exists (what a mkdir -p would have to build on)."""
+    parent = os.path.dirname(path)
+    while parent and not os.path.lexists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    return parent or "/"
+
+
 def guard_outputs(
     outputs: Sequence[tuple[str, str | os.PathLike[str]]],
     *,
@@ -252,6 +260,12 @@ def guard_outputs(
             raise BadInputError(
                 f"refusing to write {option} {shown}: {problem}; inputs are never modified",
                 hint=f"pass an {option} path outside the adapter and base directories",
+            )
+        parent = _existing_ancestor(_abs(out))
+        if not os.path.isdir(parent):
+            raise BadInputError(
+                f"refusing to write {option} {shown}: {parent} is not a directory",
+                hint=f"pass an {option} path whose parent is a directory (or does not exist yet)",
             )
         if os.path.lexists(_abs(out)) and not overwrite and _abs(out) not in owned:
             raise BadInputError(

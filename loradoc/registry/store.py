@@ -383,6 +383,11 @@ class Registry:
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise BadInputError(
+                f"the registry index {self.path} is a directory",
+                hint="pass --registry PATH (or set LORADOC_REGISTRY) to a file such as DIR/registry.sqlite",
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout, isolation_level=None)

@@ -654,3 +654,23 @@ def test_a_262144x2048_bf16_embedding_merges_in_under_1gb(tmp_path: Path) -> Non
 
 def test_adapter_specs_cover_the_cases() -> None:
     assert set(FIXTURE_CASES) <= set(ADAPTER_SPECS)
+
+
+def test_a_base_with_nan_weights_is_refused_and_nothing_is_written(example_root: ExampleSet, tmp_path: Path) -> None:
+    """A NaN in a base tensor the adapter does not touch (a plain copy) and one it merges into: both refused."""
+    from safetensors.torch import load_file, save_file
+
+    src = example_root.bases["tiny-gemma4-text"]
+    adapter = example_root.adapters["healthy-gemma4-text"]
+    for which in ("model.norm.weight", "model.layers.0.self_attn.q_proj.weight"):
+        base = tmp_path / f"base-{which}"
+        shutil.copytree(src, base)
+        weights = load_file(base / "model.safetensors")
+        assert which in weights
+        weights[which] = weights[which].clone()
+        weights[which].view(-1)[3] = float("nan")
+        save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+        out = tmp_path / f"out-{which}"
+        with pytest.raises(BadInputError, match=f"{which}: the merged tensor holds NaN or Inf"):
+            merge_adapter(str(adapter), str(base), out, dtype="bf16")
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(f".out-{which}")]

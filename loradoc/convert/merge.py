@@ -378,7 +378,7 @@ def _write_shards(
                     sink = _WriterThread(w, file_hash)
                     try:
                         for op in ops:
-                            _emit(op, sources[op.src_file], reader, sink.bind(op.name))
+                            _emit(op, sources[op.src_file], reader, _finite_only(op.name, op.dtype, sink.bind(op.name)))
                             done += op.nbytes
                             if progress is not None:
                                 progress(done, total, op.name)
@@ -961,6 +961,32 @@ def _shard_name(i: int, n: int) -> str:
 
 # ----------------------------------------------------------------------------------------------------------
 # execution
+
+
+#: float dtype -> (unsigned view, exponent mask): an all-ones exponent is NaN or Inf
+_EXPONENT = {"BF16": ("<u2", 0x7F80), "F16": ("<u2", 0x7C00), "F32": ("<u4", 0x7F800000)}
+
+
+def _finite_only(name: str, dtype: str, put: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``put`` that refuses a chunk holding NaN or Inf: a merged model that computes NaN is no output."""
+    import numpy as np
+
+    spec = _EXPONENT.get(dtype)
+    if spec is None:
+        return put
+    view, mask = np.dtype(spec[0]), spec[1]
+
+    def checked(data: Any) -> None:
+        raw = np.frombuffer(data if isinstance(data, bytes | bytearray) else memoryview(data).cast("B"), dtype=view)
+        if np.any((raw & mask) == mask):
+            raise BadInputError(
+                f"{name}: the merged tensor holds NaN or Inf (from the base weights or the adapter); "
+                "nothing was written",
+                hint="check the base checkpoint (re-download it) and run `loradoc doctor` on the adapter",
+            )
+        put(data)
+
+    return checked
 
 
 def _emit(op: _Op, src: SourceFile, reader: _AdapterTensors, put: Callable[[Any], None]) -> None:

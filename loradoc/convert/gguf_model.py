@@ -1,7 +1,8 @@
 """``loradoc convert gguf``: base + LoRA adapter -> the merged *text* model as one GGUF file, in one fused pass.
 
 For every text tensor of the base checkpoint, in row chunks: read, upcast to float32, add ``scale * B @ A`` when
-the adapter adapts it (the same float32 arithmetic as peft's ``merge_and_unload``), apply llama.cpp's per-tensor
+the adapter adapts it (the same float32 arithmetic as peft's ``merge_and_unload``, with ``B @ A`` rounded once from
+its exact value as in ``convert merged``: :class:`~loradoc.convert.delta.ExactDelta`), apply llama.cpp's per-tensor
 rules (Gemma 3 norm +1, vocabulary rows, F32 for norms and vectors) and convert to the output type with gguf-py's
 own routines; then write it. No merged checkpoint ever touches the disk and memory stays bounded by the chunk size.
 Tensors that the adapter does not touch and whose type does not change are copied byte for byte.
@@ -25,6 +26,7 @@ from ..errors import BadInputError
 from ..outputs import guard_outputs
 from ..progress import Progress
 from ..safetensors_io import SafetensorsHeader, TensorInfo
+from .delta import ExactDelta
 from .gguf_io import (
     AdapterLoras,
     LoraPair,
@@ -225,24 +227,23 @@ def _producer(
             for _, data in iter_row_chunks(fd, header, info, rows=rows, raw=True):
                 yield data
             return
-        a = b = None
-        if lora is not None:
-            import torch
+        import numpy as np
 
+        product = None
+        scale = np.float32(0.0)
+        if lora is not None:
             a_np, b_np = load_lora(lora)
-            a, b = torch.from_numpy(a_np), torch.from_numpy(b_np)
+            # embedding LoRA: delta = (B @ A).T, so the embedding's rows are columns of A: rows of A.T @ B.T
+            product = ExactDelta(a_np.T, b_np.T) if lora.embedding else ExactDelta(b_np, a_np)
+            scale = np.float32(lora.scale)
         for r0, chunk in iter_row_chunks(fd, header, info, rows=rows):
             if shift:
                 chunk += shift
-            if lora is not None:
-                import torch
-
-                w = torch.from_numpy(chunk)
+            if product is not None:
                 n = chunk.shape[0]
-                # embedding LoRA: delta = (B @ A).T, so the embedding's rows are columns of A
-                delta = torch.matmul(b, a[:, r0 : r0 + n]).T if lora.embedding else torch.matmul(b[r0 : r0 + n], a)
-                delta.mul_(lora.scale)
-                w.add_(delta)
+                delta = product.rows(slice(r0, r0 + n)).reshape(chunk.shape)
+                np.multiply(delta, scale, out=delta)
+                np.add(chunk, delta, out=chunk)
                 del delta
             yield quantize_chunk(chunk, qtype)
 

@@ -4,9 +4,12 @@ What the output holds is what the *PeftModel* computes (peft loading the adapter
 ``merge_and_unload`` happens to produce where the two differ (tied embeddings, see below):
 
 - every base weight an adapter LoRA targets becomes ``W + scale * (B @ A)`` computed in float32 and rounded once to
-  the output dtype; ``scale`` is ``alpha / r`` (``alpha / sqrt(r)`` with rslora), with ``rank_pattern`` /
-  ``alpha_pattern`` resolved on the model's module name exactly as peft does; Conv1D targets are transposed
-  (fan_in_fan_out; peft ignores the flag on nn.Linear and so does this); embedding LoRAs add ``(B @ A).T``;
+  the output dtype, in peft's order, with ``B @ A`` itself rounded once from its exact value
+  (:class:`~loradoc.convert.delta.ExactDelta`: a float32 BLAS matmul rounds differently per library, kernel and
+  machine, which would make a bf16 output machine-dependent); ``scale`` is ``alpha / r`` (``alpha / sqrt(r)``
+  with rslora), with ``rank_pattern`` / ``alpha_pattern`` resolved on the model's module name exactly as peft
+  does; Conv1D targets are transposed (fan_in_fan_out; peft ignores the flag on nn.Linear and so does this);
+  embedding LoRAs add ``(B @ A).T``;
 - DoRA is merged with peft's formula: ``m / ||W + dW|| * (W + dW)``, the norm per output row for linear layers
   and per embedding dimension (over the whole vocabulary, two passes) for embeddings;
 - ``lora_B.bias`` (lora_bias) is added, scaled, to the base bias; full tensors in the adapter (modules_to_save,
@@ -73,6 +76,7 @@ from .checkpoint import (
     remember_sha256,
     single_threaded_blas,
 )
+from .delta import ExactDelta
 
 if TYPE_CHECKING:
     import numpy as np
@@ -1048,10 +1052,11 @@ def _emit_lora(
         left, right = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
     mag = reader.array(lora.magnitude).reshape(-1) if lora.magnitude else None
     scratch = _Scratch()
+    product = ExactDelta(left, right)
 
     def merge(rows: slice, w: Any) -> Any:
         delta = scratch.like("delta", w)
-        np.matmul(left[rows], right, out=delta)  # in peft's order: (B @ A) * scale, then added
+        product.rows(rows, out=delta)  # in peft's order: (B @ A) * scale, then added; B @ A exactly rounded
         np.multiply(delta, s, out=delta)
         np.add(w, delta, out=w)
         return w

@@ -712,6 +712,6 @@ def test_a_base_with_nan_weights_is_refused_and_nothing_is_written(example_root:
         weights[which].view(-1)[3] = float("nan")
         save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
         out = tmp_path / f"out-{which}"
-        with pytest.raises(BadInputError, match=f"{which}: the merged tensor holds NaN or Inf"):
+        with pytest.raises(BadInputError, match=f"{which}: the merged tensor holds NaN"):
             merge_adapter(str(adapter), str(base), out, dtype="bf16")
         assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(f".out-{which}")]

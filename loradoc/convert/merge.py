@@ -967,24 +967,25 @@ def _shard_name(i: int, n: int) -> str:
 # execution
 
 
-#: float dtype -> (unsigned view, exponent mask): an all-ones exponent is NaN or Inf
-_EXPONENT = {"BF16": ("<u2", 0x7F80), "F16": ("<u2", 0x7C00), "F32": ("<u4", 0x7F800000)}
+#: float dtype -> (unsigned view, exponent mask, mantissa mask): an all-ones exponent with a non-zero mantissa is NaN
+#: (Inf is legitimate in some bases: Gemma 4's clipping bounds default to +/-inf)
+_EXPONENT = {"BF16": ("<u2", 0x7F80, 0x007F), "F16": ("<u2", 0x7C00, 0x03FF), "F32": ("<u4", 0x7F800000, 0x007FFFFF)}
 
 
 def _finite_only(name: str, dtype: str, put: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``put`` that refuses a chunk holding NaN or Inf: a merged model that computes NaN is no output."""
+    """``put`` that refuses a chunk holding NaN: a merged model that computes NaN is no output."""
     import numpy as np
 
     spec = _EXPONENT.get(dtype)
     if spec is None:
         return put
-    view, mask = np.dtype(spec[0]), spec[1]
+    view, mask, mantissa = np.dtype(spec[0]), spec[1], spec[2]
 
     def checked(data: Any) -> None:
         raw = np.frombuffer(data if isinstance(data, bytes | bytearray) else memoryview(data).cast("B"), dtype=view)
-        if np.any((raw & mask) == mask):
+        if np.any(((raw & mask) == mask) & ((raw & mantissa) != 0)):
             raise BadInputError(
-                f"{name}: the merged tensor holds NaN or Inf (from the base weights or the adapter); "
+                f"{name}: the merged tensor holds NaN (from the base weights or the adapter); "
                 "nothing was written",
                 hint="check the base checkpoint (re-download it) and run `loradoc doctor` on the adapter",
             )

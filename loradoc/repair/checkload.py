@@ -28,6 +28,7 @@ from .. import __version__
 from ..errors import BadInputError, EnvironmentProblem
 from ..layout import parse_key
 from ..profiles import get_profile, installed_version, resolve_base
+from ..progress import Progress, report
 from ..safetensors_io import sha256_file, write_file_atomic
 from ..snapshot import PICKLE_NAME, SAFETENSORS_NAME, AdapterSnapshot, open_snapshot
 from .analysis import converted_path
@@ -171,10 +172,12 @@ def check_load(
     snapshot: AdapterSnapshot | None = None,
     overwrite: bool = False,
     registry: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
 ) -> Certificate:
     """Load and certify. The certificate goes to ``certificate`` when given (an existing file only with
     ``overwrite``), else to the registry's certificate store (:func:`stored_certificate_path`); the adapter and the
-    base are never written to."""
+    base are never written to. ``progress(done, total, phase)`` is called before each phase and before the
+    certificate is written; what it raises (:class:`Cancelled`) stops the load with nothing written."""
     from ..outputs import guard_outputs
 
     source = resolve_base(base)
@@ -209,6 +212,7 @@ def check_load(
 
     transformers.utils.logging.disable_progress_bar()
     dev = pick_device(device)
+    report(progress, 0, 4, "loading the base")
     dtype = torch.float32 if dev == "cpu" else torch.bfloat16
     checks: list[Check] = []
     captured: list[str] = []
@@ -223,6 +227,7 @@ def check_load(
     model = model.to(dev).eval()
     ids = _probe_ids(model, dev)
     base_logits = _logits(model, ids)
+    report(progress, 1, 4, "loading the adapter")
 
     with capture_warnings() as (logs, caught):
         try:
@@ -233,6 +238,7 @@ def check_load(
     peft_msgs = [str(w.message) for w in caught] + list(logs)
     captured += peft_msgs
     checks.append(Check("peft-load", error is None, {"error": error, "warnings": len(peft_msgs)}))
+    report(progress, 2, 4, "checks")
     if pm is not None:
         checks += _adapter_checks(pm, snap, profile, ids, base_logits, dtype, peft_msgs)
 
@@ -260,6 +266,7 @@ def check_load(
         "passed": all(c.passed for c in checks),
         "warnings": captured[:50],
     }
+    report(progress, 3, 4, "writing the certificate")
     if path is not None:  # temp file beside it + os.replace: an existing file is replaced, never truncated
         data = (json.dumps(cert, indent=2) + "\n").encode()
         write_file_atomic(path, data, overwrite=overwrite or certificate is None)

@@ -577,3 +577,36 @@ def test_adapter_ids_are_whole_when_they_fit(workspace: Path) -> None:
     assert clip_id(hub_id, 40) == "…" + hub_id[-39:] == "…0789/gemma4-clinical-endpoint-extractor"
     assert clip_id(hub_id, 20) == "…/gemma4-clinical-e…"
     assert clip_id("seed-clinical-endpoint-extractor", 20) == "seed-clinical-endpo…"
+
+
+@pytest.mark.parametrize("kind", ["not-sqlite", "directory"])
+def test_a_corrupt_registry_is_one_error_screen_then_exit_2(kind: str, tmp_path: Path) -> None:
+    """In the app: an error screen naming the next step, then exit code 2. From the CLI (`loradoc tui`): one line
+    on stderr, exit 2, before any screen is drawn."""
+    bad = tmp_path / "registry.sqlite"
+    if kind == "directory":
+        bad.mkdir()
+    else:
+        bad.write_text("not a database " * 200)
+    app = LoradocApp(bad, example_dir=tmp_path / "example", offer_example=False)
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert isinstance(app.screen, ErrorDialog)
+            assert "next:" in app.screen.message and "\n" not in app.screen.message
+            await pilot.press("escape")
+            await pilot.pause()
+
+    asyncio.run(go())
+    assert app.return_code == 2 and app.startup_error is not None
+    proc = subprocess.run(
+        [sys.executable, "-c", "from loradoc.cli import main; main()", "tui", "--registry", str(bad)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "next:" in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout

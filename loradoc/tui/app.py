@@ -148,6 +148,7 @@ class LoradocApp(App[None]):
         self.rows_before: list[Any] = []
         self.cells: list[tuple[str, str, tuple[str, ...]]] = []  # (full id, full base, the other cells) per row
         self.last_result: Any = None
+        self.startup_error: LoradocError | None = None
         self.job: RunningJob | None = None
         self.job_view: tuple[str, dict[str, Any]] = ("ready", {"total": 1, "progress": 0})
         self._job_of: dict[Worker[Any], RunningJob] = {}
@@ -166,7 +167,14 @@ class LoradocApp(App[None]):
     def on_mount(self) -> None:
         table = self.main.query_one("#adapters", DataTable)
         table.add_columns(*COLUMNS)
-        self.refresh_table()
+        try:
+            self.refresh_table()
+        except LoradocError as err:  # a corrupt or unreadable registry: one error screen, then leave (exit 2)
+            self.startup_error = err
+            self.push_screen(
+                ErrorDialog("cannot open the registry", err.one_line()), lambda _: self.exit(return_code=2)
+            )
+            return
         if self.offer_example and not self._local_rows():
             self.push_screen(
                 ConfirmDialog(
@@ -679,4 +687,16 @@ class LoradocApp(App[None]):
 
 
 def run(registry_path: Path | None = None, endpoint: str | None = None) -> None:
-    LoradocApp(registry_path, endpoint=endpoint).run()
+    """Open the registry first (a corrupt or unreadable one is a one-line error before any screen is drawn), then
+    run the app; an error that stops it at startup is raised again once the terminal is restored."""
+    from ..registry import Registry
+
+    probe = Registry(registry_path)
+    try:
+        probe.sync()
+    finally:
+        probe.close()
+    app = LoradocApp(registry_path, endpoint=endpoint)
+    app.run()
+    if app.startup_error is not None:
+        raise app.startup_error

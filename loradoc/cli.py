@@ -486,25 +486,6 @@ def convert() -> None:
     """Merged checkpoints and GGUF files (merged model, or a LoRA adapter for llama-server --lora)."""
 
 
-def _record_artifact(registry_path: str | None, adapter: str, kind: str, out: Any, fmt: str) -> Any:
-    from pathlib import Path
-
-    reg = _registry(registry_path)
-    try:
-        ident = reg.show(str(Path(adapter).resolve())).id
-    except LoradocError:
-        try:
-            ident = reg.show(adapter).id
-        except LoradocError:
-            return None
-    from .safetensors_io import sha256_file
-
-    manifest = Path(out) / "loradoc-merge.json"
-    # a directory is committed to by its manifest, which lists the sha256 of every file in it
-    sha = sha256_file(manifest) if manifest.is_file() else None
-    return reg.record_artifact(ident, kind=kind, path=out, format=fmt, tool="loradoc", sha256=sha)
-
-
 @convert.command("merged")
 @click.argument("adapter")
 @click.option("--base", "base", default=None, help="Local base directory with weights. " + BASE_DEFAULT)
@@ -536,16 +517,26 @@ def convert_merged(
         result = merge_adapter(
             adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size), progress=progress, overwrite=overwrite
         )
-    _finish_convert(result, "merged", f"safetensors-{dtype}", adapter, out, record, registry_path, as_json)
+    _finish_convert(result, "merged", dtype, adapter, out, record, registry_path, as_json)
 
 
 def _finish_convert(
-    result: Any, kind: str, fmt: str, adapter: str, out: str, record: bool, registry_path: str | None, as_json: bool
+    result: Any,
+    kind: str,
+    dtype: str | None,
+    adapter: str,
+    out: str,
+    record: bool,
+    registry_path: str | None,
+    as_json: bool,
 ) -> None:
     """Record the artifact when asked, then print the result (JSON, or a summary with every note and every tensor
     that could not go in)."""
+    from .workflows import artifact_format, record_convert
+
+    fmt = artifact_format(kind, dtype)
     if record:
-        _record_artifact(registry_path, adapter, kind, out, fmt)
+        record_convert(_registry(registry_path), adapter, kind, out, dtype)
     d = result.to_json()
     if as_json:
         _emit_json(d)
@@ -598,7 +589,7 @@ def convert_gguf_cmd(
     base = _base_for(adapter, base, registry_path, weights=True)
     with _progress_bar("gguf", as_json) as progress:
         result = convert_gguf(adapter, base, out, outtype=outtype, progress=progress, overwrite=overwrite)
-    _finish_convert(result, "gguf", f"gguf-{outtype}", adapter, out, record, registry_path, as_json)
+    _finish_convert(result, "gguf", outtype, adapter, out, record, registry_path, as_json)
 
 
 @convert.command("gguf-lora")
@@ -619,7 +610,7 @@ def convert_gguf_lora_cmd(
     base = _base_for(adapter, base, registry_path)
     with _progress_bar("gguf-lora", as_json) as progress:
         result = convert_gguf_lora(adapter, base, out, progress=progress, overwrite=overwrite)
-    _finish_convert(result, "gguf-lora", "gguf-lora", adapter, out, record, registry_path, as_json)
+    _finish_convert(result, "gguf-lora", None, adapter, out, record, registry_path, as_json)
 
 
 # --------------------------------------------------------------------------------------------------- hub
@@ -778,20 +769,9 @@ def publish(
         click.secho(result.warning, fg="red", bold=True, err=True)
     recorded = None
     if not no_record:
-        reg = _registry(registry_path)
-        try:
-            ident = reg.show(str(Path(directory).resolve())).id
-        except LoradocError:
-            ident = None
-        if ident:
-            recorded = reg.record_hub_revision(
-                ident,
-                commit=result.commit_sha,
-                pr=result.pr_num,
-                tag=result.tag,
-                repo_id=result.repo_id,
-                revision=str(Path(directory).resolve()),
-            )
+        from .workflows import record_publish
+
+        recorded = record_publish(_registry(registry_path), directory, result)
     if as_json:
         _emit_json({**result.to_json(), "recorded": str(recorded) if recorded else None})
     else:

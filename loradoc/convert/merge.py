@@ -985,8 +985,7 @@ def _finite_only(name: str, dtype: str, put: Callable[[Any], None]) -> Callable[
         raw = np.frombuffer(data if isinstance(data, bytes | bytearray) else memoryview(data).cast("B"), dtype=view)
         if np.any(((raw & mask) == mask) & ((raw & mantissa) != 0)):
             raise BadInputError(
-                f"{name}: the merged tensor holds NaN (from the base weights or the adapter); "
-                "nothing was written",
+                f"{name}: the merged tensor holds NaN (from the base weights or the adapter); nothing was written",
                 hint="check the base checkpoint (re-download it) and run `loradoc doctor` on the adapter",
             )
         put(data)

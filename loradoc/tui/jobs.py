@@ -211,7 +211,9 @@ def run_convert(
         result = convert_gguf_lora(adapter, base, out, progress=report, overwrite=overwrite)
     else:  # pragma: no cover - the dialog only offers the three
         raise BadInputError(f"unknown conversion {kind}", hint="choose merged, gguf or gguf-lora")
-    registry.record_artifact(_adapter_id(registry, adapter), kind=kind, path=out, tool="loradoc")
+    from ..workflows import record_convert
+
+    record_convert(registry, adapter, kind, out, dtype if kind != "gguf-lora" else None)
     return result
 
 
@@ -226,16 +228,7 @@ def run_publish(plan: Any, endpoint: str | None, registry: Any, report: Report) 
 
     report(0, 1, "pushing")  # the last point a cancel stops it
     result = publish(plan, endpoint=endpoint)
-    registry.record_hub_revision(
-        _adapter_id(registry, str(plan.directory)),
-        commit=result.commit_sha,
-        pr=result.pr_num,
-        tag=result.tag,
-        repo_id=plan.repo_id,
-    )
+    from ..workflows import record_publish
+
+    record_publish(registry, plan.directory, result)
     return result
-
-
-def _adapter_id(registry: Any, path: str) -> str:
-    m = registry.show(path)
-    return str(m.id)

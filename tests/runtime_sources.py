@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import logging
 import os
 import subprocess
@@ -115,6 +116,17 @@ def _function_source(path: Path, qualname: str) -> str:
     return textwrap.dedent(" " * node.col_offset + seg)
 
 
+def _assignment_source(path: Path, name: str) -> str:
+    """The verbatim text of the top-level assignment ``NAME = ...`` of ``path``."""
+    text = path.read_text()
+    for n in ast.parse(text).body:
+        if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in n.targets):
+            seg = ast.get_source_segment(text, n)
+            assert seg is not None
+            return seg
+    raise KeyError(name)
+
+
 def _literal_values(path: Path, name: str) -> tuple[Any, ...]:
     """The values of ``NAME = Literal[...]`` at the top of ``path``."""
     tree = ast.parse(path.read_text())
@@ -139,10 +151,12 @@ class _OnceLogger(logging.LoggerAdapter):
         self.debug(*a)
 
 
+@functools.lru_cache(maxsize=1)
 def vllm_max_lora_ranks() -> tuple[int, ...]:
     return _literal_values(source_dir("vllm") / "vllm/config/lora.py", "MaxLoRARanks")
 
 
+@functools.lru_cache(maxsize=1)
 def vllm_peft_helper() -> tuple[Any, Any]:
     """(PEFTHelper, LoRAConfig stand-in) from vllm/lora/peft_helper.py, executed as published."""
     src = source_dir("vllm")
@@ -178,6 +192,7 @@ def vllm_peft_helper() -> tuple[Any, Any]:
     return mod.PEFTHelper, LoRAConfig
 
 
+@functools.lru_cache(maxsize=1)
 def vllm_parse_fine_tuned_lora_name() -> Any:
     path = source_dir("vllm") / "vllm/lora/utils.py"
     ns: dict[str, Any] = {"WeightsMapper": object}
@@ -186,6 +201,7 @@ def vllm_parse_fine_tuned_lora_name() -> Any:
     return ns["parse_fine_tuned_lora_name"]
 
 
+@functools.lru_cache(maxsize=1)
 def vllm_is_base_embedding_weights() -> Any:
     path = source_dir("vllm") / "vllm/lora/utils.py"
     ns: dict[str, Any] = {}
@@ -323,19 +339,24 @@ def sglang_architectures() -> dict[str, dict[str, Any]]:
 
 def sglang_default_hidden_dim_modules() -> list[str]:
     """The module names sglang/srt/lora/utils.py get_default_hidden_dim answers (others raise
-    NotImplementedError), read from its ``module_name == "..."`` branches."""
+    NotImplementedError): its ``module_name == "..."`` branches and the names of the constants it tests
+    ``module_name in``."""
     path = source_dir("sglang") / "sglang/srt/lora/utils.py"
     fn = ast.parse(_function_source(path, "get_default_hidden_dim"))
-    names = {
-        c.value
-        for n in ast.walk(fn)
-        if isinstance(n, ast.Compare) and isinstance(n.left, ast.Name) and n.left.id == "module_name"
-        for c in n.comparators
-        if isinstance(c, ast.Constant) and isinstance(c.value, str)
-    }
+    names: set[str] = set()
+    for n in ast.walk(fn):
+        if isinstance(n, ast.Compare) and isinstance(n.left, ast.Name) and n.left.id == "module_name":
+            for c in n.comparators:
+                if isinstance(c, ast.Constant) and isinstance(c.value, str):
+                    names.add(c.value)
+                elif isinstance(c, ast.Name):
+                    ns: dict[str, Any] = {}
+                    exec(_assignment_source(path, c.id), ns)
+                    names.update(ns[c.id])
     return sorted(names)
 
 
+@functools.lru_cache(maxsize=1)
 def sglang_params_mapping() -> dict[str, str]:
     """The ``params_mapping`` dict literal of get_normalized_target_modules."""
     path = source_dir("sglang") / "sglang/srt/lora/utils.py"
@@ -346,14 +367,17 @@ def sglang_params_mapping() -> dict[str, str]:
     raise KeyError("params_mapping")
 
 
+@functools.lru_cache(maxsize=1)
 def sglang_get_default_hidden_dim() -> Any:
     path = source_dir("sglang") / "sglang/srt/lora/utils.py"
     ns: dict[str, Any] = {}
+    exec(_assignment_source(path, "DSA_INDEXER_LORA_NAMES"), ns)
     exec(compile("from __future__ import annotations\nfrom typing import Tuple\nAutoConfig = object\n"
                  + _function_source(path, "get_default_hidden_dim"), str(path), "exec"), ns)  # fmt: skip
     return ns["get_default_hidden_dim"]
 
 
+@functools.lru_cache(maxsize=1)
 def sglang_lora_config_class() -> Any:
     """sglang/srt/lora/lora_config.py's LoRAConfig (its only import is huggingface_hub)."""
     path = source_dir("sglang") / "sglang/srt/lora/lora_config.py"
@@ -362,6 +386,7 @@ def sglang_lora_config_class() -> Any:
     return mod.LoRAConfig
 
 
+@functools.lru_cache(maxsize=1)
 def sglang_validate_new_adapter() -> Any:
     """LoRAManager.validate_new_adapter, verbatim; call it with a manager-like object holding no adapters."""
     path = source_dir("sglang") / "sglang/srt/lora/lora_manager.py"
@@ -380,6 +405,7 @@ def sglang_validate_new_adapter() -> Any:
     return call
 
 
+@functools.lru_cache(maxsize=1)
 def sglang_get_normalized_target_modules() -> Any:
     path = source_dir("sglang") / "sglang/srt/lora/utils.py"
     ns: dict[str, Any] = {}

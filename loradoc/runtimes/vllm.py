@@ -130,11 +130,10 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
     if top > info["default_max_lora_rank"]:
         need = needed_max_lora_rank(top)
         msg = hit("vllm.max-lora-rank", rank=top, max_lora_rank=info["default_max_lora_rank"]).message
-        if need is None:
+        if need is None:  # above every allowed --max-lora-rank: no flag helps
             biggest = tables()["vllm"]["max_lora_ranks"][-1]
-            msg = hit("vllm.max-lora-rank", rank=top, max_lora_rank=biggest).message
-            hits.append(hit("vllm.max-lora-rank", msg, effect="refuse", fix=""))
-            hits[-1].fix = None
+            hits.append(Hit("vllm.max-lora-rank", "refuse", msg))
+            notes.append(f"rank {top} is above the largest allowed --max-lora-rank ({biggest})")
         else:
             hits.append(hit("vllm.max-lora-rank", msg, needed=need))
     if cfg.get("bias", "none") != "none":

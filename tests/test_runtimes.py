@@ -355,8 +355,9 @@ def test_llama_cpp_rules_agree_with_a_real_load(example_root: Any, tmp_path: Pat
     import torch
 
     healthy = ex.adapters["healthy-gemma3"]
+    k = 64 // json.loads((healthy / "adapter_config.json").read_text())["r"]
     r64 = rewrite_adapter(healthy, tmp_path / "r64", config_update={"lora_alpha": 128, "r": 64},
-                          transform=lambda k, t: torch.cat([t] * 8, dim=0 if "lora_A" in k else 1))  # fmt: skip
+                          transform=lambda n, t: torch.cat([t] * k, dim=0 if "lora_A" in n else 1))  # fmt: skip
     towers = ex.adapters["seed-medgemma-full-lora"]
     dora = rewrite_adapter(healthy, tmp_path / "dora", config_update={"use_dora": True},
                            add={"base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_magnitude_vector":
@@ -520,3 +521,47 @@ def test_mlx_refusals() -> None:
         _facts({"r": 8, "lora_alpha": 8, "target_modules": ["q_proj"]}, keys), _base("BloomForCausalLM", "bloom")
     )
     assert res.verdict == REFUSED and res.fix is None and res.reason() == "Model type bloom not supported."
+
+
+# ------------------------------------------------------------------------------------------------ registry + CLI
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="needs ../shared/data/real-adapters")
+def test_runtimes_recorded_shown_and_filtered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_cli import run_cli
+
+    from loradoc.registry import Registry, load_manifest
+
+    index = tmp_path / "registry.sqlite"
+    llama = REAL / "adapters" / "tinyllama-therapist"
+    gpt2 = REAL / "adapters" / "tiny-gpt2-lab"
+    code, out, err = run_cli(["runtimes", str(llama), "--base", str(REAL / "base-configs" / "tinyllama-1.1b.json"),
+                              "--record", "--registry", str(index), "--json"], capsys)  # fmt: skip
+    assert code == 1, err  # llama.cpp and mlx-lm need a conversion first
+    rep = json.loads(out)
+    assert rep["runtimes"]["vllm"]["verdict"] == "loads" and rep["runtimes"]["mlx_lm"]["verdict"] == "refused"
+    code, out, err = run_cli(["runtimes", str(gpt2), "--base", str(REAL / "base-configs" / "tiny-gpt2.json"),
+                              "--record", "--registry", str(index)], capsys)  # fmt: skip
+    assert code == 1 and "Adapter bias is not supported." in out and "vLLM 0.34.0" in out
+    reg = Registry(index)
+    try:
+        ids = {r.id: r for r in reg.list()}
+        assert ids[str(llama)].runtimes == {"vllm": "loads", "sglang": "loads", "llama_cpp": "refused",
+                                            "mlx_lm": "refused"}  # fmt: skip
+        assert [r.id for r in reg.list(runtime="vllm")] == [str(llama)]
+        assert [r.id for r in reg.list(runtime="vllm:refused")] == [str(gpt2)]
+        m = reg.show(str(llama))
+        rec = m.current_revision.runtimes
+        assert [x.runtime for x in rec] == ["vllm", "sglang", "llama_cpp", "mlx_lm"]
+        assert rec[3].fix and rec[3].fix.startswith("loradoc convert mlx-lm") and rec[0].version == "0.34.0"
+        # the manifest on disk round-trips (TOML)
+        again = load_manifest(reg.locate(str(llama))[2])
+        assert again.to_dict() == m.to_dict()
+    finally:
+        reg.close()
+    code, out, _ = run_cli(["registry", "list", "--runtime", "vllm", "--registry", str(index)], capsys)
+    assert code == 0 and str(llama) in out and "vllm=loads" in out and str(gpt2) not in out
+    code, out, _ = run_cli(["registry", "show", str(llama), "--registry", str(index)], capsys)
+    assert code == 0 and "[[revisions.runtimes]]" in out and 'runtime = "mlx_lm"' in out
+    code, _, err = run_cli(["registry", "list", "--runtime", "tgi", "--registry", str(index)], capsys)
+    assert code == 2 and "unknown runtime" in err

@@ -422,8 +422,15 @@ MLX_MODELS = {
     "gemma3_text": {"model_type": "gemma3_text", "hidden_size": 16, "num_hidden_layers": 2, "intermediate_size": 32,
                     "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "vocab_size": 64},
     "gemma3": {"model_type": "gemma3", "vocab_size": 64,
-               "text_config": {"hidden_size": 16, "num_hidden_layers": 2, "intermediate_size": 32, "head_dim": 8,
-                               "num_attention_heads": 2, "num_key_value_heads": 1}},
+               "text_config": {"model_type": "gemma3_text", "hidden_size": 16, "num_hidden_layers": 2,
+                               "intermediate_size": 32, "head_dim": 8, "num_attention_heads": 2,
+                               "num_key_value_heads": 1}},
+    "gemma4": {"model_type": "gemma4", "vocab_size": 64,
+               "text_config": {"model_type": "gemma4_text", "hidden_size": 16, "num_hidden_layers": 2,
+                               "intermediate_size": 32, "head_dim": 8, "global_head_dim": 8,
+                               "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64,
+                               "vocab_size_per_layer_input": 64, "hidden_size_per_layer_input": 4,
+                               "num_kv_shared_layers": 0, "layer_types": ["sliding_attention", "full_attention"]}},
 }  # fmt: skip
 
 _MLX_SCRIPT = r"""
@@ -477,7 +484,8 @@ def test_mlx_lm_loads_the_converted_adapter(model_type: str, tmp_path: Path) -> 
         pytest.fail("mlx's CPU build did not install on this platform")
     cfg = MLX_MODELS[model_type]
     shapes = _mlx(env_dir, "shapes", json.dumps(cfg))
-    layers_path = {"gpt2": "model.h", "gemma3": "language_model.model.layers"}.get(model_type, "model.layers")
+    wrapped = "language_model.model.layers"
+    layers_path = {"gpt2": "model.h", "gemma3": wrapped, "gemma4": wrapped}.get(model_type, "model.layers")
     rng = np.random.default_rng(1)
     r, alpha = 4, 8
     tensors, expect = {}, {}

@@ -573,3 +573,35 @@ def test_runtimes_recorded_shown_and_filtered(tmp_path: Path, capsys: pytest.Cap
     assert code == 0 and "[[revisions.runtimes]]" in out and 'runtime = "mlx_lm"' in out
     code, _, err = run_cli(["registry", "list", "--runtime", "tgi", "--registry", str(index)], capsys)
     assert code == 2 and "unknown runtime" in err
+
+
+def test_rules_name_real_code() -> None:
+    """Every rule names a file of its runtime's release that exists; a verbatim message's fixed parts occur in
+    that file (so a message is never paraphrased)."""
+    import re
+
+    from llama_cpp_source import llama_cpp_source_dir
+
+    from loradoc.runtimes import rules_data
+
+    roots = {
+        "vllm": rs.source_dir("vllm"),
+        "sglang": rs.source_dir("sglang"),
+        "mlx_lm": rs.source_dir("mlx-lm"),
+        "llama_cpp": llama_cpp_source_dir(),
+    }
+    checked = 0
+    for r in rules_data()["rules"]:
+        files = sorted(roots[r["runtime"]].glob(r["file"]))
+        assert files, (r["id"], r["file"])
+        if not r.get("verbatim", True):
+            continue
+        text = "\n".join(f.read_text() for f in files)
+        text = re.sub(r"[\"']\s*\n\s*f?[\"']", "", text)  # adjacent literals ("a "\n f"b") read as one
+        text = text.replace('\\"', '"')
+        for part in re.split(r"\{[^}]*\}", r["message"]):
+            part = part.strip()
+            if len(part) >= 10:
+                assert part in text or part.replace('"', "'") in text, (r["id"], part)
+                checked += 1
+    assert checked >= 30

@@ -32,14 +32,20 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
     if cfg.get("use_dora"):
         hits.append(hit("mlx_lm.dora"))
     if a.keys_known:
-        for p in mlx_plan_problems(cfg, a.keys, None):
-            if "not an adapter parameter" in p:
-                hits.append(hit("mlx_lm.not-adapter-parameter", p))
-                break
-        for p in mlx_plan_problems(cfg, a.keys, None):
-            if "one rank" in p or "one scale" in p:
-                hits.append(hit("mlx_lm.one-rank", p))
-                break
+        from ..layout import parse_key, tower_of
+
+        text = {k: v for k, v in a.keys.items() if tower_of(parse_key(k).module) == "language"}
+        odd = [k for k in text if parse_key(k).kind not in ("lora_A", "lora_B")]
+        if odd:
+            hits.append(hit("mlx_lm.not-adapter-parameter", name=odd[0]))
+        ranks = {parse_key(k).module: v for k, v in text.items() if parse_key(k).kind == "lora_A" and len(v) == 2}
+        if len({r for r, _ in ranks.values()}) > 1:
+            common = max({r for r, _ in ranks.values()}, key=lambda r: sum(1 for x, _ in ranks.values() if x == r))
+            mod, (r2, n_in) = next((m, v) for m, v in ranks.items() if v[0] != common)
+            hits.append(hit("mlx_lm.one-rank", name=f"{mod}.lora_a", shape=(n_in, r2), expected=(n_in, common)))
+        elif any("scale" in p for p in mlx_plan_problems(cfg, a.keys, None)):
+            hits.append(hit("mlx_lm.one-rank", "modules have different scales (alpha_pattern / rank_pattern): "
+                            "mlx-lm has one scale per adapter (lora_parameters.scale)"))  # fmt: skip
         towers = a.tower_keys()
         if towers and len(towers) == len(a.keys):
             hits.append(hit("mlx_lm.towers", effect="refuse", fix="", name=towers[0]))

@@ -28,17 +28,19 @@ SEEDS = {
 }
 
 
-def cases(real: Path, example: Path | None) -> list[tuple[str, Path, str | None]]:
-    out: list[tuple[str, Path, str | None]] = []
+def cases(real: Path, example: Path | None) -> list[tuple[str, Path, str | None, str | None]]:
+    """(name, adapter dir, base to check against, base id to record)"""
+    out: list[tuple[str, Path, str | None, str | None]] = []
     if example is not None:
         for name, base in SEEDS.items():
-            out.append((name, example / "adapters" / name, base))
+            out.append((name, example / "adapters" / name, base, base))
     if real.is_dir():
         prov = json.loads((real / "provenance.json").read_text())
         bases = dict(prov["bases"])
         for a in prov["adapters"]:
             b = bases.get(a.get("base"))
-            out.append((a["name"], real / "adapters" / a["name"], str(real / b["config"]) if b else None))
+            cfg = str(real / b["config"]) if b else None
+            out.append((a["name"], real / "adapters" / a["name"], cfg, b.get("hub_id") if b else None))
     return out
 
 
@@ -60,12 +62,12 @@ def main() -> int:
         reg = Registry(args.registry)
     rows = []
     t_all = time.perf_counter()
-    for name, path, base in cases(args.real, args.example):
+    for name, path, base, base_id in cases(args.real, args.example):
         t0 = time.perf_counter()
         rep = check_runtimes(path, base)
         dt = time.perf_counter() - t0
         if reg is not None:
-            reg.record_runtimes(rep.to_json())
+            reg.record_runtimes(rep.to_json(), base_id=base_id)
         rows.append((name, rep, dt))
     total = time.perf_counter() - t_all
     if args.json:

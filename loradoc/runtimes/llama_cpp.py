@@ -69,6 +69,9 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
     if base is None or not base.known:
         hits.append(Hit("llama_cpp.architecture", "unknown", "base architecture unknown: pass --base"))
     refused = any(h.effect == "refuse" for h in hits)
+    if fix.startswith("loradoc") and not refused:
+        notes.append("`loradoc convert gguf-lora` converts adapters `loradoc doctor` calls healthy: `loradoc repair` "
+                     "first when it does not")  # fmt: skip
     # the PEFT directory itself is never a llama.cpp adapter: the conversion is the fix unless something refuses
     hits.insert(0, hit("llama_cpp.gguf", fix=fix if (fix and not refused) else ""))
     res = settle(RUNTIME, hits, notes)

@@ -56,6 +56,8 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
     else:
         notes.append(f"{a.weights}: tensors not checked (not safetensors)")
     refused = any(h.effect == "refuse" for h in hits)
+    if fix and not refused:
+        notes.append("convert a repaired copy when `loradoc doctor` does not call the adapter healthy")
     hits.insert(0, hit("mlx_lm.layout", fix=fix if (fix and not refused) else ""))
     res = settle(RUNTIME, hits, notes)
     if not res.fix:

@@ -605,3 +605,45 @@ def test_rules_name_real_code() -> None:
                 assert part in text or part.replace('"', "'") in text, (r["id"], part)
                 checked += 1
     assert checked >= 30
+
+
+_MLX_REAL = r"""
+import json, sys
+from mlx_lm.tuner.utils import load_adapters
+from mlx_lm.utils import _get_classes
+for cfg_path, adapter in json.loads(sys.argv[1]):
+    cfg = json.load(open(cfg_path))
+    model_cls, args_cls = _get_classes(cfg)
+    load_adapters(model_cls(args_cls.from_dict(cfg)), adapter)  # raises on any name or shape it does not take
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="needs ../shared/data/real-adapters")
+def test_real_adapters_convert_to_mlx_and_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Real adapters our rules send to `loradoc convert mlx-lm`: converted by the CLI, loaded by mlx-lm on a model
+    built from their base's config (random weights), and converted back to the very same file."""
+    from test_cli import run_cli
+
+    env_dir = rs.mlx_install_dir()
+    if env_dir is None:
+        pytest.fail("mlx's CPU build did not install on this platform")
+    pairs = []
+    for name, cfg in [("smollm-135m-medmeadow-peft012", "smollm-135m"), ("gpt2-tigrinya", "gpt2"),
+                      ("gemma-3-270m-it-logo", "gemma-3-270m")]:  # fmt: skip
+        src, base = REAL / "adapters" / name, str(REAL / "base-configs" / f"{cfg}.json")
+        res = check_runtimes(src, base).get("mlx_lm")
+        assert res.verdict == REFUSED and res.fix and res.fix.startswith("loradoc convert mlx-lm"), res.to_json()
+        code, _, err = run_cli(["convert", "mlx-lm", str(src), "--base", base, "--out", str(tmp_path / name)], capsys)
+        assert code == 0, err
+        code, _, err = run_cli(
+            ["convert", "mlx-lm", str(tmp_path / name), "--out", str(tmp_path / f"{name}-b")], capsys
+        )
+        assert code == 0, err
+        back = (tmp_path / f"{name}-b" / "adapter_model.safetensors").read_bytes()
+        assert back == (src / "adapter_model.safetensors").read_bytes()
+        pairs.append((base, str(tmp_path / name)))
+    env = {**os.environ, "PYTHONPATH": str(env_dir)}
+    proc = subprocess.run([sys.executable, "-c", _MLX_REAL, json.dumps(pairs)], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

@@ -48,9 +48,9 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
                             "mlx-lm has one scale per adapter (lora_parameters.scale)"))  # fmt: skip
         towers = a.tower_keys()
         if towers and len(towers) == len(a.keys):
-            hits.append(hit("mlx_lm.towers", effect="refuse", fix="", name=towers[0]))
+            hits.append(hit("mlx_lm.towers", effect="refuse", fix="", name=towers[0], count=len(towers)))
         elif towers:
-            hits.append(hit("mlx_lm.towers", name=towers[0]))
+            hits.append(hit("mlx_lm.towers", name=towers[0], count=len(towers)))
     elif a.weights is None:
         hits.append(Hit("mlx_lm.not-adapter-parameter", "refuse", "the adapter has no weights file"))
     else:

@@ -59,8 +59,27 @@ def build() -> dict:
     }
 
 
+def dumps(data: dict) -> str:
+    """JSON with one line per table entry (architectures, model types): short, diff-friendly."""
+    out = ["{"]
+    for i, (rt, d) in enumerate(data.items()):
+        out.append(f"  {json.dumps(rt)}: {{")
+        for j, (k, v) in enumerate(d.items()):
+            end = "," if j < len(d) - 1 else ""
+            if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+                out.append(f"    {json.dumps(k)}: {{")
+                rows = [f"      {json.dumps(a)}: {json.dumps(e, sort_keys=True)}" for a, e in v.items()]
+                out.append(",\n".join(rows))
+                out.append(f"    }}{end}")
+            else:
+                out.append(f"    {json.dumps(k)}: {json.dumps(v)}{end}")
+        out.append("  }" + ("," if i < len(data) - 1 else ""))
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
-    data = json.dumps(build(), indent=1, sort_keys=False) + "\n"
+    data = dumps(build())
     if "--check" in sys.argv:
         same = OUT.is_file() and OUT.read_text() == data
         print("tables.json is current" if same else "tables.json differs from the runtimes' code: rerun the script")

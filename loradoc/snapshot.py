@@ -139,11 +139,14 @@ def open_snapshot(
 def load_pickle_weights(path: Path) -> dict[str, Any]:
     """Load a pickle state dict with ``weights_only=True`` (no code runs), as CPU tensors."""
     import pickle
+    import warnings
 
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note about the pickle protocol is not the user's business
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise BadInputError(

@@ -218,6 +218,10 @@ def check_load(
     captured: list[str] = []
     arch = profile.architecture
     model_cls = getattr(transformers, arch)
+    from ..safetensors_io import read_header
+
+    for weights in sorted(source.directory.glob("*.safetensors")):
+        read_header(weights)  # a truncated or malformed base file is bad input (exit 2), not a crash in transformers
     with capture_warnings() as (logs, caught):
         model, info = model_cls.from_pretrained(source.directory, dtype=dtype, output_loading_info=True)
     captured += [str(w.message) for w in caught] + list(logs)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .adapter_config import AdapterConfig
+from . import regex_guard
+from .adapter_config import KNOWN_PEFT_TYPES, AdapterConfig
 from .profiles import BaseProfile
+from .regex_guard import RegexProblem
 
 
 @dataclass
@@ -20,10 +22,44 @@ class InjectionPlan:
     excluded: list[str] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)  # targeted modules peft cannot wrap -> ValueError
     error: str | None = None  # the exception peft would raise while injecting, if any
+    #: a config regex too expensive to evaluate (peft would hang on it): nothing may run it, not even peft
+    regex_problem: RegexProblem | None = None
 
     @property
     def raises(self) -> bool:
         return self.error is not None
+
+
+def _mts_regex(m: str) -> str:
+    return rf"(^|.*\.){m}($|\..*)"
+
+
+def _layers_regex(p: str) -> str:
+    return rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\."
+
+
+def _pattern_regex(key: str) -> str:
+    return rf"(.*\.)?({key})$"
+
+
+def regex_jobs(cfg: AdapterConfig) -> list[tuple[str, str, str]]:
+    """Every regex peft builds from ``cfg`` that could be slow: (pattern, re function, config field)."""
+    jobs: list[tuple[str, str, str]] = []
+    for fld, value in (("target_modules", cfg.target_modules), ("exclude_modules", cfg.exclude_modules)):
+        if isinstance(value, str) and value.lower() != "all-linear" and not regex_guard.is_literal(value):
+            jobs.append((value, "fullmatch", fld))
+    for m in cfg.modules_to_save or []:
+        if not regex_guard.is_literal(m):
+            jobs.append((_mts_regex(m), "match", "modules_to_save"))
+    lp = cfg.layers_pattern
+    for p in [lp] if isinstance(lp, str) else lp or []:
+        if not regex_guard.is_literal(p):
+            jobs.append((_layers_regex(p), "match", "layers_pattern"))
+    for fld, pat in (("rank_pattern", cfg.rank_pattern), ("alpha_pattern", cfg.alpha_pattern)):
+        for key in pat:
+            if not regex_guard.is_literal(key):
+                jobs.append((_pattern_regex(key), "match", fld))
+    return jobs
 
 
 def _excluded(cfg: AdapterConfig, name: str) -> bool:
@@ -35,7 +71,7 @@ def _excluded(cfg: AdapterConfig, name: str) -> bool:
         elif name in ex or any(name.endswith(f".{e}") for e in ex):
             return True
     mts = cfg.modules_to_save or []
-    return any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in mts)
+    return any(re.match(_mts_regex(m), name) for m in mts)
 
 
 def _layer_ok(cfg: AdapterConfig, name: str) -> bool:
@@ -48,7 +84,7 @@ def _layer_ok(cfg: AdapterConfig, name: str) -> bool:
         match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
     else:
         for p in [pattern] if isinstance(pattern, str) else pattern:
-            match = re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", name)
+            match = re.match(_layers_regex(p), name)
             if match:
                 break
     if not match:
@@ -97,6 +133,22 @@ def plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
 
 def _plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
     plan = InjectionPlan()
+    try:
+        # before anything evaluates them (here, or peft in the dry load): a regex peft would hang on
+        regex_guard.vet(regex_jobs(cfg), list(profile.modules))
+    except RegexProblem as e:
+        if e.kind == "invalid":
+            plan.error = e.message  # peft raises re.error from re.fullmatch / re.match while injecting
+        else:
+            plan.regex_problem = e
+            plan.error = f"regex-too-expensive: {e.message}"
+        return plan
+    raw_type = cfg.raw.get("peft_type")
+    if not isinstance(raw_type, str) or raw_type not in KNOWN_PEFT_TYPES:
+        # peft: PeftConfig._get_peft_type reads loaded["peft_type"], then PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
+        # (exact, case-sensitive)
+        plan.error = "KeyError: 'peft_type'" if raw_type is None else f"KeyError: {raw_type!r}"
+        return plan
     if cfg.peft_type != "LORA":
         plan.error = f"static analysis covers LoRA only ({cfg.peft_type}); run doctor without --fast"
         return plan
@@ -139,7 +191,10 @@ def alpha_for(cfg: AdapterConfig, module: str) -> float:
 def _pattern_value(pattern: dict[str, float] | dict[str, int], module: str, default: float) -> float:
     # peft.utils.other.get_pattern_key: the first pattern key that matches as a suffix regex
     for key in pattern:
-        if re.match(rf"(.*\.)?({key})$", module):
+        full = _pattern_regex(key)
+        if not regex_guard.is_literal(key) and not regex_guard.vetted(full, "match"):
+            regex_guard.vet([(full, "match", "rank_pattern/alpha_pattern")], [module])
+        if re.match(full, module):
             return pattern[key]
     return default
 

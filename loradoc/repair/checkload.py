@@ -233,8 +233,14 @@ def check_load(
     base_logits = _logits(model, ids)
     report(progress, 1, 4, "loading the adapter")
 
+    from ..peft_rules import plan_injection
+
+    # a config regex peft would hang on is never handed to peft
+    regex_problem = plan_injection(snap.config, profile).regex_problem
     with capture_warnings() as (logs, caught):
         try:
+            if regex_problem is not None:
+                raise RuntimeError(f"regex-too-expensive: {regex_problem.message}")
             pm = PeftModel.from_pretrained(model, str(snap.directory))
             error = None
         except Exception as e:  # noqa: BLE001 - the certificate records what peft raised

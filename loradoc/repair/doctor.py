@@ -14,7 +14,7 @@ from .findings import Finding
 
 HEALTHY, REPAIRABLE, BROKEN = "healthy", "repairable", "broken"
 # Findings whose error explains why peft raises (so the exception is not reported twice).
-_RAISE_EXPLAINERS = {"tower-injection", "shape-mismatch", "rank-mismatch"}
+_RAISE_EXPLAINERS = {"tower-injection", "shape-mismatch", "rank-mismatch", "regex-too-expensive"}
 # Repair passes that throw away tensors the base *can* use: a verdict needing them is not "repairable".
 _LOSSY = {"drop-tower-loras-usable"}
 
@@ -82,12 +82,18 @@ def data_findings(snapshot: AdapterSnapshot) -> list[Finding]:
     nonfinite: list[str] = []
     b_total = 0
     b_zero: list[str] = []
-    for name, arr in snapshot.iter_arrays():
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    for name, chunks in snapshot.iter_array_chunks():
+        finite, nonzero = True, False
+        for arr in chunks:  # bounded reads: a header may declare a 24 GiB tensor
+            if finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                finite = False
+            if not nonzero and np.any(arr):
+                nonzero = True
+        if not finite:
             nonfinite.append(name)
         if ".lora_B" in name or ".lora_embedding_B" in name:
             b_total += 1
-            if not np.any(arr):
+            if not nonzero:
                 b_zero.append(name)
     out: list[Finding] = []
     if nonfinite:
@@ -191,9 +197,10 @@ def diagnose(
     if read_data:
         findings.extend(data_findings(snap))
     warnings_: list[str] = []
-    if fast:
+    if fast or st.plan.regex_problem is not None:
+        # a regex peft would hang on is never handed to peft: the static verdict stands
         peft = st.predicted
-        mode = "static"
+        mode = "static" if fast else "full"
     else:
         from .dryload import dry_load
 

@@ -479,6 +479,11 @@ def _is_legacy_lora(d: Mapping[str, Any]) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 
 
+#: Generous bounds no real config reaches; past them a hostile file would make peft (and loradoc) run for minutes.
+MAX_LIST_ENTRIES = 10_000
+MAX_STRING_CHARS = 64 << 10
+
+
 class _Reader:
     def __init__(self, d: Mapping[str, Any], source: str) -> None:
         self.d = d
@@ -527,10 +532,26 @@ class _Reader:
             return v
         raise self.bad(name, "true or false")
 
+    def too_big(self, name: str, what: str) -> MalformedConfigError:
+        return MalformedConfigError(
+            f"{self.source}: field {name!r} {what}",
+            hint=f"fix {name!r} in {self.source}: no real adapter needs that much (a regex or a shorter list does)",
+        )
+
+    def bounded(self, name: str, v: Any) -> None:
+        """Caps on list lengths and string sizes (MAX_LIST_ENTRIES, MAX_STRING_CHARS)."""
+        if isinstance(v, list | dict) and len(v) > MAX_LIST_ENTRIES:
+            raise self.too_big(name, f"has {len(v)} entries (limit {MAX_LIST_ENTRIES})")
+        items = [v] if isinstance(v, str) else list(v) if isinstance(v, list | dict) else []
+        for x in items:
+            if isinstance(x, str) and len(x) > MAX_STRING_CHARS:
+                raise self.too_big(name, f"has a string of {len(x)} characters (limit {MAX_STRING_CHARS})")
+
     def str_list(self, name: str, *, allow_str: bool) -> list[str] | str | None:
         v = self.d.get(name)
         if v is None:
             return None
+        self.bounded(name, v)
         if allow_str and isinstance(v, str):
             return v
         if isinstance(v, list) and all(isinstance(x, str) for x in v):
@@ -541,6 +562,7 @@ class _Reader:
         v = self.d.get(name)
         if v is None:
             return None
+        self.bounded(name, v)
         if isinstance(v, int) and not isinstance(v, bool):
             return v
         if isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
@@ -553,6 +575,7 @@ class _Reader:
             return {}
         if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
             raise self.bad(name, "an object mapping module names to numbers")
+        self.bounded(name, v)
         out: dict[str, Any] = {}
         for k, x in v.items():
             if adalora and isinstance(x, list) and all(isinstance(b, bool) for b in x):

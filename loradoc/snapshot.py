@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from .adapter_config import AdapterConfig, load_adapter_config
 from .errors import BadInputError, MissingFileError, PickleRefusedError
-from .safetensors_io import SafetensorsHeader, read_header, read_tensor_bytes, tensor_to_numpy
+from .safetensors_io import (
+    SafetensorsHeader,
+    iter_tensor_chunks_numpy,
+    read_header,
+    read_tensor_bytes,
+    tensor_to_numpy,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,6 +61,17 @@ class AdapterSnapshot:
         if self.repo_id:
             return f"{self.repo_id}@{(self.commit or self.revision or 'main')[:12]}"
         return str(self.directory)
+
+    def iter_array_chunks(self) -> Iterator[tuple[str, Iterator[np.ndarray]]]:
+        """Each tensor as flat numpy chunks of bounded size (safetensors: at most DATA_CHUNK_BYTES read at a time,
+        whatever the header declares), one tensor at a time."""
+        if self.weights_format == "safetensors":
+            assert self.header is not None
+            for info, chunks in iter_tensor_chunks_numpy(self.header):
+                yield info.name, chunks
+        else:
+            for name, arr in self.iter_arrays():
+                yield name, iter([arr.reshape(-1)])
 
     def iter_arrays(self) -> Iterator[tuple[str, np.ndarray]]:
         """Each tensor as a float/int numpy array, one at a time (reads tensor data)."""

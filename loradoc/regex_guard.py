@@ -12,7 +12,7 @@ callers; a pattern that does not is a :class:`RegexProblem` (``kind="too-expensi
 as a finding instead of ever handing it to peft. An RE2-style linear-time engine would not answer the question
 that matters: RE2 matches ``"(.*.*)*x$"`` instantly while peft would still hang on it.
 
-This module imports only the standard library.
+This module imports only the standard library (and loradoc.errors).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from .errors import BadInputError
+
 __all__ = ["MAX_PATTERN_CHARS", "RegexProblem", "budget_s", "is_literal", "vet"]
 
 #: No real config needs a longer pattern (peft writes lists, and hand-written regexes are a few hundred chars).
@@ -36,26 +38,21 @@ _VETTED: set[tuple[str, str]] = set()
 _NAMESETS_VETTED: set[tuple[str, str, int]] = set()
 
 
-class RegexProblem(Exception):
+class RegexProblem(BadInputError):
     """A config regex that cannot be used: ``kind`` is ``"invalid"`` (re.error, what peft raises too),
-    ``"too-long"`` or ``"too-expensive"``."""
+    ``"too-long"`` or ``"too-expensive"``. Callers turn it into a finding; one that escapes is exit 2."""
 
     def __init__(self, kind: str, field: str, pattern: str, detail: str) -> None:
         self.kind = kind
         self.field = field
         self.pattern = pattern
         self.detail = detail
-        super().__init__(self.message)
-
-    @property
-    def shown(self) -> str:
-        return repr(self.pattern if len(self.pattern) <= 60 else self.pattern[:57] + "...")
-
-    @property
-    def message(self) -> str:
-        if self.kind == "invalid":
-            return f"error: {self.detail}"  # the way peft's re.fullmatch fails (re.error's class name)
-        return f"{self.field} regex {self.shown} is too expensive to evaluate ({self.detail})"
+        shown = repr(pattern if len(pattern) <= 60 else pattern[:57] + "...")
+        if kind == "invalid":
+            msg = f"error: {detail}"  # the way peft's re.fullmatch fails (re.error's class name)
+        else:
+            msg = f"{field} regex {shown} is too expensive to evaluate ({detail})"
+        super().__init__(msg, hint=f"fix {field} in adapter_config.json (a plain list of module names is safest)")
 
 
 def budget_s() -> float:

@@ -89,6 +89,8 @@ def data_findings(snapshot: AdapterSnapshot) -> list[Finding]:
                 finite = False
             if not nonzero and np.any(arr):
                 nonzero = True
+            if nonzero and not finite:
+                break  # nothing more to learn from this tensor
         if not finite:
             nonfinite.append(name)
         if ".lora_B" in name or ".lora_embedding_B" in name:

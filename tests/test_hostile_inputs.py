@@ -256,6 +256,26 @@ def test_data_check_reads_a_huge_tensor_in_bounded_chunks(ex, tmp_path: Path) ->
     assert json.loads(proc.stdout)["data_checked"] is True
 
 
+def test_declared_size_past_the_file_is_exit_2(ex, tmp_path: Path, capsys) -> None:
+    """A header declaring a 24 GiB tensor that the file does not hold: the header parser says so, nothing is read."""
+    adapter = _adapter(ex, tmp_path)
+    w = adapter / "adapter_model.safetensors"
+    blob = w.read_bytes()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8 : 8 + n])
+    data_len = len(blob) - 8 - n
+    big = 6 << 30  # F32 elements: 24 GiB
+    header["base_model.model.extra.lora_B.weight"] = {
+        "dtype": "F32",
+        "shape": [big],
+        "data_offsets": [data_len, data_len + 4 * big],
+    }
+    raw = json.dumps(header).encode()
+    w.write_bytes(struct.pack("<Q", len(raw)) + raw + blob[8 + n :])
+    code, _, err = run_cli(["doctor", str(adapter), "--base", str(ex.bases[BASE]), "--fast"], capsys)
+    assert "truncated" in _one_line_exit2(code, err)
+
+
 # -- 3. healthy means it works --------------------------------------------------------------------------------
 
 

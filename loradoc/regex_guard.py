@@ -89,9 +89,16 @@ warnings.simplefilter("ignore")
 job = json.loads(sys.stdin.read())
 names = job["names"]
 for pattern, mode in job["patterns"]:
-    fn = getattr(re.compile(pattern), mode)
-    for n in names:
-        fn(n)
+    if mode == "pattern_keys":  # peft.utils.other.get_pattern_key over every name (re's cache thrashes)
+        keys = json.loads(pattern)
+        for n in names:
+            for k in keys:
+                if re.match(rf"(.*\.)?({k})$", n):
+                    break
+    else:
+        fn = getattr(re.compile(pattern), mode)
+        for n in names:
+            fn(n)
     sys.stdout.write("ok\n")
     sys.stdout.flush()
 """
@@ -100,6 +107,8 @@ for pattern, mode in job["patterns"]:
 def vet(jobs: Sequence[tuple[str, str, str]], names: Sequence[str]) -> None:
     """Make sure each ``(pattern, mode, field)`` compiles and that Python's ``re`` evaluates it (``mode``:
     ``"fullmatch"`` / ``"match"``) over every name within the time budget. Raises :class:`RegexProblem`.
+    Mode ``"pattern_keys"``: ``pattern`` is a JSON list of rank/alpha_pattern keys, run the way peft's
+    ``get_pattern_key`` runs them (a fresh ``re.match`` per key and name).
 
     Literal patterns and patterns already vetted over the same names are not re-run; the rest run in one
     worker process that is killed at the budget."""
@@ -108,7 +117,8 @@ def vet(jobs: Sequence[tuple[str, str, str]], names: Sequence[str]) -> None:
     todo: list[tuple[str, str, str]] = []
     seen: set[tuple[str, str]] = set()
     for pattern, mode, field in jobs:
-        _compile(pattern, field)
+        if mode != "pattern_keys":
+            _compile(pattern, field)
         if (pattern, mode, key) in _NAMESETS_VETTED or (pattern, mode) in seen:
             continue
         seen.add((pattern, mode))
@@ -133,11 +143,11 @@ def vet(jobs: Sequence[tuple[str, str, str]], names: Sequence[str]) -> None:
     except subprocess.TimeoutExpired as e:
         out = e.stdout or ""
         done = (out.decode() if isinstance(out, bytes) else out).count("ok\n")
-        p, _m, field = todo[min(done, len(todo) - 1)]
+        p, m, field = todo[min(done, len(todo) - 1)]
         raise RegexProblem(
             "too-expensive",
             field,
-            p,
+            f"{len(json.loads(p))} keys" if m == "pattern_keys" else p,
             f"Python's re, which peft uses, did not finish matching it against the base's {len(names)} module "
             f"names in {budget:g} s: catastrophic backtracking",
         ) from None

@@ -125,6 +125,29 @@ def test_catastrophic_regex_in_rank_pattern(ex, tmp_path: Path) -> None:
     assert "regex-too-expensive" in _codes(json.loads(proc.stdout))
 
 
+def test_rank_pattern_with_more_keys_than_re_caches(ex, tmp_path: Path) -> None:
+    """5,000 keys: peft's get_pattern_key would recompile each one for each targeted module (minutes)."""
+    keys = {f"model.layers.{i}.nothing_{i}": 4 for i in range(5000)}
+    adapter = _adapter(ex, tmp_path, update={"rank_pattern": keys})
+    proc = run_sub(["doctor", str(adapter), "--base", str(ex.bases[BASE]), "--json", "--fast"], 60)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert "regex-too-expensive" in _codes(report) and "rank_pattern" in json.dumps(report["findings"])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_large_target_list_under_the_cap_is_quick(ex, tmp_path: Path, fast: bool) -> None:
+    targets = ["q_proj", "v_proj"] + [f"not_a_module_{i}" for i in range(9_998)]
+    adapter = _adapter(ex, tmp_path, update={"target_modules": targets})
+    t0 = time.monotonic()
+    proc = run_sub(
+        ["doctor", str(adapter), "--base", str(ex.bases[BASE]), "--json", *(["--fast"] if fast else [])], 120
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    assert json.loads(proc.stdout)["verdict"] in ("healthy", "repairable", "broken")
+    assert time.monotonic() - t0 < 60
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_invalid_regex_is_the_error_peft_raises(ex, tmp_path: Path, fast: bool, capsys) -> None:
     adapter = _adapter(ex, tmp_path, update={"target_modules": "(q_proj"})

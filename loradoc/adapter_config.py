@@ -569,7 +569,7 @@ class _Reader:
             return list(v)
         raise self.bad(name, "an integer, a list of integers or null")
 
-    def pattern(self, name: str, *, adalora: bool = False) -> dict[str, Any]:
+    def pattern(self, name: str, *, adalora: bool = False, nonfinite_ok: bool = False) -> dict[str, Any]:
         v = self.d.get(name)
         if v is None:
             return {}
@@ -581,7 +581,7 @@ class _Reader:
             if adalora and isinstance(x, list) and all(isinstance(b, bool) for b in x):
                 # AdaLoRA saves rank_pattern as name -> boolean mask over init_r; the kept rank is sum(mask).
                 out[k] = sum(x)
-            elif isinstance(x, int | float) and not isinstance(x, bool) and abs(x) < 1e300:
+            elif isinstance(x, int | float) and not isinstance(x, bool) and (abs(x) < 1e300 or nonfinite_ok):
                 out[k] = x
             else:
                 raise self.bad(name, "an object mapping module names to numbers")
@@ -727,7 +727,7 @@ def parse_adapter_config(data: object, source: str = CONFIG_NAME) -> AdapterConf
         )
     revision = rd.opt_str("revision")
     task_type = rd.opt_str("task_type")
-    r = rd.opt_int("r", positive=True)
+    r = rd.opt_int("r")  # r <= 0 parses: doctor reports it (bad-scaling), peft raises ValueError
     lora_alpha = rd.opt_float("lora_alpha")
     lora_dropout = rd.opt_float("lora_dropout")
     use_rslora = rd.flag("use_rslora")
@@ -739,7 +739,7 @@ def parse_adapter_config(data: object, source: str = CONFIG_NAME) -> AdapterConf
     layers_to_transform = rd.int_or_list("layers_to_transform")
     layers_pattern = rd.str_list("layers_pattern", allow_str=True)
     rank_pattern = {k: int(v) for k, v in rd.pattern("rank_pattern", adalora=peft_type == "ADALORA").items()}
-    alpha_pattern = {k: float(v) for k, v in rd.pattern("alpha_pattern").items()}
+    alpha_pattern = {k: float(v) for k, v in rd.pattern("alpha_pattern", nonfinite_ok=True).items()}
     fan_in_fan_out = rd.flag("fan_in_fan_out")
     bias = rd.opt_str("bias")
     if bias is None:

@@ -88,7 +88,7 @@ import json, re, sys, warnings
 warnings.simplefilter("ignore")
 job = json.loads(sys.stdin.read())
 names = job["names"]
-for pattern, mode in job["patterns"]:
+for pattern, mode, extra in job["patterns"]:
     if mode == "pattern_keys":  # peft.utils.other.get_pattern_key over every name (re's cache thrashes)
         keys = json.loads(pattern)
         for n in names:
@@ -97,11 +97,26 @@ for pattern, mode in job["patterns"]:
                     break
     else:
         fn = getattr(re.compile(pattern), mode)
+        for n in extra:
+            fn(n)
         for n in names:
             fn(n)
     sys.stdout.write("ok\n")
     sys.stdout.flush()
 """
+
+
+#: Length of the probe strings: exponential backtracking on 64 characters never finishes, polynomial does at once.
+_PROBE_LEN = 64
+
+
+def probes(pattern: str) -> list[str]:
+    """Strings that make a backtracking regex show its worst case, whatever the base's names are: a long run of
+    each character the pattern names, with a character it does not match at the end (so every split is tried).
+    A pattern that finishes on the names of one base may hang on another's (or on the real model's), so the
+    verdict must not depend on that luck."""
+    chars = sorted({c for c in pattern if c.isalnum() or c in "._-"} | {"a", "."})
+    return [c * _PROBE_LEN + "\x00" for c in chars]
 
 
 def vet(jobs: Sequence[tuple[str, str, str]], names: Sequence[str]) -> None:
@@ -125,7 +140,9 @@ def vet(jobs: Sequence[tuple[str, str, str]], names: Sequence[str]) -> None:
         todo.append((pattern, mode, field))
     if not todo:
         return
-    payload = json.dumps({"names": names, "patterns": [[p, m] for p, m, _ in todo]})
+    payload = json.dumps(
+        {"names": names, "patterns": [[p, m, [] if m == "pattern_keys" else probes(p)] for p, m, _ in todo]}
+    )
     budget = budget_s()
     try:
         proc = subprocess.run(
@@ -149,7 +166,7 @@ def vet(jobs: Sequence[tuple[str, str, str]], names: Sequence[str]) -> None:
             field,
             f"{len(json.loads(p))} keys" if m == "pattern_keys" else p,
             f"Python's re, which peft uses, did not finish matching it against the base's {len(names)} module "
-            f"names in {budget:g} s: catastrophic backtracking",
+            f"names and {_PROBE_LEN}-character probes in {budget:g} s: catastrophic backtracking",
         ) from None
     for p, m, _ in todo:
         _NAMESETS_VETTED.add((p, m, key))

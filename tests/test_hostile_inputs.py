@@ -162,6 +162,14 @@ def test_invalid_regex_is_the_error_peft_raises(ex, tmp_path: Path, fast: bool, 
     assert "missing ), unterminated subpattern" in report["peft"]["error"]
 
 
+def test_a_regex_that_is_fast_on_these_names_but_exponential_is_still_reported(ex, tmp_path: Path) -> None:
+    """(a|aa)*c$ finishes on the tiny base's names, but not on a run of a's: another base could hang peft."""
+    adapter = _adapter(ex, tmp_path, update={"exclude_modules": "(a|aa)*c$"})
+    proc = run_sub(["doctor", str(adapter), "--base", str(ex.bases[BASE]), "--json", "--fast"], 60)
+    assert proc.returncode == 1, proc.stderr
+    assert "regex-too-expensive" in _codes(json.loads(proc.stdout))
+
+
 def test_regex_guard_units() -> None:
     names = ["model.layers.0.self_attn.q_proj", "a" * 40]
     t0 = time.monotonic()
@@ -313,8 +321,21 @@ def test_declared_size_past_the_file_is_exit_2(ex, tmp_path: Path, capsys) -> No
         {"lora_alpha": -16},
         {"alpha_pattern": {"q_proj": 0}},
         {"rank_pattern": {"q_proj": 0}},
+        {"alpha_pattern": {"q_proj": math.nan}},
+        {"r": 0},
+        {"r": -4},
     ],
-    ids=["alpha-0", "alpha-nan", "alpha-inf", "alpha-neg", "alpha-pattern-0", "rank-pattern-0"],
+    ids=[
+        "alpha-0",
+        "alpha-nan",
+        "alpha-inf",
+        "alpha-neg",
+        "alpha-pattern-0",
+        "rank-pattern-0",
+        "alpha-pattern-nan",
+        "r-0",
+        "r-neg",
+    ],
 )
 def test_bad_scaling_is_an_error(ex, tmp_path: Path, capsys, update: dict) -> None:
     adapter = _adapter(ex, tmp_path, update=update)
@@ -324,15 +345,25 @@ def test_bad_scaling_is_an_error(ex, tmp_path: Path, capsys, update: dict) -> No
     assert report["verdict"] != "healthy" and "bad-scaling" in _codes(report)
 
 
-@pytest.mark.parametrize(("update", "drop"), [({"peft_type": "lora"}, ()), ({}, ("peft_type",))])
-def test_peft_type_is_checked_like_peft_in_fast_mode(ex, tmp_path: Path, capsys, update, drop) -> None:
-    adapter = _adapter(ex, tmp_path, update=update, drop=drop)
+def test_peft_type_is_checked_like_peft_in_fast_mode(ex, tmp_path: Path, capsys) -> None:
+    """A known type misspelt ("lora"): peft's exact lookup raises KeyError, in --fast too (it used to be healthy)."""
+    adapter = _adapter(ex, tmp_path, update={"peft_type": "lora"})
     for fast in (["--fast"], []):
         code, out, err = run_cli(["doctor", str(adapter), "--base", str(ex.bases[BASE]), "--json", *fast], capsys)
         assert code == 1, err
         report = json.loads(out)
         assert report["verdict"] == "broken" and "peft-load-error" in _codes(report)
         assert "KeyError" in report["peft"]["error"]
+
+
+@pytest.mark.parametrize(
+    ("update", "drop", "needle"), [({}, ("peft_type",), "no peft_type"), ({"peft_type": "NOPE"}, (), "unknown to peft")]
+)
+def test_missing_or_unknown_peft_type_is_exit_2(ex, tmp_path: Path, capsys, update, drop, needle: str) -> None:
+    adapter = _adapter(ex, tmp_path, update=update, drop=drop)
+    for fast in (["--fast"], []):
+        code, _, err = run_cli(["doctor", str(adapter), "--base", str(ex.bases[BASE]), *fast], capsys)
+        assert needle in _one_line_exit2(code, err)
 
 
 def _relayout(path: Path, how: str) -> None:

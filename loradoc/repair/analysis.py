@@ -463,6 +463,8 @@ def scaling_findings(cfg: AdapterConfig) -> list[Finding]:
     if cfg.peft_type not in ("LORA", "ADALORA"):
         return []
     bad: list[str] = []
+    if cfg.r is not None and cfg.r <= 0:
+        bad.append(f"r is {cfg.r}")
     alpha = cfg.lora_alpha
     if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
         bad.append(f"lora_alpha is {alpha!r}")

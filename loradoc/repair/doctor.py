@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..adapter_config import PEFT_VERSION_KNOWN
+from ..errors import MalformedConfigError
 from ..profiles import BaseProfile, BaseSource, get_profile, installed_version, resolve_base
 from ..snapshot import AdapterSnapshot, open_snapshot
 from . import findings as F
@@ -179,6 +181,23 @@ def _disagreement(real: PeftCounts, static: PeftCounts) -> Finding | None:
     )
 
 
+def _require_loadable_peft_type(snap: AdapterSnapshot) -> None:
+    """No peft_type, or a type no peft release knows: peft cannot even pick a config class (KeyError), so there
+    is nothing to diagnose (bad input, exit 2). A known type misspelt ("lora") gets a verdict: peft-load-error."""
+    cfg = snap.config
+    if "peft_type" not in cfg.raw:
+        raise MalformedConfigError(
+            f"{cfg.source}: has no peft_type, so peft cannot load it (KeyError: 'peft_type')",
+            hint=f'add "peft_type": "{cfg.peft_type}" to {cfg.source}',
+        )
+    if not cfg.known_peft_type:
+        raise MalformedConfigError(
+            f"{cfg.source}: peft_type {cfg.raw.get('peft_type')!r} is unknown to peft {PEFT_VERSION_KNOWN} "
+            "(a typo, a fork or an unmerged branch): peft cannot load it",
+            hint=f'set peft_type in {cfg.source} to the method the adapter was trained with (e.g. "LORA")',
+        )
+
+
 def diagnose(
     adapter: str,
     base: str | BaseSource,
@@ -190,6 +209,7 @@ def diagnose(
     snapshot: AdapterSnapshot | None = None,
 ) -> Diagnosis:
     snap = snapshot or open_snapshot(adapter, endpoint=endpoint, allow_pickle=allow_pickle)
+    _require_loadable_peft_type(snap)
     source = base if isinstance(base, BaseSource) else resolve_base(base)
     profile = get_profile(source, allow_build=not fast)
     st: StaticResult = analyze(snap, profile)

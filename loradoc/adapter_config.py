@@ -581,8 +581,10 @@ class _Reader:
             if adalora and isinstance(x, list) and all(isinstance(b, bool) for b in x):
                 # AdaLoRA saves rank_pattern as name -> boolean mask over init_r; the kept rank is sum(mask).
                 out[k] = sum(x)
-            elif isinstance(x, int | float) and not isinstance(x, bool) and (abs(x) < 1e300 or nonfinite_ok):
+            elif isinstance(x, int | float) and not isinstance(x, bool) and abs(x) < 1e300:
                 out[k] = x
+            elif nonfinite_ok and isinstance(x, float) and not math.isfinite(x):
+                out[k] = x  # NaN / Infinity: parsed, so that doctor reports it (bad-scaling)
             else:
                 raise self.bad(name, "an object mapping module names to numbers")
         return out

@@ -873,6 +873,11 @@ def _decode(blob: bytes, source: str, notes: list[str]) -> object:
         raise MalformedConfigError(
             f"{source}: JSON is nested too deeply", hint="restore the file written by peft's save_pretrained"
         ) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise MalformedConfigError(
+            f"{source}: is not a usable JSON document ({' '.join(str(exc).split())[:120]})",
+            hint="restore the file written by peft's save_pretrained",
+        ) from None
     if dupes:
         notes.append(f"duplicate keys (the last one wins): {', '.join(sorted(set(dupes)))}")
     return value

@@ -234,7 +234,7 @@ def read_config(path: Path) -> tuple[dict[str, Any], str]:
         raise BadInputError(f"{path} not found", hint="pass a base directory that has config.json") from None
     try:
         cfg = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad syntax, bad UTF-8, an integer too long, nesting too deep
         raise MalformedConfigError(
             f"{path} is not valid JSON ({e.__class__.__name__} at {getattr(e, 'lineno', '?')})",
             hint="restore the base's config.json from its source",

@@ -214,9 +214,19 @@ def _pickle_payload(d: Path) -> bytes:
 
 
 def _argv(*args: str) -> Callable[[Path, World], list[str]]:
-    return lambda d, w: [
-        a.replace("{A}", str(w.adapter)).replace("{B}", str(w.base)).replace("{D}", str(d)) for a in args
-    ]
+    """argv with {A} the adapter, {B} the base, {D} the case folder, {R} a registry index outside it (an output)."""
+
+    def build(d: Path, w: World) -> list[str]:
+        reg = w.tmp / "registries" / d.name / "registry.sqlite"
+        subs = {"{A}": str(w.adapter), "{B}": str(w.base), "{D}": str(d), "{R}": str(reg)}
+        out = []
+        for a in args:
+            for k, v in subs.items():
+                a = a.replace(k, v)
+            out.append(a)
+        return out
+
+    return build
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,6 +363,14 @@ def _cases() -> list[Case]:
         return ["doctor", str(w.adapter), "--base", str(b)]
 
     add(Case("base-config-not-json", base_config_garbage))
+
+    def base_config_huge_int(d: Path, w: World) -> list[str]:
+        b = _base(d, w)
+        text = (b / "config.json").read_text()
+        (b / "config.json").write_text(text.replace('"vocab_size":', '"vocab_size": 1' + "0" * 5000 + ', "x":', 1))
+        return ["doctor", str(w.adapter), "--base", str(b)]
+
+    add(Case("base-config-huge-int", base_config_huge_int))
     add(Case("base-architectures-number", _base_config_case(architectures=5), contains="architectures"))
     add(Case("base-architectures-list-of-number", _base_config_case(architectures=[5]), contains="architectures"))
     add(Case("base-architectures-empty", _base_config_case(architectures=[]), contains="architectures"))

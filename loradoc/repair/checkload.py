@@ -28,7 +28,7 @@ from ..layout import parse_key
 from ..profiles import get_profile, installed_version, resolve_base
 from ..safetensors_io import sha256_file, write_file_atomic
 from ..snapshot import AdapterSnapshot, open_snapshot
-from .analysis import converted_path
+from .analysis import converted_module
 from .apply import CERTIFICATE_NAME
 from .dryload import capture_warnings
 
@@ -83,7 +83,7 @@ def adapter_file_hashes(directory: Path) -> dict[str, str]:
 def model_param_name(key: str, profile: Any) -> str:
     """The PeftModel parameter a file key loads into (adapter name ``default``)."""
     p = parse_key(key)
-    module = converted_path(p.module, profile) if p.had_peft_prefix else p.module
+    module = converted_module(p, profile) or p.module
     param = p.param
     for stem in ("lora_A", "lora_B", "lora_magnitude_vector"):
         if param.startswith(stem + "."):

@@ -132,7 +132,8 @@ def address_of(module: str, towers: Towers | None = None) -> Address:
     if path.startswith(PEFT_PREFIX):
         path = path[len(PEFT_PREFIX) :]
     tower, marker = tower_match(path, towers)
-    if path.endswith(".linear"):
+    if path.endswith(".linear") and not (marker and path.endswith(f"{marker}.linear")):
+        # a Gemma4ClippableLinear's inner linear (not a tower's own child named "linear", as in PaliGemma)
         path = path[: -len(".linear")]
     if marker is not None:
         # keep the part after the tower's root, so "encoder.layers" vs "layers" inside a tower do not matter

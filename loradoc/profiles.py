@@ -614,6 +614,20 @@ def _candidate_prefixes(
     return sorted(cands)
 
 
+def _widen(saved: str, root: str, canonical: str) -> tuple[str, str] | None:
+    """A rewrite of a stack's prefix (``...vision_model.encoder`` -> ``model.vision_tower.encoder``) widened to
+    the stack's root by dropping their common trailing components (``...vision_model`` -> ``model.vision_tower``);
+    None when there is nothing to drop."""
+    s, c = saved.split("."), canonical.split(".")
+    depth = len(root.split("."))
+    dropped = False
+    while len(c) > depth and len(s) > 1 and s[-1] == c[-1]:
+        s.pop()
+        c.pop()
+        dropped = True
+    return (".".join(s), ".".join(c)) if dropped else None
+
+
 def _probe_load_rewrites(
     source: BaseSource, modules: dict[str, ModuleInfo], towers: dict[str, str], lm_path: str | None
 ) -> list[tuple[str, str]]:
@@ -622,8 +636,9 @@ def _probe_load_rewrites(
     For one linear per stack (the text model's and every tower's first layer-0 linear, a projector's first
     linear), a LoRA key is offered under each candidate prefix, with and without peft's ``base_model.model.``,
     to peft's real ``set_peft_model_state_dict`` (meta tensors). A candidate is a rewrite when the key is not
-    unexpected and the stack's own LoRA parameter is no longer missing. Candidates come from the model's own
-    paths (see :func:`_candidate_prefixes`), never from a per-model table."""
+    unexpected and the stack's own LoRA parameter is no longer missing; a rewrite that also holds for a linear of
+    the same root outside the stack is recorded for the whole root too (see :func:`_widen`). Candidates come from
+    the model's own paths (see :func:`_candidate_prefixes`), never from a per-model table."""
     import torch
     from peft import LoraConfig, PeftModel
     from peft.utils import set_peft_model_state_dict
@@ -634,8 +649,25 @@ def _probe_load_rewrites(
     model, *_ = instantiate_meta(source)
     inverses = _inverse_renames(model)
     targets = [f"{c}{sep}{local}" for _, c, sep, local in stacks]
+    # per stack, a plain linear of the same root outside the stack: where a rewrite of the stack's prefix is
+    # tried on the whole root
+    others: list[str | None] = []
+    for root, canonical, _, _ in stacks:
+        others.append(
+            next(
+                (
+                    n
+                    for n, i in modules.items()
+                    if i.cls == "Linear"
+                    and n.startswith(root + ".")
+                    and not n.startswith(canonical + ".")
+                    and (root != lm_path or tower_of(n, towers) == "language")
+                ),
+                None,
+            )
+        )
     with torch.device("meta"):
-        pm = PeftModel(model, LoraConfig(r=1, target_modules=targets))
+        pm = PeftModel(model, LoraConfig(r=1, target_modules=targets + [o for o in others if o]))
 
     def missing_after(keys: dict[str, int]) -> set[str] | None:
         """The stacks' LoRA parameters still missing after offering ``keys`` (None: unexpected keys or a raise)."""
@@ -666,6 +698,13 @@ def _probe_load_rewrites(
             alone = missing_after({key: fins[j]})
             if alone is not None and "?" not in alone and wants[j] not in alone:
                 out.append((saved, stacks[j][1]))
+                wider = _widen(saved, stacks[j][0], stacks[j][1])
+                other = others[j]
+                if wider and other and other.startswith(wider[1] + "."):
+                    key2 = f"{wider[0]}{other[len(wider[1]) :]}.lora_A.weight"
+                    got = missing_after({key2: modules[other].in_features or 1})
+                    if got is not None and "?" not in got and f"{PEFT_PREFIX}{other}.lora_A.default.weight" not in got:
+                        out.append(wider)
     out.sort(key=lambda r: (-len(r[0]), r))
     return out
 

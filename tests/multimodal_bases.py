@@ -7,7 +7,8 @@ hidden 32, 2 text layers, a 1-layer vision tower. Adapter variants:
 - ``tower``:    target_modules as a list of names, which also matches the vision tower and projector (and loads);
 - ``textpath``: the healthy file with keys saved as a text-only model's ``model.layers.N``;
 - ``legacy``:   the healthy file with keys under transformers 4.x's ``language_model.model.layers.N``;
-- ``noprefix``: the healthy file without peft's ``base_model.model.`` prefix.
+- ``noprefix``: the healthy file without peft's ``base_model.model.`` prefix;
+- ``tower4x``:  the tower file with every key where transformers 4.x had the module (Idefics3: unchanged).
 
 What peft does with each is measured by a real ``PeftModel.from_pretrained`` (tests/realload.py), never assumed.
 """
@@ -41,20 +42,52 @@ class Arch:
     cls: str
     lm: str  # the language model's module path in the wrapper
     tower_targets: tuple[str, ...]  # names that, with LM_TARGETS, also hit the vision tower and projector
+    v4: tuple[tuple[str, str], ...]  # (module prefix, the same module's prefix under transformers 4.x)
 
 
 LM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_LLAVA_4X = (
+    ("model.language_model", "language_model.model"),
+    ("model.vision_tower", "vision_tower.vision_model"),
+    ("model.multi_modal_projector", "multi_modal_projector"),
+)
 ARCHS: dict[str, Arch] = {
     a.name: a
     for a in (
-        Arch("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "model.language_model", ("qkv", "proj")),
-        Arch("llava", "LlavaForConditionalGeneration", "model.language_model", ("out_proj", "fc1", "linear_1")),
-        Arch("paligemma", "PaliGemmaForConditionalGeneration", "model.language_model", ("out_proj", "fc2", "linear")),
-        Arch("idefics3", "Idefics3ForConditionalGeneration", "model.text_model", ("out_proj", "fc1", "proj")),
-        Arch("mistral3", "Mistral3ForConditionalGeneration", "model.language_model", ("linear_1", "linear_2")),
+        Arch(
+            "qwen2_5_vl",
+            "Qwen2_5_VLForConditionalGeneration",
+            "model.language_model",
+            ("qkv", "proj"),
+            (("model.language_model", "model"), ("model.visual", "visual")),
+        ),
+        Arch(
+            "llava", "LlavaForConditionalGeneration", "model.language_model", ("out_proj", "fc1", "linear_1"), _LLAVA_4X
+        ),
+        Arch(
+            "paligemma",
+            "PaliGemmaForConditionalGeneration",
+            "model.language_model",
+            ("out_proj", "fc2", "linear"),
+            _LLAVA_4X,
+        ),
+        Arch("idefics3", "Idefics3ForConditionalGeneration", "model.text_model", ("out_proj", "fc1", "proj"), ()),
+        Arch(
+            "mistral3",
+            "Mistral3ForConditionalGeneration",
+            "model.language_model",
+            ("linear_1", "linear_2"),
+            (
+                ("model.language_model", "language_model.model"),
+                ("model.vision_tower", "vision_tower"),
+                ("model.multi_modal_projector", "multi_modal_projector"),
+            ),
+        ),
     )
 }
-VARIANTS = ("healthy", "tower", "textpath", "legacy", "noprefix")
+VARIANTS = ("healthy", "tower", "textpath", "legacy", "noprefix", "tower4x")
+#: the adapter each variant is a renamed copy of (what a repair must give back)
+SOURCE = {"textpath": "healthy", "legacy": "healthy", "noprefix": "healthy", "tower4x": "tower"}
 
 
 def _config(name: str) -> Any:
@@ -167,6 +200,14 @@ def build_adapters(name: str, base: Path, root: Path) -> dict[str, Path]:
     out["noprefix"] = rewrite_adapter(
         out["healthy"], root / "noprefix", rename=lambda k: k.removeprefix("base_model.model.")
     )
+
+    def to_4x(key: str) -> str:
+        for new, old in arch.v4:
+            if key.startswith(f"base_model.model.{new}."):
+                return f"base_model.model.{old}." + key[len(f"base_model.model.{new}.") :]
+        return key
+
+    out["tower4x"] = rewrite_adapter(out["tower"], root / "tower4x", rename=to_4x)
     return out
 
 

@@ -210,6 +210,10 @@ def _classify_unexpected(
     if tower != "language":
         if target is None:
             return KeyFate(p.key, ORPHAN, tower, None, p.param, "no such tower module in the base")
+        injected = target in plan.targeted and profile.modules[target].lora_supported
+        if p.is_lora and injected and _fits(cfg, profile, target, p, shape) and target != converted_module(p, profile):
+            # the config injects this tower module and the tensor fits it: saved under another path (4.x layouts)
+            return KeyFate(p.key, MISPATHED, tower, target, p.param, f"{p.module} -> {target}")
         return KeyFate(p.key, TOWER, tower, target, p.param, "tower module; not loaded as saved")
     if target is None or not p.is_lora:
         why = "no module at this address in the base"
@@ -299,7 +303,13 @@ def _findings(
             tower_keys[f.tower].append(f)
     for tower, fs in sorted(tower_keys.items()):
         dropped = [f for f in fs if f.status == TOWER]
-        inner = sum(1 for f in fs if parse_key(f.key).module.endswith(".linear"))
+        inner = sum(
+            1
+            for f in fs
+            if parse_key(f.key).module.endswith(".linear")
+            and f.target
+            and profile.modules[f.target].kind == "clippable"
+        )
         where = f" ({inner} at Gemma4ClippableLinear's inner `.linear`)" if inner else ""
         if dropped:
             out.append(
@@ -328,7 +338,8 @@ def _findings(
     # Injection into towers that cannot be served: peft raises (Clippable) or leaves default LoRAs (missing keys).
     tower_targets = [m for m in plan.targeted if profile.tower_of(m) != "language"]
     if tower_targets:
-        missing_mods = {owner[k] for k in missing_keys if k in owner}
+        # modules whose tensors are only saved under another path are answered by rerooting, not excluding
+        missing_mods = {owner[k] for k in missing_keys if k in owner} - {f.target for f in mis}
         bad = [m for m in tower_targets if m in plan.unsupported or m in missing_mods]
         if bad:
             towers = sorted({profile.tower_of(m) for m in bad})

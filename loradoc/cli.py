@@ -105,6 +105,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the machine-readable report on stdout.")
 @click.option("--fast", is_flag=True, help="Static analysis only: no torch import, cached/shipped base profile.")
 @click.option("--endpoint", default=None, help="Hub endpoint for REPO@REV adapters (default: $HF_ENDPOINT).")
+@click.option("--offline", is_flag=True, help="REPO@REV adapters: answer from the cache only (as HF_HUB_OFFLINE=1).")
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
 @click.option("--no-data", is_flag=True, help="Skip the checks that read tensor data (untrained, NaN/Inf).")
 @click.option("--record", is_flag=True, help="Write the result into the adapter's manifest and the registry.")
@@ -115,6 +116,7 @@ def doctor(
     as_json: bool,
     fast: bool,
     endpoint: str | None,
+    offline: bool,
     allow_pickle: bool,
     no_data: bool,
     record: bool,
@@ -126,6 +128,8 @@ def doctor(
     """
     from .repair.doctor import HEALTHY, diagnose
 
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read by loradoc.hub.pull for REPO@REV adapters
     base = _base_for(adapter, base, registry_path)
     d = diagnose(adapter, base, fast=fast, endpoint=endpoint, allow_pickle=allow_pickle, read_data=not no_data)
     if record:
@@ -212,6 +216,10 @@ def repair(
     consent = allow_pickle or "pickle-to-safetensors" in (*only, *also)
     snap = open_snapshot(adapter, endpoint=endpoint, allow_pickle=consent)
     source = resolve_base(base)
+    if out and not plan_only:  # before any work: --out must not touch the inputs
+        from .outputs import guard_outputs
+
+        guard_outputs([("--out", out)], adapter=snap.directory, base=source.directory, overwrite=overwrite)
     profile = get_profile(source)
     plan = build_plan(snap, profile, only=list(only) or None, also=list(also) or None, peft_version=peft_version)
     if plan_only:
@@ -255,8 +263,9 @@ def repair(
     "--certificate",
     "certificate",
     default=None,
-    help="Write the certificate here instead of ADAPTER/loradoc-certificate.json.",
+    help="Write the certificate here (default: the registry's data directory, keyed by the files' sha256).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing --certificate file.")
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
 @click.option("--record", is_flag=True, help="Record the certificate in the registry.")
 @REGISTRY_OPT
@@ -266,6 +275,7 @@ def check_load_cmd(
     base: str,
     device: str,
     certificate: str | None,
+    overwrite: bool,
     allow_pickle: bool,
     record: bool,
     registry_path: str | None,
@@ -281,7 +291,13 @@ def check_load_cmd(
 
     base = _base_for(adapter, base, registry_path, weights=True)
     cert = check_load(
-        adapter, base, device=device, certificate=Path(certificate) if certificate else None, allow_pickle=allow_pickle
+        adapter,
+        base,
+        device=device,
+        certificate=Path(certificate) if certificate else None,
+        allow_pickle=allow_pickle,
+        overwrite=overwrite,
+        registry=registry_path,
     )
     if record:
         manifest = _registry(registry_path).record_certificate(cert.data, path=cert.path)
@@ -470,31 +486,13 @@ def convert() -> None:
     """Merged checkpoints and GGUF files (merged model, or a LoRA adapter for llama-server --lora)."""
 
 
-def _record_artifact(registry_path: str | None, adapter: str, kind: str, out: Any, fmt: str) -> Any:
-    from pathlib import Path
-
-    reg = _registry(registry_path)
-    try:
-        ident = reg.show(str(Path(adapter).resolve())).id
-    except LoradocError:
-        try:
-            ident = reg.show(adapter).id
-        except LoradocError:
-            return None
-    from .safetensors_io import sha256_file
-
-    manifest = Path(out) / "loradoc-merge.json"
-    # a directory is committed to by its manifest, which lists the sha256 of every file in it
-    sha = sha256_file(manifest) if manifest.is_file() else None
-    return reg.record_artifact(ident, kind=kind, path=out, format=fmt, tool="loradoc", sha256=sha)
-
-
 @convert.command("merged")
 @click.argument("adapter")
 @click.option("--base", "base", default=None, help="Local base directory with weights. " + BASE_DEFAULT)
-@click.option("--out", "out", required=True, help="Output directory (must not exist).")
+@click.option("--out", "out", required=True, help="Output directory (must not exist unless --overwrite).")
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
 @click.option("--shard-size", default="5GB", show_default=True, help="Maximum shard size, e.g. 2GB or 500MB.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
@@ -504,6 +502,7 @@ def convert_merged(
     out: str,
     dtype: str,
     shard_size: str,
+    overwrite: bool,
     record: bool,
     registry_path: str | None,
     as_json: bool,
@@ -515,17 +514,29 @@ def convert_merged(
 
     base = _base_for(adapter, base, registry_path, weights=True)
     with _progress_bar("merge", as_json) as progress:
-        result = merge_adapter(adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size), progress=progress)
-    _finish_convert(result, "merged", f"safetensors-{dtype}", adapter, out, record, registry_path, as_json)
+        result = merge_adapter(
+            adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size), progress=progress, overwrite=overwrite
+        )
+    _finish_convert(result, "merged", dtype, adapter, out, record, registry_path, as_json)
 
 
 def _finish_convert(
-    result: Any, kind: str, fmt: str, adapter: str, out: str, record: bool, registry_path: str | None, as_json: bool
+    result: Any,
+    kind: str,
+    dtype: str | None,
+    adapter: str,
+    out: str,
+    record: bool,
+    registry_path: str | None,
+    as_json: bool,
 ) -> None:
     """Record the artifact when asked, then print the result (JSON, or a summary with every note and every tensor
     that could not go in)."""
+    from .workflows import artifact_format, record_convert
+
+    fmt = artifact_format(kind, dtype)
     if record:
-        _record_artifact(registry_path, adapter, kind, out, fmt)
+        record_convert(_registry(registry_path), adapter, kind, out, dtype)
     d = result.to_json()
     if as_json:
         _emit_json(d)
@@ -558,6 +569,7 @@ def _size(text: str) -> int:
 @click.option("--base", "base", default=None, help="Local base directory with weights and tokenizer. " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output .gguf file.")
 @click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="bf16", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
@@ -566,6 +578,7 @@ def convert_gguf_cmd(
     base: str,
     out: str,
     outtype: str,
+    overwrite: bool,
     record: bool,
     registry_path: str | None,
     as_json: bool,
@@ -575,19 +588,20 @@ def convert_gguf_cmd(
 
     base = _base_for(adapter, base, registry_path, weights=True)
     with _progress_bar("gguf", as_json) as progress:
-        result = convert_gguf(adapter, base, out, outtype=outtype, progress=progress)
-    _finish_convert(result, "gguf", f"gguf-{outtype}", adapter, out, record, registry_path, as_json)
+        result = convert_gguf(adapter, base, out, outtype=outtype, progress=progress, overwrite=overwrite)
+    _finish_convert(result, "gguf", outtype, adapter, out, record, registry_path, as_json)
 
 
 @convert.command("gguf-lora")
 @click.argument("adapter")
 @click.option("--base", "base", default=None, help="Local base directory (config.json is enough). " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output .gguf file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def convert_gguf_lora_cmd(
-    adapter: str, base: str, out: str, record: bool, registry_path: str | None, as_json: bool
+    adapter: str, base: str, out: str, overwrite: bool, record: bool, registry_path: str | None, as_json: bool
 ) -> None:
     """ADAPTER as a llama.cpp LoRA GGUF (llama-server --lora); tensors that cannot go in are listed, not dropped
     silently."""
@@ -595,8 +609,8 @@ def convert_gguf_lora_cmd(
 
     base = _base_for(adapter, base, registry_path)
     with _progress_bar("gguf-lora", as_json) as progress:
-        result = convert_gguf_lora(adapter, base, out, progress=progress)
-    _finish_convert(result, "gguf-lora", "gguf-lora", adapter, out, record, registry_path, as_json)
+        result = convert_gguf_lora(adapter, base, out, progress=progress, overwrite=overwrite)
+    _finish_convert(result, "gguf-lora", None, adapter, out, record, registry_path, as_json)
 
 
 # --------------------------------------------------------------------------------------------------- hub
@@ -606,6 +620,7 @@ def convert_gguf_lora_cmd(
 @click.option("--base", "base", default=None, help="Diagnose against this base when recording (default: declared).")
 @click.option("--no-record", is_flag=True, help="Do not record the pulled commit in the registry.")
 @click.option("--cache-dir", default=None, help="huggingface_hub cache directory (default: its own).")
+@click.option("--offline", is_flag=True, help="Answer from this endpoint's cache only (as HF_HUB_OFFLINE=1).")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def pull(
@@ -614,6 +629,7 @@ def pull(
     base: str | None,
     no_record: bool,
     cache_dir: str | None,
+    offline: bool,
     registry_path: str | None,
     as_json: bool,
 ) -> None:
@@ -622,7 +638,9 @@ def pull(
     from .snapshot import parse_source
 
     repo_id, rev = parse_source(repo)
-    got = hub_pull(repo_id, rev, endpoint=endpoint, cache_dir=cache_dir)
+    got = hub_pull(repo_id, rev, endpoint=endpoint, cache_dir=cache_dir, offline=offline)
+    if got.from_cache:
+        click.echo(f"note: offline: {got.spec} comes from the cache, not from the endpoint", err=True)
     recorded = None
     if not no_record:
         recorded = _record_pull(got, base, registry_path)
@@ -720,6 +738,7 @@ def publish(
         force=force,
         endpoint=endpoint,
         tag_existing=tag_existing,
+        registry=registry_path,
     )
     if plan.warning:
         click.secho(plan.warning, fg="red", bold=True, err=True)
@@ -750,20 +769,9 @@ def publish(
         click.secho(result.warning, fg="red", bold=True, err=True)
     recorded = None
     if not no_record:
-        reg = _registry(registry_path)
-        try:
-            ident = reg.show(str(Path(directory).resolve())).id
-        except LoradocError:
-            ident = None
-        if ident:
-            recorded = reg.record_hub_revision(
-                ident,
-                commit=result.commit_sha,
-                pr=result.pr_num,
-                tag=result.tag,
-                repo_id=result.repo_id,
-                revision=str(Path(directory).resolve()),
-            )
+        from .workflows import record_publish
+
+        recorded = record_publish(_registry(registry_path), directory, result)
     if as_json:
         _emit_json({**result.to_json(), "recorded": str(recorded) if recorded else None})
     else:
@@ -907,8 +915,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # usage errors: one line, naming the help to read
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "loradoc"
+        text = " ".join(e.format_message().split()).rstrip(".")
+        click.echo(f"error: {text}; next: see `{where} --help`", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

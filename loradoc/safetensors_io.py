@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loradoc.errors import BadInputError, EnvironmentProblem, MalformedSafetensorsError, MissingFileError
+from loradoc.outputs import dir_aside_prefix, dir_temp_prefix, file_temp_prefix
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing is a measurable part of the import time
 if TYPE_CHECKING:  # pragma: no cover
@@ -724,7 +725,7 @@ def _new_temp_file(target: Path) -> tuple[int, Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         import tempfile  # imported here: keeps `import loradoc.safetensors_io` light
 
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=file_temp_prefix(target), suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise _env_error("creating a temporary file", target, exc) from exc
     with contextlib.suppress(OSError, AttributeError):  # no fchmod on Windows
@@ -1019,13 +1020,13 @@ def _remove(path: Path) -> None:
 
 @contextmanager
 def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temp dir beside ``target`` (``.<name>.tmp-XXXX``) to fill; on normal exit fsync every
+    """Yield a fresh temp dir beside ``target`` (``.<name>.tmp-p<pid>-XXXX``) to fill; on normal exit fsync every
     file and directory in it and rename it to ``target``; on an exception delete it.
 
     An existing ``target`` is refused (BadInputError) unless ``overwrite``: then the old one is renamed aside
-    (``.<name>.old-XXXX``), the new one renamed in, and the old one deleted. A crash leaves only dot-prefixed
+    (``.<name>.old-p<pid>-XXXX``), the new one renamed in, and the old one deleted. A crash leaves only dot-prefixed
     temp dirs, never a half-written ``target`` (a crash between the two renames of an overwrite leaves the
-    complete old copy under ``.<name>.old-XXXX``)."""
+    complete old copy under ``.<name>.old-p<pid>-XXXX``)."""
     import shutil
     import tempfile
 
@@ -1034,7 +1035,7 @@ def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool = False)
         raise _refuse_existing(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=dir_temp_prefix(target), dir=target.parent))
     except OSError as exc:
         raise _env_error("creating a temporary directory", target, exc) from exc
     try:
@@ -1048,7 +1049,7 @@ def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool = False)
         if os.path.lexists(target):
             if not overwrite:
                 raise _refuse_existing(target)
-            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            aside = Path(tempfile.mkdtemp(prefix=dir_aside_prefix(target), dir=target.parent))
             os.rmdir(aside)  # reserve a unique name, then move the old target there
             os.rename(target, aside)
             try:

@@ -44,10 +44,10 @@ def choose_base(adapter: str, base: str | None, registry: Any, *, weights: bool 
         manifest = registry.show(adapter) if registry is not None else None
     except LoradocError:
         manifest = None
-    if manifest is not None and hasattr(manifest, "current_revision"):
+    if manifest is not None and hasattr(manifest, "revisions"):
         try:
-            rev = manifest.current_revision()
-        except (LoradocError, LookupError, ValueError):
+            rev = manifest.current_revision
+        except LoradocError:
             rev = None
         for r in [rev] + [x for x in reversed(manifest.revisions) if x is not rev]:
             if r is not None and r.diagnosis is not None and r.diagnosis.base:
@@ -69,4 +69,77 @@ def choose_base(adapter: str, base: str | None, registry: Any, *, weights: bool 
     raise BadInputError(
         f"no --base given and none is known for {adapter}{named}",
         hint=f"pass --base with {need} (`loradoc base list` lists the shipped ids; `loradoc pull REPO` fetches one)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# recording: the one place both shells write a step's result into the registry
+
+
+def adapter_id(registry: Any, adapter: str) -> str | None:
+    """The registry id of a local adapter path (or a repo id), or None when the registry does not know it."""
+    for ref in (str(Path(adapter).expanduser().resolve()), adapter):
+        try:
+            return str(registry.show(ref).id)
+        except LoradocError:
+            continue
+    return None
+
+
+def artifact_format(kind: str, dtype: str | None) -> str:
+    """How an output is described in the registry: ``safetensors-bf16``, ``gguf-q8_0``, ``gguf-lora``."""
+    if kind == "merged":
+        return f"safetensors-{dtype or 'bf16'}"
+    if kind == "gguf":
+        return f"gguf-{dtype or 'bf16'}"
+    return "gguf-lora"
+
+
+def artifact_sha256(out: str | Path) -> str | None:
+    """What an output is committed to: a file's sha256; for a merged directory, the sha256 of the sorted
+    ``name sha256`` lines of every file ``loradoc-merge.json`` lists as an output (the content, not the run's
+    timings and paths, so the same merge made twice is the same artifact)."""
+    import hashlib
+    import json
+
+    from .safetensors_io import sha256_file
+
+    p = Path(out)
+    if p.is_file():
+        return sha256_file(p)
+    manifest = p / "loradoc-merge.json"
+    if not manifest.is_file():
+        return None
+    outputs = json.loads(manifest.read_text()).get("outputs") or {}
+    lines = "".join(f"{name} {sha}\n" for name, sha in sorted(outputs.items()) if name != "loradoc-merge.json")
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def record_convert(registry: Any, adapter: str, kind: str, out: str | Path, dtype: str | None) -> Path | None:
+    """Record a conversion's output as an artifact of the adapter's current revision (None: adapter unknown)."""
+    ident = adapter_id(registry, adapter)
+    if ident is None:
+        return None
+    return registry.record_artifact(
+        ident,
+        kind=kind,
+        path=out,
+        format=artifact_format(kind, dtype),
+        tool="loradoc",
+        sha256=artifact_sha256(out),
+    )
+
+
+def record_publish(registry: Any, directory: str | Path, result: Any) -> Path | None:
+    """Record the commit a publish created on the published directory's revision (None: directory unknown)."""
+    ident = adapter_id(registry, str(directory))
+    if ident is None:
+        return None
+    return registry.record_hub_revision(
+        ident,
+        commit=result.commit_sha,
+        pr=result.pr_num,
+        tag=result.tag,
+        repo_id=result.repo_id,
+        revision=str(Path(directory).expanduser().resolve()),
     )

@@ -384,3 +384,21 @@ def test_long_jobs_show_a_progress_bar_on_a_terminal_only(example_root: ExampleS
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["verdict"] == "healthy" and "%" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["doctor"], "loradoc doctor"),
+        (["repair", "x", "--bogus"], "loradoc repair"),
+        (["nosuch"], "loradoc"),
+        (["convert", "gguf", "a", "--out", "x.gguf", "--outtype", "zz"], "loradoc convert gguf"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_help(
+    args: list[str], where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and lines[0].endswith(f"next: see `{where} --help`")

@@ -79,12 +79,20 @@ def test_cli_flow(
 
     code, c = run(["check-load", out, "--base", base, "--device", "cpu", "--json", "--record", *reg], capsys)
     assert code == 0 and c["passed"]
+    # the certificate goes to the registry's data directory, keyed by the files' sha256, never into the adapter
+    assert Path(c["certificate_path"]).parent.parent == tmp_path / "certificates"
+    assert not (Path(out) / "loradoc-certificate.json").exists()
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     code, plan = run(
-        ["publish", out, "--repo", REPO, "--tag", "loradoc-fix", "--endpoint", server.url, "--plan", "--json"], capsys
+        ["publish", out, "--repo", REPO, "--tag", "loradoc-fix", "--endpoint", server.url, *reg, "--plan", "--json"],
+        capsys,
     )
     assert code == 0 and plan["written"] is False and plan["plan"]["parent_commit"] == v1
+    assert plan["plan"]["verified"] and plan["plan"]["certificate"]["origin"] == "registry"
+    assert {"op": "add", "path": "loradoc-certificate.json", "origin": "registry"} in [
+        {k: o[k] for k in ("op", "path", "origin")} for o in plan["plan"]["operations"]
+    ]
     code, pushed = run(
         ["publish", out, "--repo", REPO, "--tag", "loradoc-fix", "--endpoint", server.url, *reg, "--json"], capsys
     )

@@ -32,7 +32,7 @@ from loradoc.hub import (
 from loradoc.hub.card import END_MARK, SECTION_TITLE, START_MARK
 from loradoc.profiles import get_profile, resolve_base
 from loradoc.repair.apply import CERTIFICATE_NAME, REPORT_NAME, apply_plan
-from loradoc.repair.checkload import check_load
+from loradoc.repair.checkload import adapter_file_hashes, check_load, stored_certificate_path
 from loradoc.repair.doctor import diagnose
 from loradoc.repair.passes import build_plan
 from loradoc.snapshot import open_snapshot
@@ -101,7 +101,8 @@ def certified(
     plan = build_plan(open_snapshot(str(got.path)), get_profile(src))
     res = apply_plan(plan, root / "fixed", src)
     assert res.verdict == "healthy"
-    cert = check_load(str(root / "fixed"), str(example_root.bases[BASE]))
+    # the user puts the certificate beside the repaired files (repair --out + check-load --certificate OUT/...)
+    cert = check_load(str(root / "fixed"), str(example_root.bases[BASE]), certificate=root / "fixed" / CERTIFICATE_NAME)
     assert cert.passed
     return {"v1": v1, "pulled": got, "fixed": root / "fixed", "root": root, "seed": seed}
 
@@ -585,3 +586,83 @@ def test_the_token_never_appears_anywhere(
                 assert TOKEN.encode() not in data and WRONG_TOKEN.encode() not in data, p
                 scanned += 1
     assert scanned > 20
+
+
+def _seeded_server(root: Path, marker: str) -> HubServer:
+    srv = HubServer(root / "store")
+    srv.store.seed("carol/adapter", {"adapter_config.json": json.dumps({"peft_type": "LORA", "marker": marker})})
+    return srv
+
+
+def test_pull_never_answers_from_the_cache_in_silence(tmp_path: Path) -> None:
+    """After a pull, main moves and the endpoint stops answering (or refuses the token): pull fails, names the
+    commit the cache holds, and only --offline uses it, saying so."""
+    srv = _seeded_server(tmp_path / "a", "v1")
+    with srv:
+        first = pull("carol/adapter", endpoint=srv.url, cache_dir=tmp_path / "c")
+        srv.store.seed("carol/adapter", {"adapter_config.json": '{"peft_type": "LORA", "marker": "v2"}'})
+        srv.fail_next("info", "401")
+        with pytest.raises(HubAuthError) as refused:
+            pull("carol/adapter", endpoint=srv.url, cache_dir=tmp_path / "c")
+        assert f"the cache holds carol/adapter@{first.commit_sha[:12]}" in _one_line(refused.value)
+        assert "--offline" in _one_line(refused.value) and exit_code_for(refused.value) == 2
+        moved = pull("carol/adapter", endpoint=srv.url, cache_dir=tmp_path / "c")
+        assert moved.commit_sha != first.commit_sha and not moved.from_cache
+        url = srv.url
+        srv.fail_next("info", "drop", times=20)  # the connection breaks (retries included)
+        with pytest.raises(HubNetworkError) as down:
+            pull("carol/adapter", endpoint=url, cache_dir=tmp_path / "c")
+        srv.clear_faults()
+    assert f"the cache holds carol/adapter@{moved.commit_sha[:12]}" in _one_line(down.value)
+    assert exit_code_for(down.value) == 3
+    cached = pull("carol/adapter", endpoint=url, cache_dir=tmp_path / "c", offline=True)
+    assert cached.from_cache and cached.commit_sha == moved.commit_sha
+    with pytest.raises(BadInputError, match="not in the cache"):
+        pull("carol/other", endpoint=url, cache_dir=tmp_path / "c", offline=True)
+
+
+def test_the_cache_is_keyed_by_endpoint(tmp_path: Path) -> None:
+    """The same repo id on two servers: each pull gets its own server's files, never the other's snapshot."""
+    a, b = _seeded_server(tmp_path / "a", "from-a"), _seeded_server(tmp_path / "b", "from-b")
+    with a, b:
+        got_a = pull("carol/adapter", endpoint=a.url, cache_dir=tmp_path / "c")
+        got_b = pull("carol/adapter", endpoint=b.url, cache_dir=tmp_path / "c")
+        url_b = b.url
+    assert json.loads((got_a.path / "adapter_config.json").read_text())["marker"] == "from-a"
+    assert json.loads((got_b.path / "adapter_config.json").read_text())["marker"] == "from-b"
+    offline_b = pull("carol/adapter", endpoint=url_b, cache_dir=tmp_path / "c", offline=True)
+    assert json.loads((offline_b.path / "adapter_config.json").read_text())["marker"] == "from-b"
+
+
+def test_publish_finds_the_certificate_in_the_registry_store(
+    server: HubServer, certified: dict[str, object], tmp_path: Path
+) -> None:
+    """check-load without --certificate stores it under the registry's data directory, keyed by the files' sha256:
+    publish looks it up there and pushes it as loradoc-certificate.json."""
+    repo = _fresh_repo(server, certified, "stored-cert")
+    d = _copy_fixed(certified, tmp_path)
+    real_cert = (d / CERTIFICATE_NAME).read_bytes()
+    (d / CERTIFICATE_NAME).unlink()
+    reg = tmp_path / "data" / "registry.sqlite"
+    with pytest.raises(UnverifiedError, match="no loradoc-certificate.json"):
+        plan_publish(d, repo, endpoint=server.url, token=TOKEN, registry=reg)
+    stored = stored_certificate_path(adapter_file_hashes(d), reg)  # where check-load --registry REG writes it
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(real_cert)
+    # a stale certificate left in DIR does not hide the matching stored one, and is not pushed
+    (d / CERTIFICATE_NAME).write_text(json.dumps({"passed": False, "checks": [{"name": "effect", "passed": False}]}))
+    plan = plan_publish(d, repo, endpoint=server.url, token=TOKEN, registry=reg)
+    assert plan.verified and plan.warning is None and plan.certificate["origin"] == "registry"
+    ops = {o.path: o for o in plan.operations}
+    assert ops[CERTIFICATE_NAME].origin == "registry" and ops[CERTIFICATE_NAME].local == stored
+    res = publish(plan, token=TOKEN)
+    api = HfApi(endpoint=server.url)
+    got = api.hf_hub_download(repo, CERTIFICATE_NAME, revision=res.commit_sha, cache_dir=tmp_path / "c")
+    assert Path(got).read_bytes() == real_cert
+    # files changed since: the stored certificate of the same weights says what changed
+    (d / CERTIFICATE_NAME).unlink()
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    cfg["lora_dropout"] = 0.1
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnverifiedError, match="changed since check-load: adapter_config.json"):
+        plan_publish(d, repo, endpoint=server.url, token=TOKEN, registry=reg)

@@ -1,7 +1,8 @@
 """``loradoc convert gguf``: base + LoRA adapter -> the merged *text* model as one GGUF file, in one fused pass.
 
 For every text tensor of the base checkpoint, in row chunks: read, upcast to float32, add ``scale * B @ A`` when
-the adapter adapts it (the same float32 arithmetic as peft's ``merge_and_unload``), apply llama.cpp's per-tensor
+the adapter adapts it (the same float32 arithmetic as peft's ``merge_and_unload``, with ``B @ A`` rounded once from
+its exact value as in ``convert merged``: :class:`~loradoc.convert.delta.ExactDelta`), apply llama.cpp's per-tensor
 rules (Gemma 3 norm +1, vocabulary rows, F32 for norms and vectors) and convert to the output type with gguf-py's
 own routines; then write it. No merged checkpoint ever touches the disk and memory stays bounded by the chunk size.
 Tensors that the adapter does not touch and whose type does not change are copied byte for byte.
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..outputs import guard_outputs
 from ..progress import Progress
 from ..safetensors_io import SafetensorsHeader, TensorInfo
+from .delta import ExactDelta
 from .gguf_io import (
     AdapterLoras,
     LoraPair,
@@ -224,24 +227,23 @@ def _producer(
             for _, data in iter_row_chunks(fd, header, info, rows=rows, raw=True):
                 yield data
             return
-        a = b = None
-        if lora is not None:
-            import torch
+        import numpy as np
 
+        product = None
+        scale = np.float32(0.0)
+        if lora is not None:
             a_np, b_np = load_lora(lora)
-            a, b = torch.from_numpy(a_np), torch.from_numpy(b_np)
+            # embedding LoRA: delta = (B @ A).T, so the embedding's rows are columns of A: rows of A.T @ B.T
+            product = ExactDelta(a_np.T, b_np.T) if lora.embedding else ExactDelta(b_np, a_np)
+            scale = np.float32(lora.scale)
         for r0, chunk in iter_row_chunks(fd, header, info, rows=rows):
             if shift:
                 chunk += shift
-            if lora is not None:
-                import torch
-
-                w = torch.from_numpy(chunk)
+            if product is not None:
                 n = chunk.shape[0]
-                # embedding LoRA: delta = (B @ A).T, so the embedding's rows are columns of A
-                delta = torch.matmul(b, a[:, r0 : r0 + n]).T if lora.embedding else torch.matmul(b[r0 : r0 + n], a)
-                delta.mul_(lora.scale)
-                w.add_(delta)
+                delta = product.rows(slice(r0, r0 + n)).reshape(chunk.shape)
+                np.multiply(delta, scale, out=delta)
+                np.add(chunk, delta, out=chunk)
                 del delta
             yield quantize_chunk(chunk, qtype)
 
@@ -257,6 +259,7 @@ def convert_gguf(
     mmproj: str | os.PathLike[str] | None = None,
     check_health: bool = True,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> GgufResult:
     """Write the merged text model of ``base`` + ``adapter`` (None: the base alone) as a GGUF file at ``out``.
 
@@ -286,7 +289,17 @@ def convert_gguf(
     if adapter is not None:
         from ..snapshot import open_snapshot
 
-        snapshot = require_healthy(adapter, base).snapshot if check_health else open_snapshot(adapter)
+        snapshot = open_snapshot(adapter)
+    guard_outputs(
+        [("--out", out)],
+        adapter=snapshot.directory if snapshot else None,
+        base=ckpt.directory,
+        overwrite=overwrite,
+    )
+    if adapter is not None:
+        if check_health:
+            snapshot = require_healthy(adapter, base).snapshot
+        assert snapshot is not None
         loras = collect_loras(snapshot)
 
     hp = text_hparams(ckpt, arch)
@@ -421,7 +434,7 @@ def convert_gguf(
             )
 
         ftype = getattr(gguf.LlamaFileType, OUTTYPES[outtype][0])
-        with atomic_output(out) as tmp:
+        with atomic_output(out, overwrite=overwrite) as tmp:
             w = make_writer(arch)
             w.add_type(gguf.GGUFType.MODEL)
             name = ckpt.directory.name

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, MissingFileError
+from ..outputs import escapes
 from ..repair.apply import CERTIFICATE_NAME, REPORT_NAME
-from ..repair.checkload import adapter_file_hashes
+from ..repair.checkload import adapter_file_hashes, find_stored_certificate, stored_certificate_path
 from ..snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
 from ._common import (
     HubAuthError,
@@ -201,12 +202,41 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _check_certificate(directory: Path, hashes: dict[str, str]) -> tuple[dict[str, Any], str | None, dict | None]:
-    """(summary, problem or None, certificate). The certificate must pass and cover exactly DIR's files."""
-    path = directory / CERTIFICATE_NAME
-    summary: dict[str, Any] = {"path": str(path), "present": path.is_file()}
-    if not path.is_file():
-        return summary, f"no {CERTIFICATE_NAME} in {directory}", None
+def _check_certificate(
+    directory: Path, hashes: dict[str, str], registry: str | Path | None = None
+) -> tuple[dict[str, Any], str | None, dict | None, Path | None]:
+    """(summary, problem or None, certificate, its path). The certificate must pass and cover exactly DIR's files.
+
+    Looked for in DIR/loradoc-certificate.json (where ``check-load --certificate`` may put it) and in the registry's
+    certificate store, by the sha256 of DIR's files (where ``check-load`` puts it by default); the first that
+    passes and matches wins. With neither, the newest stored certificate of the same weights file names what
+    changed since check-load."""
+    local = directory / CERTIFICATE_NAME
+    exact, newest = find_stored_certificate(hashes, registry)
+    first: tuple[dict[str, Any], str | None, dict | None, Path | None] | None = None
+    for path, origin in ((local, "directory"), (exact, "registry")):
+        if path is None or not path.is_file():
+            continue
+        summary, problem, cert = _check_certificate_file(path, hashes)
+        summary["origin"] = origin
+        if problem is None:
+            return summary, None, cert, path
+        first = first or (summary, problem, cert, path)
+    if first is not None:
+        return first
+    if newest is not None:
+        summary, problem, cert = _check_certificate_file(newest, hashes)
+        summary["origin"] = "registry"
+        if problem is not None:
+            return summary, problem, cert, newest
+    store = stored_certificate_path(hashes, registry)
+    summary = {"path": str(local), "present": False, "searched": [str(local), str(store)]}
+    problem = f"no {CERTIFICATE_NAME} in {directory} and none for these files in {store.parent.parent}"
+    return summary, problem, None, None
+
+
+def _check_certificate_file(path: Path, hashes: dict[str, str]) -> tuple[dict[str, Any], str | None, dict | None]:
+    summary: dict[str, Any] = {"path": str(path), "present": True}
     cert = _read_json(path, CERTIFICATE_NAME)
     summary["passed"] = bool(cert.get("passed"))
     summary["created"] = cert.get("created")
@@ -282,9 +312,11 @@ def plan_publish(
     endpoint: str | None = None,
     token: str | None = None,
     tag_existing: bool = False,
+    registry: str | Path | None = None,
 ) -> PublishPlan:
     """Everything :func:`publish` will do, computed without writing anything (reads the Hub: the branch head,
-    the card at the parent when DIR has none, the files to delete)."""
+    the card at the parent when DIR has none, the files to delete). ``registry``: the index whose certificate
+    store to search (None: ``$LORADOC_REGISTRY`` or the default)."""
     directory = Path(dir).expanduser()
     if not directory.is_dir():
         raise MissingFileError(f"{directory} is not a directory", hint="pass the repaired adapter directory (--out)")
@@ -304,7 +336,9 @@ def plan_publish(
         raise BadInputError(f"parent commit {parent_commit!r} is not a commit sha", hint="pass a 40-hex commit id")
 
     hashes = adapter_file_hashes(directory)
-    cert_summary, problem, cert = _check_certificate(directory, hashes)
+    cert_summary, problem, cert, cert_path = _check_certificate(directory, hashes, registry)
+    # a passing certificate from the registry's store is pushed as DIR/loradoc-certificate.json
+    stored_cert = cert_path if problem is None and cert_path != directory / CERTIFICATE_NAME else None
     verified = problem is None
     warning = None
     if not verified:
@@ -380,7 +414,7 @@ def plan_publish(
         except Exception as e:  # noqa: BLE001
             raise_hub_error(e, what=f"list {repo}", endpoint=ep, token=tok, repo=repo)
 
-    if (directory / README).is_file():
+    if (directory / README).is_file() and not escapes(directory / README, directory):
         card_before: str | None = (directory / README).read_text(encoding="utf-8", errors="replace")
         card_source = "directory"
     elif exists and README in remote_files:
@@ -395,13 +429,22 @@ def plan_publish(
     )
 
     ops: list[PlannedOp] = []
-    local_names = sorted(p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    local_names = sorted(
+        p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith(".") and not escapes(p, directory)
+    )
     for name in local_names:
-        if name == README:
+        if name == README or (name == CERTIFICATE_NAME and stored_cert is not None):
             continue
         p = directory / name
         sha = hashes.get(name) or _sha256(p)
         ops.append(PlannedOp("add", name, p.stat().st_size, sha, "directory", local=p))
+    if stored_cert is not None:
+        ops.append(
+            PlannedOp(
+                "add", CERTIFICATE_NAME, stored_cert.stat().st_size, _sha256(stored_cert), "registry", local=stored_cert
+            )
+        )
+        local_names = sorted({*local_names, CERTIFICATE_NAME})
     readme_bytes = card_after.encode("utf-8")
     ops.append(
         PlannedOp(

@@ -40,6 +40,17 @@ _COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}\Z")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}\Z")
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._\-]{0,95})?\Z")
+
+
+def _valid_id(v: str) -> bool:
+    if v == UNKNOWN:
+        return True
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in v):
+        return False
+    if ".." in v.split("/"):
+        return False
+    return v.startswith("/") or bool(_REPO_ID_RE.match(v))
 
 
 def now_iso() -> str:
@@ -701,6 +712,17 @@ class _R:
             return default
         return v
 
+    def ident(self, key: str, *, default: Any = None) -> Any:
+        """An adapter/base id: a Hub repo id (``org/name``) or an absolute local path, with no ``..`` step and no
+        control character (ids become file names and lookups)."""
+        v = self.nonempty(key, default=default)
+        if not isinstance(v, str) or v == default:
+            return v
+        if _valid_id(v):
+            return v
+        self.bad(key, f"{v!r} is neither a Hub repo id (org/name) nor an absolute local path")
+        return default
+
     def commit(self, key: str) -> str:
         v = self.string(key, default=UNKNOWN)
         if v != UNKNOWN and not _COMMIT_RE.match(v):
@@ -846,7 +868,7 @@ def _tname(v: Any) -> str:
 
 
 def _read_base_ref(r: _R) -> BaseRef:
-    return BaseRef(id=r.nonempty("id", default=UNKNOWN), revision=r.commit("revision"))
+    return BaseRef(id=r.ident("id", default=UNKNOWN), revision=r.commit("revision"))
 
 
 def _read_peft(r: _R) -> PeftInfo:
@@ -1114,7 +1136,7 @@ def parse_manifest(data: Any) -> Manifest:
 def _parse_adapter(data: dict[str, Any], issues: list[SchemaIssue]) -> AdapterManifest:
     r = _R(data, (), issues, _ADAPTER_KEYS)
     schema = _check_schema_version(r)
-    ident = r.nonempty("id", default="?")
+    ident = r.ident("id", default="?")
     repo_id = r.string("repo_id")
     if repo_id is not None and ident.lower() != repo_id.lower():
         r.bad("repo_id", f"{repo_id!r} differs from id {ident!r} (a Hub adapter's id is its repo id)")
@@ -1222,7 +1244,7 @@ def _parse_base(data: dict[str, Any], issues: list[SchemaIssue]) -> BaseManifest
             )
         )
     return BaseManifest(
-        id=r.nonempty("id", default="?"),
+        id=r.ident("id", default="?"),
         revision=r.commit("revision"),
         profile=prof,
         provenance=prov,

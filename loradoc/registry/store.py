@@ -169,6 +169,18 @@ class BaseRow:
 # ---------------------------------------------------------------------------------------------------------
 
 
+#: No real manifest comes near this (thousands of revisions are well under 1 MB): a bigger file is refused unread.
+MAX_MANIFEST_BYTES = 4 * 2**20
+
+
+def _too_large(path: Path, size: int) -> ManifestProblem | None:
+    if size <= MAX_MANIFEST_BYTES:
+        return None
+    return ManifestProblem(
+        str(path), None, f"{size / 2**20:.1f} MiB is over the {MAX_MANIFEST_BYTES // 2**20} MiB limit for a manifest"
+    )
+
+
 def check_manifest(path: Path, data: bytes) -> tuple[Manifest | None, list[ManifestProblem]]:
     """Parse + validate one manifest's bytes: the manifest, or the problems (file, line, message)."""
     m, problems, _ = _check(path, data)
@@ -185,6 +197,8 @@ def _check(path: Path, data: bytes) -> tuple[Manifest | None, list[ManifestProbl
         return None, [ManifestProblem(p, line, f"not UTF-8 text (byte {e.start})")], None
     try:
         doc = fasttoml.loads(text)
+    except RecursionError:
+        return None, [ManifestProblem(p, None, "invalid manifest: nested too deeply to read")], None
     except tomllib.TOMLDecodeError as e:
         line = getattr(e, "lineno", None)
         msg = str(e)
@@ -196,6 +210,8 @@ def _check(path: Path, data: bytes) -> tuple[Manifest | None, list[ManifestProbl
         return None, [ManifestProblem(p, line, f"invalid TOML: {msg}")], None
     try:
         return parse_manifest(doc), [], doc
+    except RecursionError:
+        return None, [ManifestProblem(p, None, "invalid manifest: nested too deeply to check")], None
     except SchemaError as e:
         lines = key_lines(text)
         out = [
@@ -210,6 +226,9 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read one manifest file, raising :class:`MalformedConfigError` naming the file and line."""
     p = Path(path)
     try:
+        big = _too_large(p, p.stat().st_size)
+        if big is not None:
+            raise MalformedConfigError(str(big), hint="a manifest that large is not one loradoc wrote: check the file")
         data = p.read_bytes()
     except OSError as e:
         raise BadInputError(f"cannot read manifest {p}: {e.strerror or e}", hint="check the path") from None
@@ -364,6 +383,11 @@ class Registry:
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise BadInputError(
+                f"the registry index {self.path} is a directory",
+                hint="pass --registry PATH (or set LORADOC_REGISTRY) to a file such as DIR/registry.sqlite",
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout, isolation_level=None)
@@ -473,6 +497,10 @@ class Registry:
                     same_place = row is not None and row[1] == root_s and row[2] == prec
                     if same_place and row[3] == st.st_mtime_ns and row[4] == st.st_size:
                         rep.unchanged.append(key)
+                        continue
+                    big = _too_large(f, st.st_size)
+                    if big is not None:
+                        rep.problems.append(big)
                         continue
                     try:
                         data = f.read_bytes()

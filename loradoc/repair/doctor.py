@@ -9,7 +9,7 @@ from typing import Any
 from ..profiles import BaseProfile, BaseSource, get_profile, installed_version, resolve_base
 from ..snapshot import AdapterSnapshot, open_snapshot
 from . import findings as F
-from .analysis import PeftCounts, StaticResult, analyze
+from .analysis import LOADS, LOADS_BASE, PeftCounts, StaticResult, analyze
 from .findings import Finding
 
 HEALTHY, REPAIRABLE, BROKEN = "healthy", "repairable", "broken"
@@ -138,6 +138,14 @@ def verdict_of(findings: list[Finding], peft: PeftCounts) -> str:
     return BROKEN
 
 
+def _loads_nonfinite(findings: list[Finding], st: StaticResult) -> bool:
+    """Whether peft loads a NaN / Inf tensor into the model. Then the adapted modules' outputs are not finite (a
+    NaN in one lora_A makes every logit of a real load NaN), so the adapter has no usable effect: ``effective``
+    is False, as the real load measures it. Non-finite tensors that peft drops (unexpected keys) change nothing."""
+    keys = [k for f in findings if f.code == "nonfinite-weights" and f.severity == F.ERROR for k in f.keys]
+    return any((fate := st.fates.get(k)) is not None and fate.status in (LOADS, LOADS_BASE) for k in keys)
+
+
 def _explain_error(findings: list[Finding], peft: PeftCounts, static: PeftCounts) -> list[Finding]:
     if peft.error is None:
         return []
@@ -197,7 +205,7 @@ def diagnose(
         if dis:
             findings.append(dis)
     untrained = any(f.code == "untrained-lora" and f.severity == F.ERROR for f in findings)
-    if untrained:
+    if untrained or _loads_nonfinite(findings, st):
         peft.effective = False
     findings.extend(_explain_error(findings, peft, st.predicted))
     order = {F.ERROR: 0, F.WARNING: 1, F.INFO: 2}

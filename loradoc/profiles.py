@@ -117,11 +117,15 @@ class BaseProfile:
         d["modules"] = {n: ModuleInfo(c, k, i, o) for n, c, k, i, o in d["modules"]}
         d["conversion_renames"] = [tuple(r) for r in d.get("conversion_renames", [])]
         d["load_rewrites"] = [tuple(r) for r in d.get("load_rewrites", [])]
-        if d["format"] == 2:
+        migrated = d["format"] == 2
+        if migrated:
             d["towers"] = _towers_by_name(d["modules"])
             d["load_rewrites"] = [(PEFT_PREFIX + a, b) for a, b in d["load_rewrites"]]
             d["format"] = PROFILE_FORMAT
-        return cls(**d)
+        prof = cls(**d)
+        if migrated:
+            prof.memo()["migrated"] = True  # towers by name only: rebuilt where a build is possible
+        return prof
 
     @property
     def note(self) -> str | None:
@@ -791,7 +795,7 @@ def get_profile(base: str | BaseSource, *, allow_build: bool = True) -> BaseProf
     cached = _cache_path(sha, tf_version)
     if cached.is_file():
         prof = _load_json_profile(cached)
-        if prof is not None:
+        if prof is not None and not (allow_build and prof.memo().get("migrated")):
             prof.name = source.name
             return prof
     if allow_build:

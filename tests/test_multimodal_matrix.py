@@ -158,3 +158,20 @@ def test_cli_repair_reroots_text_paths_on_qwen2_5_vl(
     assert got["verdict"] == "healthy"
     real = real_peft_load(out, base)
     assert _counts(real) == (len(load_file(str(out / "adapter_model.safetensors"))), 0, 0)
+
+
+def test_a_cached_format_2_profile_is_rebuilt_when_torch_is_at_hand(
+    matrix: dict[str, tuple[Path, dict[str, Path]]],
+) -> None:
+    """Profiles cached before towers were found from the model knew Qwen2.5-VL's `visual` by no name."""
+    from loradoc.profiles import _cache_path
+
+    base, _ = matrix["qwen2_5_vl"]
+    prof = get_profile(resolve_base(str(base)))
+    old = prof.to_json()
+    old["format"], old["towers"], old["load_rewrites"] = 2, {}, []
+    path = _cache_path(prof.config_sha256, prof.transformers_version)
+    path.write_text(json.dumps(old))
+    assert get_profile(resolve_base(str(base)), allow_build=False).towers == {}  # offline: read as it is
+    assert get_profile(resolve_base(str(base))).towers == {"model.visual": "vision"}  # rebuilt
+    assert json.loads(path.read_text())["format"] == 3

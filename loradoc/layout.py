@@ -93,21 +93,13 @@ def tower_match(module: str, towers: Towers | None = None) -> tuple[str, str | N
     seen as a tower; without a profile they are the only rule."""
     parts = module.split(".")
     if towers:
-        best: tuple[int, str, str] | None = None
-        for prefix, tower in towers.items():
+        by_length = sorted(towers.items(), key=lambda kv: -len(kv[0]))
+        for prefix, tower in by_length:
             if module == prefix or module.startswith(prefix + "."):
-                cand = (len(prefix) + 1_000_000, tower, prefix.rsplit(".", 1)[-1])
-                if best is None or cand[0] > best[0]:
-                    best = cand
-        if best is None:
-            for prefix, tower in towers.items():
-                root = prefix.rsplit(".", 1)[-1]
-                if root in parts:
-                    cand = (len(prefix), tower, root)
-                    if best is None or cand[0] > best[0]:
-                        best = cand
-        if best is not None:
-            return best[1], best[2]
+                return tower, prefix.rsplit(".", 1)[-1]
+        for prefix, tower in by_length:
+            if prefix.rsplit(".", 1)[-1] in parts:
+                return tower, prefix.rsplit(".", 1)[-1]
     for marker, tower in _TOWER_MARKERS:
         if marker in parts:
             return tower, marker

@@ -449,21 +449,19 @@ def _module_path(model: Any, target: Any) -> str | None:
 
 def language_model_path(model: Any, config: Any) -> str | None:
     """The module path of the text model inside ``model`` (``model.language_model``, ``model.text_model``,
-    ``model`` for a text-only model): transformers' own ``get_decoder()``, else the outermost module built from
-    the text config."""
+    ``model`` for a text-only model): the outermost module built from the text config, else transformers' own
+    ``get_decoder()``."""
+    text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else None
+    if text_cfg is not None:
+        hits = [n for n, m in model.named_modules() if n and getattr(m, "config", None) is text_cfg]
+        if hits:
+            return min(hits, key=lambda n: (n.count("."), n))
     try:
         dec = model.get_decoder() if hasattr(model, "get_decoder") else None
     except Exception:  # noqa: BLE001 - some classes raise instead of returning None
         dec = None
     if dec is not None and dec is not model:
-        path = _module_path(model, dec)
-        if path:
-            return path
-    text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else None
-    if text_cfg is not None:
-        hits = [n for n, m in model.named_modules() if n and getattr(m, "config", None) is text_cfg]
-        if hits:
-            return min(hits, key=lambda n: n.count("."))
+        return _module_path(model, dec)
     return None
 
 

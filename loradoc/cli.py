@@ -378,10 +378,17 @@ def registry() -> None:
 @click.option("--base", "base_id", default=None, help="Only adapters of this base id.")
 @click.option("--status", default=None, help="healthy | repairable | broken | repaired | verified")
 @click.option("--bases", "show_bases", is_flag=True, help="List the bases instead.")
+@click.option("--runtime", default=None, help="Only adapters a recorded `loradoc runtimes` check says RUNTIME loads "
+              "(vllm | sglang | llama_cpp | mlx_lm), or RUNTIME:VERDICT (e.g. vllm:refused).")  # fmt: skip
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def registry_list(
-    base_id: str | None, status: str | None, show_bases: bool, registry_path: str | None, as_json: bool
+    base_id: str | None,
+    status: str | None,
+    show_bases: bool,
+    runtime: str | None,
+    registry_path: str | None,
+    as_json: bool,
 ) -> None:
     """List adapters (or --bases)."""
     reg = _registry(registry_path)
@@ -394,12 +401,13 @@ def registry_list(
             rel = f"{b.relation} of {b.of}" if b.relation else ""
             click.echo(f"{b.id:<48} {b.architecture:<34} {rel}")
         return
-    rows = reg.list(base=base_id, status=status)
+    rows = reg.list(base=base_id, status=status, runtime=runtime)
     if as_json:
         _emit_json({"adapters": [r.to_json() for r in rows], "bases": [b.to_json() for b in reg.list_bases()]})
         return
     for r in rows:
-        click.echo(f"{r.id:<56} {r.status:<11} {r.base:<40} r={r.r} alpha={r.alpha}")
+        rts = " ".join(f"{k}={v}" for k, v in r.runtimes.items())
+        click.echo(f"{r.id:<56} {r.status:<11} {r.base:<40} r={r.r} alpha={r.alpha}" + (f"  {rts}" if rts else ""))
 
 
 @registry.command("show")
@@ -611,6 +619,82 @@ def convert_gguf_lora_cmd(
     with _progress_bar("gguf-lora", as_json) as progress:
         result = convert_gguf_lora(adapter, base, out, progress=progress, overwrite=overwrite)
     _finish_convert(result, "gguf-lora", None, adapter, out, record, registry_path, as_json)
+
+
+@convert.command("mlx-lm")
+@click.argument("adapter")
+@click.option("--base", "base", default=None, help="Base directory or config.json (its model_type picks mlx-lm's "
+              "module names). " + BASE_DEFAULT)  # fmt: skip
+@click.option("--out", "out", required=True, help="Output directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def convert_mlx_lm_cmd(adapter: str, base: str | None, out: str, overwrite: bool, registry_path: str | None,
+                       as_json: bool) -> None:  # fmt: skip
+    """ADAPTER (peft) in mlx-lm's adapter layout (mlx_lm.generate --adapter-path OUT), or an mlx-lm adapter
+    (adapters.safetensors) back to peft. Tensors are transposed, never changed: the round trip is bit-identical."""
+    from pathlib import Path
+
+    from .convert.mlx_lm import MLX_WEIGHTS, mlx_to_peft, peft_to_mlx
+
+    if (Path(adapter) / MLX_WEIGHTS).is_file():
+        mt = _model_type(base) if base else None
+        result = mlx_to_peft(adapter, out, model_type=mt, overwrite=overwrite)
+    else:
+        base = _base_for(adapter, base, registry_path)
+        mt = _model_type(base)
+        if not mt:
+            raise LoradocError(f"{base}: config.json names no model_type", hint="pass --base with a config.json")
+        result = peft_to_mlx(adapter, out, model_type=mt, overwrite=overwrite)
+    if as_json:
+        _emit_json(result.to_json())
+        return
+    click.echo(f"wrote {result.out} ({result.direction}, {result.tensors} tensors, rank {result.rank}, "
+               f"scale {result.scale})")  # fmt: skip
+    for n in result.notes:
+        click.echo(f"note: {n}")
+
+
+def _model_type(base: str) -> str | None:
+    from .runtimes import read_base
+
+    b = read_base(base)
+    return b.model_type if b else None
+
+
+@cli.command("runtimes")
+@click.argument("adapter")
+@click.option("--base", "base", default=None, help="Base directory, its config.json, or a shipped id (the "
+              "architecture decides SupportsLoRA, tower and model-type rules). " + BASE_DEFAULT)  # fmt: skip
+@click.option("--record", is_flag=True, help="Store the result with the adapter revision in the registry.")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def runtimes_cmd(adapter: str, base: str | None, record: bool, registry_path: str | None, as_json: bool) -> None:
+    """Will vLLM, SGLang, llama.cpp and mlx-lm load ADAPTER? Per runtime: loads / loads with flags / refused
+    (the runtime's own message) / unknown, and the loradoc command or flag that makes it load. Rules:
+    loradoc/runtimes/rules.toml (each names the runtime version and function it comes from). Exit 0 when every
+    runtime loads it (with flags or not), 1 otherwise. (`loradoc registry compat` answers for peft/transformers.)"""
+    from .runtimes import FLAGS, LOADS, check_runtimes, fill_placeholders
+
+    try:
+        base = _base_for(adapter, base, registry_path)
+    except LoradocError:
+        base = None
+        click.echo("base: none found (architecture-dependent rules answer unknown; pass --base)", err=True)
+    report = check_runtimes(adapter, base)
+    if record:
+        _registry(registry_path).record_runtimes(report.to_json())
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        click.echo(f"{adapter}  (base: {report.base or 'unknown'}, {report.architecture or 'architecture unknown'})")
+        for r in report.results:
+            click.echo(f"  {r.name + ' ' + r.version:<18} {r.summary()}")
+            fix = fill_placeholders(r.fix, adapter, base)
+            if fix:
+                click.echo(f"  {'':<18} fix: {fix}")
+    if any(r.verdict not in (LOADS, FLAGS) for r in report.results):
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------------------------------- hub

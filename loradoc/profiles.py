@@ -266,7 +266,62 @@ def read_config(path: Path) -> tuple[dict[str, Any], str]:
         ) from None
     if not isinstance(cfg, dict):
         raise MalformedConfigError(f"{path} is not a JSON object", hint="restore the base's config.json")
+    validate_base_config(cfg, path)
     return cfg, hashlib.sha256(raw).hexdigest()
+
+
+#: The size fields loradoc (and the meta-device build) read, with generous upper bounds no real model reaches:
+#: past them a hostile config.json makes the module-tree build run for minutes.
+BASE_INT_FIELDS: dict[str, tuple[int, int]] = {
+    "num_hidden_layers": (0, 4096),
+    "num_kv_shared_layers": (0, 4096),
+    "hidden_size": (1, 1 << 20),
+    "intermediate_size": (1, 1 << 22),
+    "num_attention_heads": (1, 1 << 16),
+    "num_key_value_heads": (1, 1 << 16),
+    "head_dim": (1, 1 << 16),
+    "vocab_size": (1, 1 << 24),
+}
+
+
+def validate_base_config(cfg: dict[str, Any], path: Path) -> None:
+    """Types and sizes of the base config.json fields loradoc reads: one clear line naming the field."""
+
+    def bad(name: str, want: str, got: Any) -> MalformedConfigError:
+        shown = json.dumps(got)[:60] if isinstance(got, str | int | float | list | dict | None) else repr(got)[:60]
+        return MalformedConfigError(
+            f"{path}: field {name!r} must be {want}, got {shown}",
+            hint="restore the base's config.json from its source (or fix that field)",
+        )
+
+    archs = cfg.get("architectures")
+    if archs is not None and not (
+        isinstance(archs, list) and archs and all(isinstance(a, str) and 0 < len(a) <= 256 for a in archs)
+    ):
+        raise bad("architectures", 'a non-empty list of class names such as ["Gemma4ForConditionalGeneration"]', archs)
+    subs: list[tuple[str, dict[str, Any]]] = [("", cfg)]
+    subs += [(f"{k}.", v) for k, v in cfg.items() if k.endswith("_config") and isinstance(v, dict)]
+    for prefix, d in subs:
+        for name, (lo, hi) in BASE_INT_FIELDS.items():
+            v = d.get(name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise bad(prefix + name, "an integer", v)
+            if not lo <= v <= hi:
+                raise bad(prefix + name, f"an integer from {lo} to {hi}", v)
+        lt = d.get("layer_types")
+        if lt is None:
+            continue
+        if not isinstance(lt, list) or not all(isinstance(t, str) and len(t) <= 256 for t in lt):
+            raise bad(prefix + "layer_types", "a list of layer type names", lt)
+        n = d.get("num_hidden_layers")
+        if n is not None and len(lt) != n:
+            raise MalformedConfigError(
+                f"{path}: field {prefix + 'layer_types'!r} has {len(lt)} entries but "
+                f"{prefix + 'num_hidden_layers'} is {n}",
+                hint="restore the base's config.json from its source (one layer type per layer)",
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 SOURCES = [*sorted((REPO / "loradoc").rglob("*.py")), REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 _INLINE = re.compile(r"`(loradoc(?: [^`]*)?)`")
 _NEXT = re.compile(r"(?:next|fix): (loradoc [^\"'`()]*)")
-_LITERAL = re.compile(r"""f?["'](loradoc [a-z][^"'\n]*)["']""")
+_LITERAL = re.compile(  # a command in a string: "loradoc NOUN [VERB]" then nothing, a placeholder or an option
+    r"""f?["'](loradoc [a-z][a-z-]*(?: [a-z][a-z-]*)?(?: (?:\{|[A-Z]|--)[^"'\n]*)?)["']"""
+)
 _BLOCK_LINE = re.compile(r"^\s*(?:\$ )?(loradoc [^#\n]*)", re.M)
 
 

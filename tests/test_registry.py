@@ -36,6 +36,7 @@ from loradoc.registry import (
     PeftInfo,
     Registry,
     Revision,
+    RuntimeRecord,
     SchemaError,
     TargetSummary,
     fingerprint_safetensors,
@@ -700,6 +701,20 @@ _diagrec = st.builds(
 )
 
 
+_runtime = st.builds(
+    RuntimeRecord,
+    runtime=st.sampled_from(["vllm", "sglang", "llama_cpp", "mlx_lm"]),
+    verdict=st.sampled_from(["loads", "loads-with-flags", "refused", "unknown"]),
+    version=_text,
+    flags=st.lists(_text, max_size=2),
+    reason=_maybe(_text),
+    fix=_maybe(_text),
+    rules=st.lists(_name, max_size=2),
+    base=_maybe(_text),
+    checked=_text,
+)
+
+
 @st.composite
 def _manifests(draw: st.DrawFn) -> AdapterManifest:
     labels = draw(st.lists(_label, min_size=1, max_size=2, unique_by=str.lower))
@@ -734,6 +749,7 @@ def _manifests(draw: st.DrawFn) -> AdapterManifest:
             certificates=draw(st.lists(_cert, max_size=1)),
             artifacts=draw(st.lists(_artifact, max_size=1)),
             hub=draw(st.lists(_hub, max_size=1)),
+            runtimes=draw(st.lists(_runtime, max_size=2, unique_by=lambda r: r.runtime)),
         )
         for lab in labels
     ]

@@ -32,6 +32,8 @@ SEVERITIES: Final = ("error", "warning", "info")
 VERDICTS: Final = ("verified-clean", "known-broken")
 TOWERS: Final = ("language", "vision", "audio", "projector", UNKNOWN)
 ARTIFACT_KINDS: Final = ("merged", "gguf", "gguf-lora", "other")
+RUNTIMES: Final = ("vllm", "sglang", "llama_cpp", "mlx_lm")
+RUNTIME_VERDICTS: Final = ("loads", "loads-with-flags", "refused", "unknown")
 RELATION_KINDS: Final = ("bnb-4bit-repack", "mirror", "quantized-repack", "finetune-of", "other")
 COMPAT_PACKAGES: Final = ("peft", "transformers")  # what a compat query asks about
 COMPAT_INFO_PACKAGES: Final = ("torch",)  # recorded with an entry, not queried
@@ -174,6 +176,37 @@ class CompatEntry:
                 "evidence": self.evidence,
                 "source": self.source,
                 "recorded": self.recorded,
+            }
+        )
+
+
+@dataclass
+class RuntimeRecord:
+    """Whether a serving runtime loads this revision (``loradoc runtimes --record``), by the rules of
+    loradoc/runtimes/rules.toml for that runtime release."""
+
+    runtime: str  # vllm | sglang | llama_cpp | mlx_lm
+    verdict: str  # loads | loads-with-flags | refused | unknown
+    version: str = UNKNOWN  # the runtime release the rules were read from
+    flags: list[str] = field(default_factory=list)  # what loads-with-flags needs
+    reason: str | None = None  # the runtime's own message
+    fix: str | None = None  # the loradoc command that makes a refused adapter load
+    rules: list[str] = field(default_factory=list)  # the rules.toml ids that applied
+    base: str | None = None  # the base checked against
+    checked: str = UNKNOWN  # ISO date
+
+    def to_dict(self) -> dict[str, Any]:
+        return _drop_none(
+            {
+                "runtime": self.runtime,
+                "verdict": self.verdict,
+                "version": self.version,
+                "flags": list(self.flags) or None,
+                "reason": self.reason,
+                "fix": self.fix,
+                "rules": list(self.rules) or None,
+                "base": self.base,
+                "checked": self.checked,
             }
         )
 
@@ -358,6 +391,7 @@ class Revision:
     certificates: list[CertificateRecord] = field(default_factory=list)
     artifacts: list[Artifact] = field(default_factory=list)
     hub: list[HubPush] = field(default_factory=list)
+    runtimes: list[RuntimeRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(
@@ -378,6 +412,7 @@ class Revision:
                 "certificates": [c.to_dict() for c in self.certificates],
                 "artifacts": [a.to_dict() for a in self.artifacts],
                 "hub": [h.to_dict() for h in self.hub],
+                "runtimes": [x.to_dict() for x in self.runtimes],
             }
         )
 
@@ -592,7 +627,7 @@ Manifest = AdapterManifest | BaseManifest
 _EMPTY_MEANS_NONE = frozenset(
     {
         "targets", "findings", "compat", "certificates", "artifacts", "hub", "lineage", "config_changes",
-        "checks", "versions", "device", "figures", "files", "sources", "relations", "text",
+        "checks", "versions", "device", "figures", "files", "sources", "relations", "text", "runtimes",
     }
 )  # fmt: skip
 
@@ -933,6 +968,20 @@ def _read_compat(r: _R) -> CompatEntry:
     return e
 
 
+def _read_runtime(r: _R) -> RuntimeRecord:
+    return RuntimeRecord(
+        runtime=r.string("runtime", required=True, default=UNKNOWN, choices=RUNTIMES),
+        verdict=r.string("verdict", required=True, default=UNKNOWN, choices=RUNTIME_VERDICTS),
+        version=r.string("version", default=UNKNOWN),
+        flags=r.str_list("flags", default=[]),
+        reason=r.string("reason"),
+        fix=r.string("fix"),
+        rules=r.str_list("rules", default=[]),
+        base=r.string("base"),
+        checked=r.string("checked", default=UNKNOWN),
+    )
+
+
 def _read_check(r: _R) -> CheckResult:
     return CheckResult(
         name=r.nonempty("name", default=UNKNOWN),
@@ -993,7 +1042,7 @@ def _read_diagnosis(r: _R) -> DiagnosisRecord:
 
 _REVISION_KEYS = (
     "label", "revision", "path", "status", "key_fingerprint", "tensors", "base", "notes", "peft", "targets",
-    "findings", "compat", "diagnosis", "certificates", "artifacts", "hub",
+    "findings", "compat", "diagnosis", "certificates", "artifacts", "hub", "runtimes",
 )  # fmt: skip
 _PEFT_KEYS = (
     "type",
@@ -1053,6 +1102,12 @@ def _read_revision(r: _R) -> Revision:
             )
         ],
         hub=[_read_hub(t) for t in r.tables("hub", ("repo_id", "commit", "pr", "tag", "created"))],
+        runtimes=[
+            _read_runtime(t)
+            for t in r.tables(
+                "runtimes", ("runtime", "verdict", "version", "flags", "reason", "fix", "rules", "base", "checked")
+            )
+        ],
     )
 
 

@@ -218,6 +218,10 @@ def check_load(
     captured: list[str] = []
     arch = profile.architecture
     model_cls = getattr(transformers, arch)
+    from ..safetensors_io import read_header
+
+    for weights in sorted(source.directory.glob("*.safetensors")):
+        read_header(weights)  # a truncated or malformed base file is bad input (exit 2), not a crash in transformers
     with capture_warnings() as (logs, caught):
         model, info = model_cls.from_pretrained(source.directory, dtype=dtype, output_loading_info=True)
     captured += [str(w.message) for w in caught] + list(logs)
@@ -229,8 +233,14 @@ def check_load(
     base_logits = _logits(model, ids)
     report(progress, 1, 4, "loading the adapter")
 
+    from ..peft_rules import plan_injection
+
+    # a config regex peft would hang on is never handed to peft
+    regex_problem = plan_injection(snap.config, profile).regex_problem
     with capture_warnings() as (logs, caught):
         try:
+            if regex_problem is not None:
+                raise RuntimeError(f"regex-too-expensive: {regex_problem.message}")
             pm = PeftModel.from_pretrained(model, str(snap.directory))
             error = None
         except Exception as e:  # noqa: BLE001 - the certificate records what peft raised

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..adapter_config import PEFT_VERSION_KNOWN
+from ..errors import MalformedConfigError
 from ..profiles import BaseProfile, BaseSource, get_profile, installed_version, resolve_base
 from ..snapshot import AdapterSnapshot, open_snapshot
 from . import findings as F
@@ -14,7 +16,7 @@ from .findings import Finding
 
 HEALTHY, REPAIRABLE, BROKEN = "healthy", "repairable", "broken"
 # Findings whose error explains why peft raises (so the exception is not reported twice).
-_RAISE_EXPLAINERS = {"tower-injection", "shape-mismatch", "rank-mismatch"}
+_RAISE_EXPLAINERS = {"tower-injection", "shape-mismatch", "rank-mismatch", "regex-too-expensive"}
 # Repair passes that throw away tensors the base *can* use: a verdict needing them is not "repairable".
 _LOSSY = {"drop-tower-loras-usable"}
 
@@ -82,12 +84,20 @@ def data_findings(snapshot: AdapterSnapshot) -> list[Finding]:
     nonfinite: list[str] = []
     b_total = 0
     b_zero: list[str] = []
-    for name, arr in snapshot.iter_arrays():
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    for name, chunks in snapshot.iter_array_chunks():
+        finite, nonzero = True, False
+        for arr in chunks:  # bounded reads: a header may declare a 24 GiB tensor
+            if finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                finite = False
+            if not nonzero and np.any(arr):
+                nonzero = True
+            if nonzero and not finite:
+                break  # nothing more to learn from this tensor
+        if not finite:
             nonfinite.append(name)
         if ".lora_B" in name or ".lora_embedding_B" in name:
             b_total += 1
-            if not np.any(arr):
+            if not nonzero:
                 b_zero.append(name)
     out: list[Finding] = []
     if nonfinite:
@@ -171,6 +181,23 @@ def _disagreement(real: PeftCounts, static: PeftCounts) -> Finding | None:
     )
 
 
+def _require_loadable_peft_type(snap: AdapterSnapshot) -> None:
+    """No peft_type, or a type no peft release knows: peft cannot even pick a config class (KeyError), so there
+    is nothing to diagnose (bad input, exit 2). A known type misspelt ("lora") gets a verdict: peft-load-error."""
+    cfg = snap.config
+    if "peft_type" not in cfg.raw:
+        raise MalformedConfigError(
+            f"{cfg.source}: has no peft_type, so peft cannot load it (KeyError: 'peft_type')",
+            hint=f'add "peft_type": "{cfg.peft_type}" to {cfg.source}',
+        )
+    if not cfg.known_peft_type:
+        raise MalformedConfigError(
+            f"{cfg.source}: peft_type {cfg.raw.get('peft_type')!r} is unknown to peft {PEFT_VERSION_KNOWN} "
+            "(a typo, a fork or an unmerged branch): peft cannot load it",
+            hint=f'set peft_type in {cfg.source} to the method the adapter was trained with (e.g. "LORA")',
+        )
+
+
 def diagnose(
     adapter: str,
     base: str | BaseSource,
@@ -182,6 +209,7 @@ def diagnose(
     snapshot: AdapterSnapshot | None = None,
 ) -> Diagnosis:
     snap = snapshot or open_snapshot(adapter, endpoint=endpoint, allow_pickle=allow_pickle)
+    _require_loadable_peft_type(snap)
     source = base if isinstance(base, BaseSource) else resolve_base(base)
     profile = get_profile(source, allow_build=not fast)
     st: StaticResult = analyze(snap, profile)
@@ -191,9 +219,10 @@ def diagnose(
     if read_data:
         findings.extend(data_findings(snap))
     warnings_: list[str] = []
-    if fast:
+    if fast or st.plan.regex_problem is not None:
+        # a regex peft would hang on is never handed to peft: the static verdict stands
         peft = st.predicted
-        mode = "static"
+        mode = "static" if fast else "full"
     else:
         from .dryload import dry_load
 

@@ -18,6 +18,7 @@ Pure Python: no torch import.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 PEFT_PREFIX = "base_model.model."
@@ -79,13 +80,35 @@ def parse_key(key: str) -> LoraKey:
     return LoraKey(key, module, param, "other", had_prefix, adapter_name)
 
 
-def tower_of(module: str) -> str:
-    """ "language" for the text model, else "vision" | "audio" | "projector"."""
+Towers = Mapping[str, str]  # a base profile's towers: module prefix -> "vision" | "audio" | "projector"
+
+
+def tower_match(module: str, towers: Towers | None = None) -> tuple[str, str | None]:
+    """(tower, marker): the tower ``module`` belongs to and the path component that names the tower's root.
+
+    With a profile's ``towers`` (found from the model's structure, see :mod:`loradoc.profiles`), a module belongs to
+    the tower whose prefix it starts with (the longest wins) or, for keys saved under another layout, whose root's
+    own name (the prefix's last component) is one of its path components. Names of the towers of other models
+    (``vision_tower``, ``audio_tower``, ...) are the fallback, so that a tower key saved for another base is still
+    seen as a tower; without a profile they are the only rule."""
     parts = module.split(".")
+    if towers:
+        by_length = sorted(towers.items(), key=lambda kv: -len(kv[0]))
+        for prefix, tower in by_length:
+            if module == prefix or module.startswith(prefix + "."):
+                return tower, prefix.rsplit(".", 1)[-1]
+        for prefix, tower in by_length:
+            if prefix.rsplit(".", 1)[-1] in parts:
+                return tower, prefix.rsplit(".", 1)[-1]
     for marker, tower in _TOWER_MARKERS:
         if marker in parts:
-            return tower
-    return "language"
+            return tower, marker
+    return "language", None
+
+
+def tower_of(module: str, towers: Towers | None = None) -> str:
+    """ "language" for the text model, else "vision" | "audio" | "projector" (see :func:`tower_match`)."""
+    return tower_match(module, towers)[0]
 
 
 @dataclass(frozen=True, order=True)
@@ -95,25 +118,26 @@ class Address:
     local: str  # path inside the layer (or the module's tail when not in a layer), without a Clippable ".linear"
 
 
-def address_of(module: str) -> Address:
-    """A layout-independent identity for ``module`` (see module docstring)."""
+def address_of(module: str, towers: Towers | None = None) -> Address:
+    """A layout-independent identity for ``module`` (see module docstring); ``towers``: the base profile's."""
     path = module
     if path.startswith(PEFT_PREFIX):
         path = path[len(PEFT_PREFIX) :]
-    tower = tower_of(path)
-    if path.endswith(".linear"):
+    tower, marker = tower_match(path, towers)
+    if path.endswith(".linear") and not (marker and path.endswith(f"{marker}.linear")):
+        # a Gemma4ClippableLinear's inner linear (not a tower's own child named "linear", as in PaliGemma)
         path = path[: -len(".linear")]
-    if tower != "language":
-        # keep the part after the tower marker, so "encoder.layers" vs "layers" inside a tower do not matter
-        for marker, t in _TOWER_MARKERS:
-            if t == tower and f"{marker}." in f"{path}.":
-                path = path.split(f"{marker}.", 1)[1] if f"{marker}." in path else ""
-                break
+    if marker is not None:
+        # keep the part after the tower's root, so "encoder.layers" vs "layers" inside a tower do not matter
+        parts = path.split(".")
+        path = ".".join(parts[parts.index(marker) + 1 :]) if marker in parts else ""
     m = _LAYER_RE.search(path)
     if m:
         return Address(tower, int(m.group(1)), m.group(2))
-    # Non-layer modules: the last component identifies them (embed_tokens, lm_head, norm, ...).
-    tail = path.rsplit(".", 1)[-1] if path else ""
+    # Non-layer modules: the last component identifies them (embed_tokens, lm_head, norm, ...); an index
+    # (``merger.mlp.0``) keeps its parent's name.
+    parts = path.split(".") if path else [""]
+    tail = ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
     return Address(tower, None, tail)
 
 

@@ -245,6 +245,16 @@ def expected_params(cfg: AdapterConfig, profile: BaseProfile, module: str) -> di
     fin, fout = info.in_features or 0, info.out_features or 0
     if info.kind == "embedding":
         return {"lora_embedding_A": (r, fin), "lora_embedding_B": (fout, r)}
+    if info.kind == "conv":
+        # peft's conv LoRA: A has the base's kernel (not in the profile: -1 = any size), B a 1x..x1 kernel
+        nd = {"Conv1d": 1, "Conv2d": 2, "Conv3d": 3}.get(info.cls, 2)
+        conv: dict[str, tuple[int, ...]] = {
+            "lora_A.weight": (r, fin, *(-1,) * nd),
+            "lora_B.weight": (fout, r, *(1,) * nd),
+        }
+        if getattr(cfg, "lora_bias", False) or cfg.raw.get("lora_bias"):
+            conv["lora_B.bias"] = (fout,)
+        return conv
     out: dict[str, tuple[int, ...]] = {"lora_A.weight": (r, fin), "lora_B.weight": (fout, r)}
     if getattr(cfg, "lora_bias", False) or cfg.raw.get("lora_bias"):
         out["lora_B.bias"] = (fout,)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import metadata
@@ -31,9 +32,12 @@ from .errors import (
     UnknownArchitectureError,
     UnknownBaseError,
 )
-from .layout import address_of, tower_of
+from .layout import PEFT_PREFIX, Address, address_of, tower_match, tower_of
 
-PROFILE_FORMAT = 2
+PROFILE_FORMAT = 3
+# Format 2 recorded towers as kind -> first module and load rewrites as module-path prefixes of prefixed keys;
+# format 3 records towers as module prefix -> kind and load rewrites as saved key prefixes. 2 is read and migrated.
+_READABLE_FORMATS = (2, 3)
 
 
 def manifests_dir() -> Path:
@@ -83,9 +87,10 @@ class BaseProfile:
     modules: dict[str, ModuleInfo]
     num_layers: int
     kv_shared_layers: list[int]
-    towers: dict[str, str]
+    towers: dict[str, str]  # module prefix -> "vision" | "audio" | "projector", found from the model's structure
     conversion_renames: list[tuple[str, str]] = field(default_factory=list)
-    # (saved prefix, model prefix) pairs that peft's load-time conversion really maps, learned by probing peft
+    # (saved key prefix, model module prefix) pairs that peft's load-time conversion really maps, learned by
+    # probing peft; a saved prefix with peft's ``base_model.model.`` is for prefixed keys, one without for bare keys
     load_rewrites: list[tuple[str, str]] = field(default_factory=list)
     peft_default_targets: str | list[str] | None = None
     output_embedding: str | None = None
@@ -106,13 +111,21 @@ class BaseProfile:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> BaseProfile:
-        if d.get("format") != PROFILE_FORMAT:
+        if d.get("format") not in _READABLE_FORMATS:
             raise MalformedConfigError(f"profile format {d.get('format')} is not {PROFILE_FORMAT}")
         d = dict(d)
         d["modules"] = {n: ModuleInfo(c, k, i, o) for n, c, k, i, o in d["modules"]}
         d["conversion_renames"] = [tuple(r) for r in d.get("conversion_renames", [])]
         d["load_rewrites"] = [tuple(r) for r in d.get("load_rewrites", [])]
-        return cls(**d)
+        migrated = d["format"] == 2
+        if migrated:
+            d["towers"] = _towers_by_name(d["modules"])
+            d["load_rewrites"] = [(PEFT_PREFIX + a, b) for a, b in d["load_rewrites"]]
+            d["format"] = PROFILE_FORMAT
+        prof = cls(**d)
+        if migrated:
+            prof.memo()["migrated"] = True  # towers by name only: rebuilt where a build is possible
+        return prof
 
     @property
     def note(self) -> str | None:
@@ -128,7 +141,19 @@ class BaseProfile:
 
     # -- queries -------------------------------------------------------------------------------------------
     def tower_modules(self, tower: str) -> list[str]:
-        return [n for n in self.modules if tower_of(n) == tower]
+        return [n for n in self.modules if tower_of(n, self.towers) == tower]
+
+    def tower_of(self, module: str) -> str:
+        """The tower of a module path (saved under any layout) of this base: "language" | "vision" | ..."""
+        return tower_of(module, self.towers)
+
+    def address_of(self, module: str) -> Address:
+        """:func:`loradoc.layout.address_of` with this base's towers."""
+        return address_of(module, self.towers)
+
+    def tower_roots(self) -> list[str]:
+        """The names of the towers' root modules (``vision_tower``, ``visual``, ...), for exclude_modules regexes."""
+        return sorted({p.rsplit(".", 1)[-1] for p in self.towers})
 
     def memo(self) -> dict[Any, Any]:
         """Per-instance cache for derived views (not serialised: it is not a dataclass field)."""
@@ -147,7 +172,7 @@ class BaseProfile:
                 parent = self.modules.get(name[: -len(".linear")])
                 if parent is not None and parent.kind == "clippable":
                     continue  # the Clippable wrapper stands for its inner linear
-            index.setdefault(address_of(name), name)
+            index.setdefault(address_of(name, self.towers), name)
         self.memo()["address_index"] = index
         return index
 
@@ -392,17 +417,14 @@ def build_profile(source: BaseSource) -> BaseProfile:
     if out_emb is not None:
         out_name = next((n for n, m in model.named_modules() if m is out_emb), None)
 
+    lm_path = language_model_path(model, config)
+    towers = find_towers(model, config, lm_path)
     layers: dict[int, set[str]] = {}
     for name in modules:
-        a = address_of(name)
+        a = address_of(name, towers)
         if a.tower == "language" and a.layer is not None:
             layers.setdefault(a.layer, set()).add(a.local)
     kv_shared = sorted(i for i, locs in layers.items() if "self_attn.q_proj" in locs and "self_attn.k_proj" not in locs)
-    towers: dict[str, str] = {}
-    for name in modules:
-        t = tower_of(name)
-        if t != "language" and t not in towers:
-            towers[t] = name
     renames: list[tuple[str, str]] = []
     try:
         from transformers.conversion_mapping import get_checkpoint_conversion_mapping
@@ -438,7 +460,7 @@ def build_profile(source: BaseSource) -> BaseProfile:
             "head_dim",
         )
     }
-    rewrites = _probe_load_rewrites(source, modules) if renames else []
+    rewrites = _probe_load_rewrites(source, modules, towers, lm_path)
     return BaseProfile(
         name=source.name,
         load_rewrites=rewrites,
@@ -460,66 +482,287 @@ def build_profile(source: BaseSource) -> BaseProfile:
     )
 
 
-_LEGACY_PREFIXES = {
-    "language": (
-        "language_model.model",
-        "language_model",
-        "model",
-        "model.model",
-        "model.language_model.model",
-        "model.language_model",
-        "model.text_model",
-        "text_model",
-    ),
-    "vision": (
-        "vision_tower.vision_model.encoder",
-        "model.vision_tower.vision_model.encoder",
-        "vision_tower.encoder",
-        "model.vision_tower.encoder",
-        "vision_model.encoder",
-    ),
-    "audio": ("audio_tower", "model.audio_tower", "audio_tower.model", "model.audio_tower.model"),
-}
+# ---------------------------------------------------------------------------------------------------------
+# Towers and load rewrites, found from the model
+# ---------------------------------------------------------------------------------------------------------
 
 
-def _probe_load_rewrites(source: BaseSource, modules: dict[str, ModuleInfo]) -> list[tuple[str, str]]:
-    """Learn which saved path prefixes peft's load-time conversion maps onto this model, by asking peft.
+def _towers_by_name(modules: dict[str, ModuleInfo]) -> dict[str, str]:
+    """Towers of a format-2 profile (no structure recorded): the roots named like the towers loradoc knew then."""
+    out: dict[str, str] = {}
+    for name in modules:
+        tower, marker = tower_match(name)
+        if marker is not None:
+            parts = name.split(".")
+            out.setdefault(".".join(parts[: parts.index(marker) + 1]), tower)
+    return out
 
-    For one layer-0 linear per tower, a LoRA key is offered under each known legacy prefix to peft's real
-    ``set_peft_model_state_dict`` (meta tensors); the prefixes that load are recorded as (saved, model) pairs.
+
+def _module_path(model: Any, target: Any) -> str | None:
+    return next((n for n, m in model.named_modules() if m is target), None)
+
+
+def language_model_path(model: Any, config: Any) -> str | None:
+    """The module path of the text model inside ``model`` (``model.language_model``, ``model.text_model``,
+    ``model`` for a text-only model): the outermost module built from the text config, else transformers' own
+    ``get_decoder()``."""
+    text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else None
+    if text_cfg is not None:
+        hits = [n for n, m in model.named_modules() if n and getattr(m, "config", None) is text_cfg]
+        if hits:
+            return min(hits, key=lambda n: (n.count("."), n))
+    try:
+        dec = model.get_decoder() if hasattr(model, "get_decoder") else None
+    except Exception:  # noqa: BLE001 - some classes raise instead of returning None
+        dec = None
+    if dec is not None and dec is not model:
+        return _module_path(model, dec)
+    return None
+
+
+def _kind_of_sub_config(key: str) -> str:
+    low = key.lower()
+    if any(w in low for w in ("audio", "speech", "sound", "whisper")):
+        return "audio"
+    if any(w in low for w in ("vision", "visual", "image", "video")):
+        return "vision"
+    return "projector"
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    out: list[str] = []
+    for p in sorted(paths, key=lambda n: (n.count("."), n)):
+        if not any(p.startswith(o + ".") for o in out):
+            out.append(p)
+    return out
+
+
+def find_towers(model: Any, config: Any, lm_path: str | None) -> dict[str, str]:
+    """The non-text subtrees of ``model``, found from its structure: module prefix -> kind.
+
+    - every sub-config of the config other than the text config (``vision_config``, ``audio_config``, ...) names
+      a tower: the outermost modules whose ``.config`` is that sub-config object (else: whose config has its
+      class), outside the text model;
+    - projectors/connectors: the other children with parameters of the module that holds the text model
+      (``multi_modal_projector``, ``connector``, ``embed_vision``, ...), when the model has a tower at all.
     """
+    named = [(n, m) for n, m in model.named_modules() if n]
+    text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else None
+
+    def outside_lm(n: str) -> bool:
+        return lm_path is None or not (n == lm_path or n.startswith(lm_path + ".") or lm_path.startswith(n + "."))
+
+    towers: dict[str, str] = {}
+    for key in getattr(config, "sub_configs", None) or {}:
+        sub = getattr(config, key, None)
+        if sub is None or sub is text_cfg or sub is config or not hasattr(sub, "to_dict"):
+            continue
+        hits = [n for n, m in named if getattr(m, "config", None) is sub and outside_lm(n)]
+        if not hits:
+            hits = [n for n, m in named if type(getattr(m, "config", None)) is type(sub) and outside_lm(n)]
+        for root in _outermost(hits):
+            towers.setdefault(root, _kind_of_sub_config(key))
+    if towers and lm_path:
+        holder_path = lm_path.rpartition(".")[0]
+        holder = model.get_submodule(holder_path) if holder_path else model
+        out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        for child_name, child in holder.named_children():
+            path = f"{holder_path}.{child_name}" if holder_path else child_name
+            if path == lm_path or child is out_emb or any(t == path or t.startswith(path + ".") for t in towers):
+                continue
+            if any(path.startswith(t + ".") for t in towers):
+                continue
+            if next(child.parameters(), None) is not None:
+                towers[path] = "projector"
+    return dict(sorted(towers.items()))
+
+
+_LAYER_SPLIT = re.compile(r"^(.*?)(\.(?:layers|h|blocks|block)\.0\.)(.+)$")
+
+
+def _stacks(
+    modules: dict[str, ModuleInfo], towers: dict[str, str], lm_path: str | None
+) -> list[tuple[str, str, str, str]]:
+    """One probe per stack of the model: (root, canonical prefix, separator, local path of a linear under it).
+
+    The text model's and each tower's first layer-0 linear; a projector's first linear."""
+    out: list[tuple[str, str, str, str]] = []
+    roots = ([lm_path] if lm_path else []) + list(towers)
+    for root in roots:
+        for name, info in modules.items():
+            if info.kind != "linear" or name.endswith(".linear") or not name.startswith(root + "."):
+                continue
+            if root == lm_path and tower_of(name, towers) != "language":
+                continue
+            if towers.get(root) == "projector":
+                out.append((root, root, ".", name[len(root) + 1 :]))
+                break
+            m = _LAYER_SPLIT.match(name)
+            if m:
+                out.append((root, m.group(1), m.group(2), m.group(3)))
+                break
+    return out
+
+
+def _literal(pattern: str) -> str | None:
+    """The literal a simple anchored rename pattern (``^language_model``) matches, else None."""
+    body = pattern[1:] if pattern.startswith("^") else None
+    if body is None:
+        return None
+    body = body.replace(r"\.", ".")
+    return body if re.fullmatch(r"[A-Za-z0-9_.]+", body) else None
+
+
+def _inverse_renames(model: Any) -> list[tuple[str, str, str | None]]:
+    """(saved, model, scope) literal prefix pairs from transformers' load-time renames of ``model``."""
+    pairs: list[tuple[str, str, str | None]] = []
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+
+        entries = get_model_conversion_mapping(model)
+    except Exception:  # noqa: BLE001 - older transformers, or a class it cannot map
+        entries = []
+    for e in entries:
+        name = type(e).__name__
+        for src, dst in zip(getattr(e, "source_patterns", []), getattr(e, "target_patterns", []), strict=False):
+            if name == "WeightRenaming":
+                a, b = _literal(src), dst.replace(r"\.", ".")
+                if a and re.fullmatch(r"[A-Za-z0-9_.]+", b):
+                    pairs.append((a, b, None))
+            elif name == "PrefixChange" and dst == r"\1":
+                m = re.fullmatch(r"\^([A-Za-z0-9_]+)\\\.\(\.\+\)", src)
+                if m:
+                    pairs.append((m.group(1), "", getattr(e, "scope_prefix", None) or None))
+    legacy = getattr(model, "_checkpoint_conversion_mapping", None) or {}
+    for src, dst in legacy.items():
+        a = _literal(src)
+        if a and re.fullmatch(r"[A-Za-z0-9_.]+", dst):
+            pairs.append((a, dst, None))
+    return pairs
+
+
+def _candidate_prefixes(
+    canonical: str, root: str, is_lm: bool, inverses: list[tuple[str, str, str | None]]
+) -> list[str]:
+    """Saved prefixes that might reach ``canonical`` (a stack inside the subtree ``root``): its tails that still
+    name the root, with and without a leading ``model.``; for the text model also a trailing ``.model`` (a causal
+    LM saved inside a wrapper) and the text-only layouts ``model`` / ``model.model``; then the inverses of
+    transformers' own renames (applied twice)."""
+    parts = canonical.split(".")
+    keep = max(0, len(root.split(".")) - 1)  # index of the root's own name
+    cands: set[str] = {canonical}
+    for i in range(keep + 1):
+        tail = ".".join(parts[i:])
+        cands |= {tail, f"model.{tail}"}
+        if is_lm:
+            cands |= {f"{tail}.model", f"model.{tail}.model"}
+    if is_lm:
+        cands |= {"model", "model.model"}
+    for _ in range(2):
+        for cand in list(cands):
+            for saved, model_prefix, scope in inverses:
+                if scope is None and (cand == model_prefix or cand.startswith(model_prefix + ".")):
+                    cands.add(saved + cand[len(model_prefix) :])
+                elif scope is not None and model_prefix == "":
+                    cp = cand.split(".")
+                    if scope in cp and saved not in cp:
+                        i = cp.index(scope) + 1
+                        cands.add(".".join([*cp[:i], saved, *cp[i:]]))
+    return sorted(cands)
+
+
+def _widen(saved: str, root: str, canonical: str) -> tuple[str, str] | None:
+    """A rewrite of a stack's prefix (``...vision_model.encoder`` -> ``model.vision_tower.encoder``) widened to
+    the stack's root by dropping their common trailing components (``...vision_model`` -> ``model.vision_tower``);
+    None when there is nothing to drop."""
+    s, c = saved.split("."), canonical.split(".")
+    depth = len(root.split("."))
+    dropped = False
+    while len(c) > depth and len(s) > 1 and s[-1] == c[-1]:
+        s.pop()
+        c.pop()
+        dropped = True
+    return (".".join(s), ".".join(c)) if dropped else None
+
+
+def _probe_load_rewrites(
+    source: BaseSource, modules: dict[str, ModuleInfo], towers: dict[str, str], lm_path: str | None
+) -> list[tuple[str, str]]:
+    """Learn which saved key prefixes peft's load (with transformers' conversion) maps onto this model's stacks.
+
+    For one linear per stack (the text model's and every tower's first layer-0 linear, a projector's first
+    linear), a LoRA key is offered under each candidate prefix, with and without peft's ``base_model.model.``,
+    to peft's real ``set_peft_model_state_dict`` (meta tensors). A candidate is a rewrite when the key is not
+    unexpected and the stack's own LoRA parameter is no longer missing; a rewrite that also holds for a linear of
+    the same root outside the stack is recorded for the whole root too (see :func:`_widen`). Candidates come from
+    the model's own paths (see :func:`_candidate_prefixes`), never from a per-model table."""
     import torch
     from peft import LoraConfig, PeftModel
     from peft.utils import set_peft_model_state_dict
 
-    picks: dict[str, str] = {}
-    for name, info in modules.items():
-        a = address_of(name)
-        if info.kind == "linear" and a.layer == 0 and a.tower in _LEGACY_PREFIXES and a.tower not in picks:
-            if name.endswith(".linear"):
-                continue
-            picks[a.tower] = name
-    if not picks:
+    stacks = _stacks(modules, towers, lm_path)
+    if not stacks:
         return []
     model, *_ = instantiate_meta(source)
+    inverses = _inverse_renames(model)
+    targets = [f"{c}{sep}{local}" for _, c, sep, local in stacks]
+    # per stack, a plain linear of the same root outside the stack: where a rewrite of the stack's prefix is
+    # tried on the whole root
+    others: list[str | None] = []
+    for root, canonical, _, _ in stacks:
+        others.append(
+            next(
+                (
+                    n
+                    for n, i in modules.items()
+                    if i.cls == "Linear"
+                    and n.startswith(root + ".")
+                    and not n.startswith(canonical + ".")
+                    and (root != lm_path or tower_of(n, towers) == "language")
+                ),
+                None,
+            )
+        )
     with torch.device("meta"):
-        pm = PeftModel(model, LoraConfig(r=1, target_modules=sorted(picks.values())))
+        pm = PeftModel(model, LoraConfig(r=1, target_modules=targets + [o for o in others if o]))
+
+    def missing_after(keys: dict[str, int]) -> set[str] | None:
+        """The stacks' LoRA parameters still missing after offering ``keys`` (None: unexpected keys or a raise)."""
+        try:
+            res = set_peft_model_state_dict(pm, {k: torch.empty((1, fin), device="meta") for k, fin in keys.items()})
+        except Exception:  # noqa: BLE001 - a prefix peft cannot take is simply not a rewrite
+            return None
+        return set(res.missing_keys) | ({"?"} if res.unexpected_keys else set())
+
+    # one call offers one candidate per stack (they aim at different modules); each hit is confirmed alone
+    offers: list[list[tuple[str, str]]] = []  # per stack: (saved prefix, key)
+    for root, canonical, sep, local in stacks:
+        mine = []
+        for cand in _candidate_prefixes(canonical, root, root == lm_path, inverses):
+            for saved in (f"{PEFT_PREFIX}{cand}", cand):
+                if saved != f"{PEFT_PREFIX}{canonical}":  # the canonical path itself is not a rewrite
+                    mine.append((saved, f"{saved}{sep}{local}.lora_A.weight"))
+        offers.append(mine)
+    fins = [modules[t].in_features or 1 for t in targets]
+    wants = [f"{PEFT_PREFIX}{t}.lora_A.default.weight" for t in targets]
     out: list[tuple[str, str]] = []
-    for tower, name in picks.items():
-        marker = ".layers.0."
-        canon_prefix, local = name.split(marker, 1)
-        fin = modules[name].in_features or 1
-        for legacy in _LEGACY_PREFIXES[tower]:
-            if legacy == canon_prefix:
+    for i in range(max(len(o) for o in offers)):
+        batch = {j: offers[j][i] for j in range(len(stacks)) if i < len(offers[j])}
+        missing = missing_after({key: fins[j] for j, (_, key) in batch.items()})
+        for j, (saved, key) in batch.items():
+            if missing is not None and wants[j] in missing:
                 continue
-            key = f"base_model.model.{legacy}{marker}{local}.lora_A.weight"
-            try:
-                res = set_peft_model_state_dict(pm, {key: torch.empty((1, fin), device="meta")})
-            except Exception:  # noqa: BLE001,S112 - a prefix peft cannot take is simply not a rewrite
-                continue
-            if not res.unexpected_keys:
-                out.append((legacy, canon_prefix))
-    out.sort(key=lambda r: -len(r[0]))
+            alone = missing_after({key: fins[j]})
+            if alone is not None and "?" not in alone and wants[j] not in alone:
+                out.append((saved, stacks[j][1]))
+                wider = _widen(saved, stacks[j][0], stacks[j][1])
+                other = others[j]
+                if wider and other and other.startswith(wider[1] + "."):
+                    key2 = f"{wider[0]}{other[len(wider[1]) :]}.lora_A.weight"
+                    got = missing_after({key2: modules[other].in_features or 1})
+                    if got is not None and "?" not in got and f"{PEFT_PREFIX}{other}.lora_A.default.weight" not in got:
+                        out.append(wider)
+    out.sort(key=lambda r: (-len(r[0]), r))
     return out
 
 
@@ -605,7 +848,7 @@ def get_profile(base: str | BaseSource, *, allow_build: bool = True) -> BaseProf
     cached = _cache_path(sha, tf_version)
     if cached.is_file():
         prof = _load_json_profile(cached)
-        if prof is not None:
+        if prof is not None and not (allow_build and prof.memo().get("migrated")):
             prof.name = source.name
             return prof
     if allow_build:
@@ -664,6 +907,7 @@ def refresh_shipped_profile(base: str) -> tuple[Path, str | None]:
             prof.verified_transformers = sorted(set(prof.verified_transformers) | {version}, key=_version_key)
             path = source.directory / _profile_file(prof, source)
             _write_json_atomic(path, prof.to_json())
+            _unclaim(source, version, path)
             return path, None
     drift = profile_drift(_nearest(list(shipped.values()), version), fresh) if shipped else "no shipped profile"
     main_path = source.directory / "profile.json"
@@ -676,7 +920,22 @@ def refresh_shipped_profile(base: str) -> tuple[Path, str | None]:
             _write_json_atomic(keep, current.to_json())
         path = main_path
     _write_json_atomic(path, fresh.to_json())
+    _unclaim(source, version, path)
     return path, drift
+
+
+def _unclaim(source: BaseSource, version: str, verified_path: Path) -> None:
+    """After ``verified_path`` was verified under ``version``, no other shipped profile may claim that version (its
+    content differs from a build under it); one left verified under no version at all is removed."""
+    for path in sorted(source.directory.glob("profile*.json")):
+        prof = _load_json_profile(path)
+        if path == verified_path or prof is None or version not in prof.verified_transformers:
+            continue
+        prof.verified_transformers = [v for v in prof.verified_transformers if v != version]
+        if prof.verified_transformers:
+            _write_json_atomic(path, prof.to_json())
+        else:
+            path.unlink()
 
 
 def _profile_file(prof: BaseProfile, source: BaseSource) -> str:

@@ -89,3 +89,42 @@ def test_apply_renames_first_match_wins() -> None:
     assert apply_renames("language_model.lm_head", renames) == "lm_head"
     assert apply_renames("language_model.layers.0.q_proj", renames) == "model.language_model.layers.0.q_proj"
     assert apply_renames("model.language_model.layers.0", renames) == "model.language_model.layers.0"
+
+
+QWEN_VL_TOWERS = {"model.visual": "vision"}
+LLAVA_TOWERS = {"model.vision_tower": "vision", "model.multi_modal_projector": "projector"}
+
+
+@pytest.mark.parametrize(
+    ("module", "towers", "tower"),
+    [
+        # a base profile's towers (found from the model) decide, under any saved layout
+        ("model.visual.blocks.0.mlp.gate_proj", QWEN_VL_TOWERS, "vision"),
+        ("visual.blocks.0.attn.qkv", QWEN_VL_TOWERS, "vision"),  # transformers 4.x Qwen2-VL
+        ("model.language_model.layers.0.mlp.gate_proj", QWEN_VL_TOWERS, "language"),
+        ("model.layers.0.mlp.gate_proj", QWEN_VL_TOWERS, "language"),
+        ("vision_tower.vision_model.encoder.layers.0.self_attn.q_proj", LLAVA_TOWERS, "vision"),
+        ("multi_modal_projector.linear_1", LLAVA_TOWERS, "projector"),
+        ("model.connector.modality_projection.proj", {"model.connector": "projector"}, "projector"),
+        # names of other models' towers still mark a tower key saved for another base
+        ("model.audio_tower.layers.0.self_attn.q_proj", QWEN_VL_TOWERS, "audio"),
+        # without a profile, only names: Qwen's `visual` is not one of them
+        ("model.visual.blocks.0.mlp.gate_proj", None, "language"),
+    ],
+)
+def test_tower_of_uses_the_profiles_towers(module: str, towers: dict[str, str] | None, tower: str) -> None:
+    assert tower_of(module, towers) == tower
+
+
+def test_a_vision_block_does_not_share_an_address_with_a_text_layer() -> None:
+    vision = address_of("model.visual.blocks.0.mlp.gate_proj", QWEN_VL_TOWERS)
+    text = address_of("model.language_model.layers.0.mlp.gate_proj", QWEN_VL_TOWERS)
+    assert vision == Address("vision", 0, "mlp.gate_proj") and text == Address("language", 0, "mlp.gate_proj")
+    # 4.x and 5.x paths of one tower module share an address
+    assert address_of("visual.blocks.0.attn.qkv", QWEN_VL_TOWERS) == address_of(
+        "model.visual.blocks.0.attn.qkv", QWEN_VL_TOWERS
+    )
+    assert address_of("model.visual.merger.mlp.0", QWEN_VL_TOWERS) == Address("vision", None, "mlp.0")
+    # PaliGemma's projector has a child named `linear`: not a Gemma4ClippableLinear's inner linear
+    pali = {"model.multi_modal_projector": "projector"}
+    assert address_of("model.multi_modal_projector.linear", pali) == Address("projector", None, "linear")

@@ -52,7 +52,12 @@ def test_gemma4_profiles_match_the_known_facts(repo_id: str) -> None:
     assert p.text_config["hidden_size"] == hidden
     assert (p.text_config["num_attention_heads"], p.text_config["num_key_value_heads"]) == (heads, kv_heads)
     assert p.kv_shared_layers == list(range(layers - shared, layers))
-    assert {"vision", "audio"} <= set(p.towers)
+    assert p.towers == {
+        "model.audio_tower": "audio",
+        "model.embed_audio": "projector",
+        "model.embed_vision": "projector",
+        "model.vision_tower": "vision",
+    }
     q = p.modules["model.language_model.layers.0.self_attn.q_proj"]
     assert q.kind == "linear" and q.in_features == hidden
     clip = p.modules["model.vision_tower.encoder.layers.0.self_attn.q_proj"]
@@ -62,9 +67,12 @@ def test_gemma4_profiles_match_the_known_facts(repo_id: str) -> None:
 def test_medgemma_is_gemma3_with_a_siglip_tower() -> None:
     p = get_profile("google/medgemma-4b-it", allow_build=False)
     assert p.architecture == "Gemma3ForConditionalGeneration" and p.num_layers == 34
-    assert "vision" in p.towers and p.kv_shared_layers == []
-    # peft's load-time conversion of transformers-4.x paths, learned by probing peft
-    assert ("language_model.model", "model.language_model") in p.load_rewrites
+    assert p.towers == {"model.multi_modal_projector": "projector", "model.vision_tower": "vision"}
+    assert p.kv_shared_layers == []
+    # peft's load-time conversion of transformers-4.x paths, learned by probing peft, with and without peft's prefix
+    assert ("base_model.model.language_model.model", "model.language_model") in p.load_rewrites
+    assert ("model.language_model", "model.language_model") in p.load_rewrites
+    assert not any(a.startswith("base_model.model.model.layers") for a, _ in p.load_rewrites)
 
 
 SHIPPED = ["google/gemma-4-E2B-it", "google/gemma-4-E4B-it", "google/medgemma-4b-it"]
@@ -167,3 +175,45 @@ def test_repacks_data_is_well_formed() -> None:
     assert full_precision_original("unsloth/gemma-4-e4b-it-unsloth-bnb-4bit") == "google/gemma-4-E4B-it"
     mirror = lookup_repack("unsloth/gemma-4-E2B-it")
     assert mirror is not None and not mirror.quantized and mirror.original == "google/gemma-4-E2B-it"
+
+
+def test_a_format_2_profile_is_read_with_towers_by_name_and_prefixed_rewrites() -> None:
+    """Profiles written before towers were found from the model (format 2) still load."""
+    p = get_profile("google/medgemma-4b-it", allow_build=False)
+    old = p.to_json()
+    old["format"] = 2
+    old["towers"] = {"vision": "model.vision_tower", "projector": "model.multi_modal_projector"}
+    old["load_rewrites"] = [["language_model.model", "model.language_model"]]
+    q = BaseProfile.from_json(old)
+    assert q.format == 3 and q.towers == p.towers
+    assert q.load_rewrites == [("base_model.model.language_model.model", "model.language_model")]
+
+
+def test_refresh_keeps_one_profile_per_verified_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drifted build under a version another shipped profile claims takes the claim; a profile left verified
+    under no version is removed."""
+    from loradoc import profiles as P
+
+    src = resolve_base("google/medgemma-4b-it")
+    d = tmp_path / "bases" / "google--medgemma-4b-it"
+    d.mkdir(parents=True)
+    shutil.copy(src.config_path, d / "config.json")
+    fresh = get_profile(src, allow_build=False)
+    current = installed_version("transformers")
+    stale = BaseProfile.from_json(fresh.to_json())
+    stale.kv_shared_layers = [1]  # differs from any fresh build
+    stale.transformers_version, stale.verified_transformers = "5.0.0", ["5.0.0", current]
+    (d / "profile.json").write_text(json.dumps(stale.to_json()))
+    older = BaseProfile.from_json(stale.to_json())
+    older.transformers_version, older.verified_transformers = "4.0.0", [current]
+    (d / "profile-transformers-4.0.0.json").write_text(json.dumps(older.to_json()))
+    monkeypatch.setattr(P, "manifests_dir", lambda: tmp_path)
+    made = BaseProfile.from_json(fresh.to_json())
+    made.transformers_version, made.verified_transformers = current, [current]
+    monkeypatch.setattr(P, "build_profile", lambda source: BaseProfile.from_json(made.to_json()))
+    path, drift = P.refresh_shipped_profile("google/medgemma-4b-it")
+    assert path.name == "profile.json" and drift
+    names = sorted(p.name for p in d.glob("profile*.json"))
+    assert names == ["profile-transformers-5.0.0.json", "profile.json"]
+    claims = {p.name: P._load_json_profile(p).verified_transformers for p in d.glob("profile*.json")}
+    assert claims == {"profile-transformers-5.0.0.json": ["5.0.0"], "profile.json": [current]}

@@ -826,7 +826,7 @@ def _build_plan(
 
 def _model_module(module: str, index: dict[Any, str], profile: BaseProfile) -> tuple[str, Any]:
     """The model's own name for an adapter module (peft's target name: rank/alpha patterns match on it)."""
-    name = index.get(address_of(module))
+    name = index.get(address_of(module, profile.towers))
     if name is None:
         return module, None
     info = profile.modules[name]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..adapter_config import AdapterConfig, fields_unsupported_by
-from ..layout import PEFT_PREFIX, LoraKey, address_of, format_key, parse_key, tower_of
+from ..layout import PEFT_PREFIX, LoraKey, format_key, parse_key
 from ..peft_rules import InjectionPlan, expected_params, plan_injection, rank_for
 from ..profiles import BaseProfile, installed_version
 from ..snapshot import AdapterSnapshot
@@ -76,21 +76,29 @@ class StaticResult:
     findings: list[Finding]
 
 
+def converted_module(p: LoraKey, profile: BaseProfile) -> str | None:
+    """The module peft's load puts a LoRA key on, after its load-time conversion (learned per base by probing
+    peft, see profiles); None when the key stays without peft's ``base_model.model.`` (it lands nowhere)."""
+    saved = (PEFT_PREFIX if p.had_peft_prefix else "") + p.module
+    if not (p.had_peft_prefix and p.module in profile.modules):
+        for src, dst in profile.load_rewrites:
+            if saved.startswith(src + "."):
+                return dst + saved[len(src) :]
+    return p.module if p.had_peft_prefix else None
+
+
 def converted_path(module: str, profile: BaseProfile) -> str:
-    """Where peft's load-time conversion puts a saved module path (learned per base, see profiles)."""
-    for src, dst in profile.load_rewrites:
-        if module.startswith(src + "."):
-            return dst + module[len(src) :]
-    return module
+    """Where peft's load-time conversion puts a module path saved with peft's prefix."""
+    return converted_module(parse_key(f"{PEFT_PREFIX}{module}.lora_A.weight"), profile) or module
 
 
 def _model_key(p: LoraKey, profile: BaseProfile) -> str:
     """The key as peft looks it up in the model (adapter name omitted), after peft's conversion renames."""
-    module = p.module
-    if p.is_lora and p.had_peft_prefix:
-        module = converted_path(module, profile)
+    module = converted_module(p, profile) if p.is_lora else None
+    if module is not None:
+        return f"{PEFT_PREFIX}{module}.{p.param}"
     prefix = PEFT_PREFIX if p.had_peft_prefix else ""
-    return f"{prefix}{module}.{p.param}"
+    return f"{prefix}{p.module}.{p.param}"
 
 
 def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
@@ -123,12 +131,12 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
     for key, rec in snapshot.tensors.items():
         p = parse_key(key)
         mk = _model_key(p, profile)
-        tower = tower_of(p.module)
+        tower = profile.tower_of(p.module)
         if mk in expected:
             provided.add(mk)
             want = expected[mk]
             target = owner[mk]
-            if tuple(rec.shape) == want:
+            if len(rec.shape) == len(want) and all(w in (-1, n) for n, w in zip(rec.shape, want, strict=True)):
                 fates[key] = KeyFate(key, LOADS, tower, target, p.param)
             else:
                 size_mismatch.append(key)
@@ -208,12 +216,16 @@ def _classify_unexpected(
     p: LoraKey,
     shape: tuple[int, ...],
 ) -> KeyFate:
-    addr = address_of(p.module)
+    addr = profile.address_of(p.module)
     target = index.get(addr)
     tower = addr.tower
     if tower != "language":
         if target is None:
             return KeyFate(p.key, ORPHAN, tower, None, p.param, "no such tower module in the base")
+        injected = target in plan.targeted and profile.modules[target].lora_supported
+        if p.is_lora and injected and _fits(cfg, profile, target, p, shape) and target != converted_module(p, profile):
+            # the config injects this tower module and the tensor fits it: saved under another path (4.x layouts)
+            return KeyFate(p.key, MISPATHED, tower, target, p.param, f"{p.module} -> {target}")
         return KeyFate(p.key, TOWER, tower, target, p.param, "tower module; not loaded as saved")
     if target is None or not p.is_lora:
         why = "no module at this address in the base"
@@ -234,7 +246,7 @@ def _classify_unexpected(
             p.param,
             f"shape {tuple(shape)} does not fit {target} ({info.in_features}->{info.out_features})",
         )
-    if target != converted_path(p.module, profile) or not p.had_peft_prefix:
+    if target != converted_module(p, profile):
         return KeyFate(p.key, MISPATHED, tower, target, p.param, f"{p.module} -> {target}")
     return KeyFate(p.key, UNTARGETED, tower, target, p.param, "the config does not target this module")
 
@@ -303,7 +315,13 @@ def _findings(
             tower_keys[f.tower].append(f)
     for tower, fs in sorted(tower_keys.items()):
         dropped = [f for f in fs if f.status == TOWER]
-        inner = sum(1 for f in fs if parse_key(f.key).module.endswith(".linear"))
+        inner = sum(
+            1
+            for f in fs
+            if parse_key(f.key).module.endswith(".linear")
+            and f.target
+            and profile.modules[f.target].kind == "clippable"
+        )
         where = f" ({inner} at Gemma4ClippableLinear's inner `.linear`)" if inner else ""
         if dropped:
             out.append(
@@ -330,12 +348,13 @@ def _findings(
             )
 
     # Injection into towers that cannot be served: peft raises (Clippable) or leaves default LoRAs (missing keys).
-    tower_targets = [m for m in plan.targeted if tower_of(m) != "language"]
+    tower_targets = [m for m in plan.targeted if profile.tower_of(m) != "language"]
     if tower_targets:
-        missing_mods = {owner[k] for k in missing_keys if k in owner}
+        # modules whose tensors are only saved under another path are answered by rerooting, not excluding
+        missing_mods = {owner[k] for k in missing_keys if k in owner} - {f.target for f in mis}
         bad = [m for m in tower_targets if m in plan.unsupported or m in missing_mods]
         if bad:
-            towers = sorted({tower_of(m) for m in bad})
+            towers = sorted({profile.tower_of(m) for m in bad})
             why = []
             if any(m in plan.unsupported for m in bad):
                 n_uns = sum(1 for m in bad if m in plan.unsupported)
@@ -344,7 +363,7 @@ def _findings(
             if any(m in missing_mods for m in bad):
                 why.append(f"{sum(1 for m in bad if m in missing_mods)} would stay default-initialised")
             ex = cfg.exclude_modules
-            if isinstance(ex, list) and any(t in ex for t in ("vision_tower", "audio_tower", "vision_model")):
+            if isinstance(ex, list) and any(t in ex for t in profile.tower_roots()):
                 why.append(
                     f"exclude_modules {ex} is a list, which matches only those exact modules, not their children"
                 )
@@ -364,7 +383,8 @@ def _findings(
     if orphans:
         reasons = Counter(f.reason for f in orphans)
         desc = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
-        kv_layers = sorted({address_of(parse_key(f.key).module).layer for f in orphans if "KV-shared" in f.reason})
+        kv = [f for f in orphans if "KV-shared" in f.reason]
+        kv_layers = sorted({profile.address_of(parse_key(f.key).module).layer for f in kv})
         head = f"{len(orphans)} tensors have no module in the base"
         if kv_layers:
             head += f" (KV-shared layers {_ranges(kv_layers)})"
@@ -384,7 +404,7 @@ def _findings(
             )
         )
 
-    lang_missing = [k for k in missing_keys if tower_of(owner.get(k, "")) == "language"]
+    lang_missing = [k for k in missing_keys if profile.tower_of(owner.get(k, "")) == "language"]
     mis_targets = {f.target for f in mis}
     unexplained = [k for k in lang_missing if owner.get(k) not in mis_targets]
     if unexplained:

@@ -31,7 +31,7 @@ from ..profiles import get_profile, installed_version, resolve_base
 from ..progress import Progress, report
 from ..safetensors_io import sha256_file, write_file_atomic
 from ..snapshot import PICKLE_NAME, SAFETENSORS_NAME, AdapterSnapshot, open_snapshot
-from .analysis import converted_path
+from .analysis import converted_module
 from .apply import CERTIFICATE_NAME
 from .dryload import capture_warnings
 
@@ -128,7 +128,7 @@ def find_stored_certificate(
 def model_param_name(key: str, profile: Any) -> str:
     """The PeftModel parameter a file key loads into (adapter name ``default``)."""
     p = parse_key(key)
-    module = converted_path(p.module, profile) if p.had_peft_prefix else p.module
+    module = converted_module(p, profile) or p.module
     param = p.param
     for stem in ("lora_A", "lora_B", "lora_magnitude_vector"):
         if param.startswith(stem + "."):

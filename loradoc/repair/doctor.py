@@ -67,7 +67,7 @@ class Diagnosis:
                 "model_type": self.profile.model_type,
                 "layers": self.profile.num_layers,
                 "kv_shared_layers": self.profile.kv_shared_layers,
-                "towers": sorted(self.profile.towers),
+                "towers": sorted(set(self.profile.towers.values())),
             },
             "static": self.static.to_json(),
             "data_checked": self.data_checked,

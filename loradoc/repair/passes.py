@@ -16,7 +16,7 @@ from typing import Any
 
 from ..adapter_config import AdapterConfig, fields_unsupported_by, parse_adapter_config
 from ..errors import BadInputError
-from ..layout import PEFT_PREFIX, parse_key, tower_of
+from ..layout import PEFT_PREFIX, parse_key
 from ..profiles import BaseProfile
 from ..snapshot import AdapterSnapshot, TensorRecord
 from . import analysis as A
@@ -227,11 +227,12 @@ def _language_targets(plan: RepairPlan, cfg: AdapterConfig) -> set[str]:
     from ..peft_rules import plan_injection
 
     inj = plan_injection(cfg, plan.profile)
-    return {m for m in inj.targeted if tower_of(m) == "language" and plan.profile.modules[m].lora_supported}
+    prof = plan.profile
+    return {m for m in inj.targeted if prof.tower_of(m) == "language" and prof.modules[m].lora_supported}
 
 
 def tower_exclude_regex(profile: BaseProfile) -> str:
-    roots = sorted({p for m in profile.modules for p in m.split(".") if p in TOWER_ROOTS})
+    roots = profile.tower_roots()
     if not roots:
         roots = ["audio_tower", "vision_tower"]
     return rf".*\.({'|'.join(roots)})\..*"
@@ -249,7 +250,7 @@ def _exclude_towers(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) 
     if isinstance(old, str) and old and old != regex:
         new = f"(?:{old})|(?:{regex})"
     elif isinstance(old, list) and old:
-        towers = set(TOWER_ROOTS)
+        towers = set(TOWER_ROOTS) | set(plan.profile.tower_roots())
         keep = [re.escape(x) for x in old if x not in towers]
         if keep:
             new = rf"(?:(?:.*\.)?(?:{'|'.join(keep)}))|(?:{regex})"

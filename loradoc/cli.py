@@ -146,14 +146,19 @@ def repair(
     from pathlib import Path
 
     from .profiles import get_profile, resolve_base
-    from .repair.passes import build_plan
+    from .repair.doctor import spec_of
+    from .repair.passes import build_plan, dry_load_judge
     from .snapshot import open_snapshot
 
     consent = allow_pickle or "pickle-to-safetensors" in (*only, *also)
     snap = open_snapshot(adapter, endpoint=endpoint, allow_pickle=consent)
     source = resolve_base(base)
-    profile = get_profile(source)
-    plan = build_plan(snap, profile, only=list(only) or None, also=list(also) or None, peft_version=peft_version)
+    spec = spec_of(snap)
+    profile = get_profile(source, spec=spec)
+    judge = dry_load_judge(source, spec) if verify == "full" else None
+    plan = build_plan(
+        snap, profile, only=list(only) or None, also=list(also) or None, peft_version=peft_version, judge=judge
+    )
     if plan_only:
         if as_json:
             _emit_json({"plan": plan.to_json(), "written": False})

@@ -34,8 +34,18 @@ def _excluded(cfg: AdapterConfig, name: str) -> bool:
                 return True
         elif name in ex or any(name.endswith(f".{e}") for e in ex):
             return True
-    mts = cfg.modules_to_save or []
+    mts = list(cfg.modules_to_save or []) + task_heads(cfg)
     return any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in mts)
+
+
+def task_heads(cfg: AdapterConfig) -> list[str]:
+    """The heads peft's task-type model adds to ``modules_to_save`` (PeftModelForSequenceClassification etc.)."""
+    task = (cfg.task_type or "").upper()
+    if task in ("SEQ_CLS", "TOKEN_CLS"):
+        return ["classifier", "score"]
+    if task == "QUESTION_ANS":
+        return ["qa_outputs"]
+    return []
 
 
 def _layer_ok(cfg: AdapterConfig, name: str) -> bool:

@@ -159,7 +159,7 @@ def head_rows(adapter_dir: Path) -> int | None:
     return next(iter(rows.values()), None)
 
 
-def random_base(config_json: Path, adapter_dir: Path, *, fill: bool = False) -> Any:
+def random_base(config_json: Path, adapter_dir: Path, *, fill: bool = False, meta: bool = False) -> Any:
     """The base an adapter loads into, from its config.json, with uninitialised (``fill``: small random) weights.
 
     Load behaviour does not depend on the values; ``fill`` is for forward passes."""
@@ -186,6 +186,9 @@ def random_base(config_json: Path, adapter_dir: Path, *, fill: bool = False) -> 
     else:
         cls = getattr(transformers, arch)
     torch.manual_seed(0)
+    if meta:  # an unreadable adapter file: peft raises before the base's weights matter
+        with torch.device("meta"):
+            return cls._from_config(config, dtype=torch.bfloat16)
     with no_init_weights():
         model = cls._from_config(config, dtype=torch.bfloat16)
     if fill:
@@ -202,8 +205,6 @@ def real_truth(adapter_dir: Path, model: Any) -> Truth:
     from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
     from safetensors import safe_open
 
-    with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), "pt") as fh:
-        file_keys = set(fh.keys())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -216,6 +217,8 @@ def real_truth(adapter_dir: Path, model: Any) -> Truth:
             )
         except Exception as e:  # noqa: BLE001 - we record what peft raises
             return Truth(None, None, None, f"{e.__class__.__name__}: {str(e).splitlines()[0]}", [], 0, False)
+    with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), "pt") as fh:
+        file_keys = set(fh.keys())
     missing: list[str] = []
     for w in caught:
         hit = re.search(r"Found missing adapter keys while loading the checkpoint: (\[.*\])", str(w.message), re.S)

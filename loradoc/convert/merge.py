@@ -283,7 +283,9 @@ def merge_adapter(
     timings["open_s"] = time.perf_counter() - t_start
 
     t = time.perf_counter()
-    profile = get_profile(source)
+    from ..repair.doctor import spec_of
+
+    profile = get_profile(source, spec=spec_of(snap))
     if require_healthy:
         _require_healthy(snap, source, adapter, base)
     timings["doctor_s"] = time.perf_counter() - t

@@ -28,7 +28,7 @@ from ..layout import parse_key
 from ..profiles import get_profile, installed_version, resolve_base
 from ..safetensors_io import sha256_file, write_file_atomic
 from ..snapshot import AdapterSnapshot, open_snapshot
-from .analysis import converted_path
+from .analysis import converted_path, wrapped_modules
 from .apply import CERTIFICATE_NAME
 from .dryload import capture_warnings
 
@@ -109,11 +109,40 @@ def _probe_ids(model: Any, device: str) -> Any:
     return (torch.arange(16, device=device) * 7 + 2).remainder(vocab).unsqueeze(0)
 
 
+def probe_inputs(model: Any, ids: Any) -> dict[str, Any]:
+    """A probe forward's inputs: encoder-decoders (T5, BART, M2M100/NLLB, ...) also get decoder inputs (the
+    model's decoder start token, then the probe ids shifted by one)."""
+    cfg = model.config
+    inputs: dict[str, Any] = {"input_ids": ids}
+    if getattr(cfg, "is_encoder_decoder", False):
+        start = getattr(cfg, "decoder_start_token_id", None)
+        if start is None:
+            start = getattr(cfg, "pad_token_id", None) or 0
+        dec = ids.clone()
+        dec[:, 1:] = ids[:, :-1]
+        dec[:, 0] = int(start)
+        inputs["decoder_input_ids"] = dec
+    return inputs
+
+
 def _logits(model: Any, ids: Any) -> Any:
+    """The output the probe compares: the last position's LM logits, a classification head's logits, or the
+    last hidden state (feature extraction / models without a head)."""
     import torch
 
     with torch.no_grad():
-        return model(input_ids=ids).logits[0, -1].float().cpu()
+        out = model(**probe_inputs(model, ids))
+    for name in ("logits", "start_logits", "last_hidden_state"):
+        t = getattr(out, name, None)
+        if t is not None:
+            break
+    else:
+        t = out[0]
+    if t.dim() == 3:  # (batch, seq, vocab | labels | hidden)
+        t = t[0, -1]
+    elif t.dim() == 2:  # (batch, labels | seq)
+        t = t[0]
+    return t.float().cpu()
 
 
 def check_load(
@@ -133,7 +162,10 @@ def check_load(
             hint="pass a local base snapshot directory (loradoc pull REPO, or the HF cache snapshot path)",
         )
     snap = snapshot or open_snapshot(adapter, allow_pickle=allow_pickle)
-    profile = get_profile(source)
+    from .doctor import spec_of
+
+    spec = spec_of(snap)
+    profile = get_profile(source, spec=spec)
     hashes = adapter_file_hashes(snap.directory)
 
     import torch
@@ -147,12 +179,24 @@ def check_load(
     captured: list[str] = []
     arch = profile.architecture
     model_cls = getattr(transformers, arch)
+    kwargs: dict[str, Any] = {}
+    if spec.num_labels:
+        kwargs["num_labels"] = spec.num_labels
     with capture_warnings() as (logs, caught):
-        model, info = model_cls.from_pretrained(source.directory, dtype=dtype, output_loading_info=True)
+        model, info = model_cls.from_pretrained(source.directory, dtype=dtype, output_loading_info=True, **kwargs)
     captured += [str(w.message) for w in caught] + list(logs)
-    base_missing = list(info.get("missing_keys", []))
+    # a task head (classifier / score) is not in a pretrained base checkpoint: the adapter brings it
+    heads = tuple(f"{m}." for m in wrapped_modules(snap.config, profile))
+    base_missing = [k for k in info.get("missing_keys", []) if not k.startswith(heads)]
+    from_adapter = [k for k in info.get("missing_keys", []) if k.startswith(heads)]
     base_bad = base_missing + list(info.get("unexpected_keys", [])) + [str(m) for m in info.get("mismatched_keys", [])]
-    checks.append(Check("base-load", not base_bad, {"missing": len(base_missing), "problems": base_bad[:20]}))
+    checks.append(
+        Check(
+            "base-load",
+            not base_bad,
+            {"missing": len(base_missing), "head_from_adapter": len(from_adapter), "problems": base_bad[:20]},
+        )
+    )
     model = model.to(dev).eval()
     ids = _probe_ids(model, dev)
     base_logits = _logits(model, ids)
@@ -215,9 +259,16 @@ def _adapter_checks(
     matched: set[str] = set()
     unexpected: list[str] = []
     not_exact: list[str] = []
+    wrapped = wrapped_modules(snap.config, profile)
     for key, t in file_tensors.items():
         name = model_param_name(key, profile)
         p = params.get(name)
+        if p is None:  # a module saved whole (modules_to_save / task head) loads into the wrapper's trained copy
+            body = name[len("base_model.model.") :]
+            m = next((w for w in wrapped if body.startswith(w + ".")), None)
+            if m is not None:
+                p = params.get(f"base_model.model.{m}.modules_to_save.default.{body[len(m) + 1 :]}")
+                name = f"base_model.model.{m}.modules_to_save.default.{body[len(m) + 1 :]}"
         if p is None:
             unexpected.append(key)
             continue

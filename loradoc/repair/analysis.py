@@ -174,7 +174,10 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
             injected_modules=len(plan.targeted),
         )
     found = _findings(snapshot, profile, plan, fates, missing_keys, owner)
-    found += trained_parts_findings(snapshot, profile, plan, fates, unsaved_wrapped)
+    # a head saved under another path is mis-pathed (reroot-keys places it), not unsaved
+    placed = {f.target for f in fates.values() if f.status == MISPATHED and f.target}
+    absent = [m for m in unsaved_wrapped if not any(h == m or h.startswith(m + ".") for h in placed)]
+    found += trained_parts_findings(snapshot, profile, plan, fates, absent)
     return StaticResult(fates, plan, predicted, found)
 
 
@@ -247,7 +250,8 @@ def wrapped_modules(cfg: AdapterConfig, profile: BaseProfile) -> list[str]:
     memo = profile.memo()
     key = ("wrapped", tuple(sorted(set(names))))
     if key not in memo:
-        out = [m for m in profile.modules if any(m == n or m.endswith("." + n) for n in names)]
+        # peft's _set_trainable: ``key.endswith(name)``, no dot (``pre_classifier`` matches ``classifier``)
+        out = [m for m in profile.modules if any(m.endswith(n) for n in names)]
         # the outermost match only (a wrapped module's children are inside the wrapper)
         memo[key] = [m for m in out if not any(m.startswith(o + ".") for o in out if o != m)]
     return memo[key]

@@ -201,7 +201,10 @@ def is_trained_head(plan: RepairPlan, key: str) -> bool:
         module = module[len(PEFT_PREFIX) :]
     names = list(plan.source.config.modules_to_save or [])
     parts = module.split(".")
-    return any(n in parts or module.endswith("." + n) for n in names)
+    # peft wraps a module whose name ends with a modules_to_save entry (``key.endswith(name)``); its weights are
+    # the wrapped module's or its children's
+    ancestors = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(a.endswith(n) for a in ancestors for n in names)
 
 
 @register_pass("drop-orphans", ("orphan-keys",), "drop tensors for modules the base does not have")

@@ -380,6 +380,10 @@ def resolve_model_class(cfg_dict: dict[str, Any], config: Any, spec: ModelSpec |
         try:
             return auto._model_mapping[type(config)]
         except KeyError:
+            if arch is not None and getattr(transformers, arch, None) is not None:
+                # no such task class for this model type: peft's task model wraps whatever it is given, and
+                # the class people load is config.json's own
+                return getattr(transformers, arch)
             raise UnknownArchitectureError(
                 f"transformers {transformers.__version__} has no {name} class for model type "
                 f"{getattr(config, 'model_type', '?')!r} (the adapter's task_type is {spec.task if spec else None})",
@@ -708,6 +712,14 @@ def get_profile(base: str | BaseSource, *, allow_build: bool = True, spec: Model
             f"the shipped profile of {source.name} was verified under transformers {verified}, not the installed "
             f"{tf_version}; it is used as a prediction (run `loradoc base profile {source.name}` to build it for "
             f"{tf_version})"
+        )
+        return prof
+    if spec is not None:
+        # --fast for a task-type model whose profile was never built: predict with config.json's own class
+        prof = get_profile(source, allow_build=False)
+        prof.memo()["note"] = (
+            f"no cached profile of {source.name} as a {spec.task} model; predicted with its "
+            f"{prof.architecture} profile (heads may differ; run doctor without --fast to build the right one)"
         )
         return prof
     raise LoradocError(

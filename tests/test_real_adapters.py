@@ -126,3 +126,49 @@ def test_provenance_lists_every_adapter() -> None:
     _require_data()
     assert set(provenance()) == {p.name for p in (REAL / "adapters").iterdir()}
     assert json.loads((REAL / "provenance.json").read_text())["adapters"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "roberta-base-seqcls-r7-kqv",  # SEQ_CLS on a RobertaForMaskedLM checkpoint: the head comes from the adapter
+        "t5-small-summarizer",  # SEQ_2_SEQ_LM: the probe needs decoder inputs
+    ],
+)
+def test_check_load_and_merge_on_the_published_base_class(name: str, tmp_path: Path) -> None:
+    """The base checkpoint is saved by config.json's own class (as published: an MLM for RoBERTa), not the task
+    class; check-load passes and the merged model equals peft's PeftModel (probe logits)."""
+    import torch
+    import transformers
+    from click.testing import CliRunner
+    from peft import PeftModel
+
+    from loradoc.cli import cli
+    from loradoc.repair.checkload import check_load, probe_inputs
+
+    _require_data()
+    cfg = json.loads((REAL / "base-configs" / f"{provenance()[name]['base']}.json").read_text())
+    config = transformers.AutoConfig.for_model(**cfg)
+    torch.manual_seed(0)
+    base_dir = tmp_path / "base"
+    getattr(transformers, cfg["architectures"][0])(config).save_pretrained(base_dir)
+    shutil.copy(REAL / "base-configs" / f"{provenance()[name]['base']}.json", base_dir / "config.json")
+    adapter = REAL / "adapters" / name
+
+    cert = check_load(str(adapter), str(base_dir), device="cpu", write=False)
+    assert cert.passed, [c for c in cert.data["checks"] if not c["passed"]]
+
+    out = tmp_path / "merged"
+    res = CliRunner().invoke(cli, ["convert", "merged", str(adapter), "--base", str(base_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    merged_cfg = json.loads((out / "config.json").read_text())
+    cls = getattr(transformers, merged_cfg["architectures"][0])
+    kw = {"num_labels": len(merged_cfg["id2label"])} if "id2label" in merged_cfg else {}
+    pm = PeftModel.from_pretrained(cls.from_pretrained(base_dir, dtype=torch.float32, **kw), str(adapter)).eval()
+    merged = cls.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.tensor([[0, 17, 29, 41, 53, 65, 77, 2]])
+    with torch.no_grad():
+        want = pm(**probe_inputs(pm, ids)).logits
+        got = merged(**probe_inputs(merged, ids)).logits
+    scale = float(want.abs().max())
+    assert float((want - got).abs().max()) <= 2e-2 * max(1.0, scale)  # merged output is bf16

@@ -64,6 +64,7 @@ class Diagnosis:
             "findings": [f.to_json() for f in self.findings],
             "peft": self.peft.to_json(),
             "mode": self.mode,
+            "prediction": self.mode == "static",
             "adapter": {
                 "path": str(self.snapshot.directory),
                 "source": self.snapshot.source,
@@ -270,16 +271,6 @@ def diagnose(
     if fast:
         peft = st.predicted
         mode = "static"
-        findings.append(
-            F.make(
-                "static-prediction",
-                F.INFO,
-                0,
-                "--fast: the verdict is a prediction from the static analysis (no peft dry load); run doctor "
-                "without --fast for peft's own answer",
-                repair=None,
-            )
-        )
     else:
         from .dryload import dry_load
 

@@ -39,7 +39,6 @@ CODES: dict[str, CodeInfo] = {
         CodeInfo("peft-load-error", "peft raises while loading", None),
         CodeInfo("not-lora", "not a LoRA adapter: analysed only partly", None),
         CodeInfo("static-disagrees", "the static prediction differs from the real dry load", None),
-        CodeInfo("static-prediction", "--fast: the verdict is a static prediction, not peft's answer", None),
         CodeInfo("unsaved-bias", "bias='lora_only'/'all' without the trained bias tensors (peft is silent)", None),
         CodeInfo("unsaved-modules", "modules_to_save / task heads with no saved tensors", None),
         CodeInfo("load-mismatch", "peft's dry load leaves keys missing/unexpected that nothing explains", None),

@@ -479,6 +479,11 @@ def _is_legacy_lora(d: Mapping[str, Any]) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 
 
+#: Generous bounds no real config reaches; past them a hostile file would make peft (and loradoc) run for minutes.
+MAX_LIST_ENTRIES = 10_000
+MAX_STRING_CHARS = 64 << 10
+
+
 class _Reader:
     def __init__(self, d: Mapping[str, Any], source: str) -> None:
         self.d = d
@@ -527,10 +532,26 @@ class _Reader:
             return v
         raise self.bad(name, "true or false")
 
+    def too_big(self, name: str, what: str) -> MalformedConfigError:
+        return MalformedConfigError(
+            f"{self.source}: field {name!r} {what}",
+            hint=f"fix {name!r} in {self.source}: no real adapter needs that much (a regex or a shorter list does)",
+        )
+
+    def bounded(self, name: str, v: Any) -> None:
+        """Caps on list lengths and string sizes (MAX_LIST_ENTRIES, MAX_STRING_CHARS)."""
+        if isinstance(v, list | dict) and len(v) > MAX_LIST_ENTRIES:
+            raise self.too_big(name, f"has {len(v)} entries (limit {MAX_LIST_ENTRIES})")
+        items = [v] if isinstance(v, str) else list(v) if isinstance(v, list | dict) else []
+        for x in items:
+            if isinstance(x, str) and len(x) > MAX_STRING_CHARS:
+                raise self.too_big(name, f"has a string of {len(x)} characters (limit {MAX_STRING_CHARS})")
+
     def str_list(self, name: str, *, allow_str: bool) -> list[str] | str | None:
         v = self.d.get(name)
         if v is None:
             return None
+        self.bounded(name, v)
         if allow_str and isinstance(v, str):
             return v
         if isinstance(v, list) and all(isinstance(x, str) for x in v):
@@ -541,18 +562,20 @@ class _Reader:
         v = self.d.get(name)
         if v is None:
             return None
+        self.bounded(name, v)
         if isinstance(v, int) and not isinstance(v, bool):
             return v
         if isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
             return list(v)
         raise self.bad(name, "an integer, a list of integers or null")
 
-    def pattern(self, name: str, *, adalora: bool = False) -> dict[str, Any]:
+    def pattern(self, name: str, *, adalora: bool = False, nonfinite_ok: bool = False) -> dict[str, Any]:
         v = self.d.get(name)
         if v is None:
             return {}
         if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
             raise self.bad(name, "an object mapping module names to numbers")
+        self.bounded(name, v)
         out: dict[str, Any] = {}
         for k, x in v.items():
             if adalora and isinstance(x, list) and all(isinstance(b, bool) for b in x):
@@ -560,6 +583,8 @@ class _Reader:
                 out[k] = sum(x)
             elif isinstance(x, int | float) and not isinstance(x, bool) and abs(x) < 1e300:
                 out[k] = x
+            elif nonfinite_ok and isinstance(x, float) and not math.isfinite(x):
+                out[k] = x  # NaN / Infinity: parsed, so that doctor reports it (bad-scaling)
             else:
                 raise self.bad(name, "an object mapping module names to numbers")
         return out
@@ -704,7 +729,7 @@ def parse_adapter_config(data: object, source: str = CONFIG_NAME) -> AdapterConf
         )
     revision = rd.opt_str("revision")
     task_type = rd.opt_str("task_type")
-    r = rd.opt_int("r", positive=True)
+    r = rd.opt_int("r")  # r <= 0 parses: doctor reports it (bad-scaling), peft raises ValueError
     lora_alpha = rd.opt_float("lora_alpha")
     lora_dropout = rd.opt_float("lora_dropout")
     use_rslora = rd.flag("use_rslora")
@@ -716,7 +741,7 @@ def parse_adapter_config(data: object, source: str = CONFIG_NAME) -> AdapterConf
     layers_to_transform = rd.int_or_list("layers_to_transform")
     layers_pattern = rd.str_list("layers_pattern", allow_str=True)
     rank_pattern = {k: int(v) for k, v in rd.pattern("rank_pattern", adalora=peft_type == "ADALORA").items()}
-    alpha_pattern = {k: float(v) for k, v in rd.pattern("alpha_pattern").items()}
+    alpha_pattern = {k: float(v) for k, v in rd.pattern("alpha_pattern", nonfinite_ok=True).items()}
     fan_in_fan_out = rd.flag("fan_in_fan_out")
     bias = rd.opt_str("bias")
     if bias is None:

@@ -6,14 +6,17 @@ Parse, call one core function, print (human or ``--json``). Exceptions are mappe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from .errors import LoradocError, exit_code_for
+from .progress import Progress
 
 
 def _emit_json(data: Any) -> None:
@@ -26,6 +29,54 @@ def _registry(path: str | None) -> Any:
     from .registry import Registry
 
     return Registry(Path(path) if path else None)
+
+
+BASE_DEFAULT = "Default: the base the registry knows for ADAPTER, else the one its adapter_config.json names."
+
+
+def _base_for(adapter: str, base: str | None, registry_path: str | None, *, weights: bool = False) -> str:
+    """--base, or the base the registry / adapter_config.json knows for ADAPTER (said on stderr)."""
+    if base:
+        return base
+    from .workflows import choose_base
+
+    try:
+        reg = _registry(registry_path)
+    except LoradocError:
+        reg = None
+    choice = choose_base(adapter, base, reg, weights=weights)
+    click.echo(f"base: {choice.base} (from {choice.why}; pass --base to choose another)", err=True)
+    return choice.base
+
+
+@contextlib.contextmanager
+def _progress_bar(label: str, quiet: bool) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr for a long job (the one progress protocol: ``(done, total, what)``).
+
+    Shown only on a terminal and never with --json; None otherwise (the job then reports to nobody)."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    bar = Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("[dim]{task.fields[what]}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(label, total=None, what="")
+
+    def update(done: int, total: int, what: str) -> None:
+        bar.update(task, completed=done, total=total or None, what=str(what)[-48:])
+
+    with bar:
+        yield update
 
 
 REGISTRY_OPT = click.option(
@@ -48,10 +99,13 @@ def cli() -> None:
 # --------------------------------------------------------------------------------------------------- doctor
 @cli.command()
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory (config.json) or a shipped base id.")
+@click.option(
+    "--base", "base", default=None, help="Local base directory (config.json) or a shipped base id. " + BASE_DEFAULT
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the machine-readable report on stdout.")
 @click.option("--fast", is_flag=True, help="Static analysis only: no torch import, cached/shipped base profile.")
 @click.option("--endpoint", default=None, help="Hub endpoint for REPO@REV adapters (default: $HF_ENDPOINT).")
+@click.option("--offline", is_flag=True, help="REPO@REV adapters: answer from the cache only (as HF_HUB_OFFLINE=1).")
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
 @click.option("--no-data", is_flag=True, help="Skip the checks that read tensor data (untrained, NaN/Inf).")
 @click.option("--record", is_flag=True, help="Write the result into the adapter's manifest and the registry.")
@@ -62,6 +116,7 @@ def doctor(
     as_json: bool,
     fast: bool,
     endpoint: str | None,
+    offline: bool,
     allow_pickle: bool,
     no_data: bool,
     record: bool,
@@ -73,6 +128,9 @@ def doctor(
     """
     from .repair.doctor import HEALTHY, diagnose
 
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read by loradoc.hub.pull for REPO@REV adapters
+    base = _base_for(adapter, base, registry_path)
     d = diagnose(adapter, base, fast=fast, endpoint=endpoint, allow_pickle=allow_pickle, read_data=not no_data)
     if record:
         manifest = _registry(registry_path).add_from_diagnosis(d)
@@ -88,8 +146,10 @@ def doctor(
 
 # --------------------------------------------------------------------------------------------------- repair
 @cli.command()
-@click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory (config.json) or a shipped base id.")
+@click.argument("adapter", required=False)
+@click.option(
+    "--base", "base", default=None, help="Local base directory (config.json) or a shipped base id. " + BASE_DEFAULT
+)
 @click.option("--out", "out", default=None, help="Directory to write the repaired adapter to (must not exist).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print what would happen; write nothing.")
 @click.option("--only", "only", multiple=True, help="Run exactly these passes (repeatable).")
@@ -110,7 +170,7 @@ def doctor(
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def repair(
-    adapter: str,
+    adapter: str | None,
     base: str,
     out: str | None,
     plan_only: bool,
@@ -143,16 +203,24 @@ def repair(
                 flag = "default" if r["default"] else "on request"
                 click.echo(f"{r['name']:<24} {flag:<11} answers {','.join(r['answers']):<18} {r['description']}")
         return
+    if not adapter:
+        raise click.UsageError("missing argument ADAPTER (or pass --list-passes)")
     from pathlib import Path
 
     from .profiles import get_profile, resolve_base
     from .repair.doctor import spec_of
     from .repair.passes import build_plan, dry_load_judge
+
+    base = _base_for(adapter, base, registry_path)
     from .snapshot import open_snapshot
 
     consent = allow_pickle or "pickle-to-safetensors" in (*only, *also)
     snap = open_snapshot(adapter, endpoint=endpoint, allow_pickle=consent)
     source = resolve_base(base)
+    if out and not plan_only:  # before any work: --out must not touch the inputs
+        from .outputs import guard_outputs
+
+        guard_outputs([("--out", out)], adapter=snap.directory, base=source.directory, overwrite=overwrite)
     spec = spec_of(snap)
     profile = get_profile(source, spec=spec)
     judge = dry_load_judge(source, spec) if verify == "full" else None
@@ -171,7 +239,8 @@ def repair(
         raise click.UsageError("--out DIR is required (or use --plan)")
     from .repair.apply import apply_plan
 
-    result = apply_plan(plan, Path(out), source, verify=verify, overwrite=overwrite)
+    with _progress_bar("repair", as_json) as progress:
+        result = apply_plan(plan, Path(out), source, verify=verify, overwrite=overwrite, progress=progress)
     if record:
         manifest = _registry(registry_path).record_repair(result.report, result.out)
         click.echo(f"recorded in {manifest}", err=True)
@@ -193,14 +262,15 @@ def repair(
 # --------------------------------------------------------------------------------------------------- check-load
 @cli.command("check-load")
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory with weights.")
+@click.option("--base", "base", default=None, help="Local base directory with weights. " + BASE_DEFAULT)
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option(
     "--certificate",
     "certificate",
     default=None,
-    help="Write the certificate here instead of ADAPTER/loradoc-certificate.json.",
+    help="Write the certificate here (default: the registry's data directory, keyed by the files' sha256).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing --certificate file.")
 @click.option("--allow-pickle", is_flag=True, help="Read a pickle adapter_model.bin (torch weights_only=True).")
 @click.option("--record", is_flag=True, help="Record the certificate in the registry.")
 @REGISTRY_OPT
@@ -210,6 +280,7 @@ def check_load_cmd(
     base: str,
     device: str,
     certificate: str | None,
+    overwrite: bool,
     allow_pickle: bool,
     record: bool,
     registry_path: str | None,
@@ -223,8 +294,15 @@ def check_load_cmd(
 
     from .repair.checkload import check_load
 
+    base = _base_for(adapter, base, registry_path, weights=True)
     cert = check_load(
-        adapter, base, device=device, certificate=Path(certificate) if certificate else None, allow_pickle=allow_pickle
+        adapter,
+        base,
+        device=device,
+        certificate=Path(certificate) if certificate else None,
+        allow_pickle=allow_pickle,
+        overwrite=overwrite,
+        registry=registry_path,
     )
     if record:
         manifest = _registry(registry_path).record_certificate(cert.data, path=cert.path)
@@ -232,9 +310,10 @@ def check_load_cmd(
     if as_json:
         _emit_json({**cert.data, "certificate_path": str(cert.path)})
     else:
-        from .render import render_certificate
+        from .render import next_after_check, render_certificate
 
         render_certificate(cert)
+        click.echo(f"next: {next_after_check(adapter, base, cert.passed)}")
     sys.exit(0 if cert.passed else 1)
 
 
@@ -248,8 +327,10 @@ def check_load_cmd(
     show_default=True,
     help="Which bundled adapter to diagnose after building.",
 )
-def example(directory: str, as_json: bool, adapter: str) -> None:
-    """Build tiny real-architecture bases and seed-adapter replicas in DIRECTORY, then diagnose one."""
+@REGISTRY_OPT
+def example(directory: str, as_json: bool, adapter: str, registry_path: str | None) -> None:
+    """Build tiny real-architecture bases and seed-adapter replicas in DIRECTORY, record each adapter with its
+    tiny base in the registry (so --base can be left out), then diagnose one."""
     from pathlib import Path
 
     from .fixtures import ADAPTER_SPECS, build_example
@@ -259,24 +340,37 @@ def example(directory: str, as_json: bool, adapter: str) -> None:
         raise click.BadParameter(f"choose one of: {', '.join(ADAPTER_SPECS)}", param_hint="--adapter")
     root = Path(directory)
     ex = build_example(root)
-    spec = ADAPTER_SPECS[adapter]
-    a_dir = ex.adapters[adapter]
-    b_dir = ex.bases[spec.base]
-    d = diagnose(str(a_dir), str(b_dir))
+    reg = _registry(registry_path)
+    pairs: dict[str, dict[str, str]] = {}
+    shown = None
+    for name, spec in ADAPTER_SPECS.items():
+        a_dir, b_dir = ex.adapters[name].resolve(), ex.bases[spec.base].resolve()
+        d = diagnose(str(a_dir), str(b_dir))
+        reg.add_from_diagnosis(d)
+        pairs[name] = {"adapter": str(a_dir), "base": str(b_dir), "verdict": d.verdict}
+        if name == adapter:
+            shown = d
+    assert shown is not None
     if as_json:
         _emit_json(
             {
                 "root": str(root),
-                "adapters": {k: str(v) for k, v in ex.adapters.items()},
+                "adapters": {k: v["adapter"] for k, v in pairs.items()},
                 "bases": {k: str(v) for k, v in ex.bases.items()},
-                "diagnosis": d.to_json(),
+                "pairs": pairs,
+                "registry": str(reg.path),
+                "diagnosis": shown.to_json(),
             }
         )
         return
     click.echo(f"built {len(ex.bases)} tiny bases and {len(ex.adapters)} adapters under {root}/")
+    click.echo(f"recorded each adapter with its tiny base in the registry ({reg.path}):")
+    for name, row in pairs.items():
+        click.echo(f"  {name:<34} base {Path(row['base']).name:<18} {row['verdict']}")
+    click.echo(f"\n{adapter}:")
     from .render import render_diagnosis
 
-    render_diagnosis(d, adapter=str(a_dir), base=str(b_dir))
+    render_diagnosis(shown, adapter=pairs[adapter]["adapter"], base=pairs[adapter]["base"])
 
 
 # --------------------------------------------------------------------------------------------------- registry
@@ -289,10 +383,17 @@ def registry() -> None:
 @click.option("--base", "base_id", default=None, help="Only adapters of this base id.")
 @click.option("--status", default=None, help="healthy | repairable | broken | repaired | verified")
 @click.option("--bases", "show_bases", is_flag=True, help="List the bases instead.")
+@click.option("--runtime", default=None, help="Only adapters a recorded `loradoc runtimes` check says RUNTIME loads "
+              "(vllm | sglang | llama_cpp | mlx_lm), or RUNTIME:VERDICT (e.g. vllm:refused).")  # fmt: skip
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def registry_list(
-    base_id: str | None, status: str | None, show_bases: bool, registry_path: str | None, as_json: bool
+    base_id: str | None,
+    status: str | None,
+    show_bases: bool,
+    runtime: str | None,
+    registry_path: str | None,
+    as_json: bool,
 ) -> None:
     """List adapters (or --bases)."""
     reg = _registry(registry_path)
@@ -305,12 +406,13 @@ def registry_list(
             rel = f"{b.relation} of {b.of}" if b.relation else ""
             click.echo(f"{b.id:<48} {b.architecture:<34} {rel}")
         return
-    rows = reg.list(base=base_id, status=status)
+    rows = reg.list(base=base_id, status=status, runtime=runtime)
     if as_json:
         _emit_json({"adapters": [r.to_json() for r in rows], "bases": [b.to_json() for b in reg.list_bases()]})
         return
     for r in rows:
-        click.echo(f"{r.id:<56} {r.status:<11} {r.base:<40} r={r.r} alpha={r.alpha}")
+        rts = " ".join(f"{k}={v}" for k, v in r.runtimes.items())
+        click.echo(f"{r.id:<56} {r.status:<11} {r.base:<40} r={r.r} alpha={r.alpha}" + (f"  {rts}" if rts else ""))
 
 
 @registry.command("show")
@@ -330,7 +432,7 @@ def registry_show(ident: str, registry_path: str | None, as_json: bool) -> None:
 
 @registry.command("add")
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory or shipped base id to diagnose against.")
+@click.option("--base", "base", default=None, help="Local base directory or shipped base id. " + BASE_DEFAULT)
 @click.option("--fast", is_flag=True, help="Static analysis only.")
 @click.option("--endpoint", default=None)
 @REGISTRY_OPT
@@ -341,6 +443,7 @@ def registry_add(
     """Run doctor on ADAPTER (a path or REPO[@REV]) and write its manifest."""
     from .repair.doctor import diagnose
 
+    base = _base_for(adapter, base, registry_path)
     d = diagnose(adapter, base, fast=fast, endpoint=endpoint)
     path = _registry(registry_path).add_from_diagnosis(d)
     if as_json:
@@ -396,31 +499,13 @@ def convert() -> None:
     """Merged checkpoints and GGUF files (merged model, or a LoRA adapter for llama-server --lora)."""
 
 
-def _record_artifact(registry_path: str | None, adapter: str, kind: str, out: Any, fmt: str) -> Any:
-    from pathlib import Path
-
-    reg = _registry(registry_path)
-    try:
-        ident = reg.show(str(Path(adapter).resolve())).id
-    except LoradocError:
-        try:
-            ident = reg.show(adapter).id
-        except LoradocError:
-            return None
-    from .safetensors_io import sha256_file
-
-    manifest = Path(out) / "loradoc-merge.json"
-    # a directory is committed to by its manifest, which lists the sha256 of every file in it
-    sha = sha256_file(manifest) if manifest.is_file() else None
-    return reg.record_artifact(ident, kind=kind, path=out, format=fmt, tool="loradoc", sha256=sha)
-
-
 @convert.command("merged")
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory with weights (bf16/f16/f32).")
-@click.option("--out", "out", required=True, help="Output directory (must not exist).")
+@click.option("--base", "base", default=None, help="Local base directory with weights. " + BASE_DEFAULT)
+@click.option("--out", "out", required=True, help="Output directory (must not exist unless --overwrite).")
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
 @click.option("--shard-size", default="5GB", show_default=True, help="Maximum shard size, e.g. 2GB or 500MB.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
@@ -430,6 +515,7 @@ def convert_merged(
     out: str,
     dtype: str,
     shard_size: str,
+    overwrite: bool,
     record: bool,
     registry_path: str | None,
     as_json: bool,
@@ -439,27 +525,45 @@ def convert_merged(
 
     from .convert.merge import merge_adapter
 
-    result = merge_adapter(adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size))
-    _finish_convert(result, "merged", f"safetensors-{dtype}", adapter, out, record, registry_path, as_json)
+    base = _base_for(adapter, base, registry_path, weights=True)
+    with _progress_bar("merge", as_json) as progress:
+        result = merge_adapter(
+            adapter, base, Path(out), dtype=dtype, shard_size=_size(shard_size), progress=progress, overwrite=overwrite
+        )
+    _finish_convert(result, "merged", dtype, adapter, out, record, registry_path, as_json)
 
 
 def _finish_convert(
-    result: Any, kind: str, fmt: str, adapter: str, out: str, record: bool, registry_path: str | None, as_json: bool
+    result: Any,
+    kind: str,
+    dtype: str | None,
+    adapter: str,
+    out: str,
+    record: bool,
+    registry_path: str | None,
+    as_json: bool,
 ) -> None:
     """Record the artifact when asked, then print the result (JSON, or a summary with every note and every tensor
     that could not go in)."""
+    from .workflows import artifact_format, record_convert
+
+    fmt = artifact_format(kind, dtype)
     if record:
-        _record_artifact(registry_path, adapter, kind, out, fmt)
+        record_convert(_registry(registry_path), adapter, kind, out, dtype)
     d = result.to_json()
     if as_json:
         _emit_json(d)
         return
-    merged = d.get("merged") or d.get("merged_modules") or []
-    click.echo(f"wrote {out} ({fmt}; {len(merged)} modules merged)" if kind != "gguf-lora" else f"wrote {out}")
+    merged = d.get("merged", d.get("merged_modules", 0))
+    n_merged = len(merged) if isinstance(merged, list | dict) else int(merged or 0)
+    click.echo(f"wrote {out} ({fmt}; {n_merged} modules merged)" if kind != "gguf-lora" else f"wrote {out}")
     for note in d.get("notes", []):
         click.echo(f"note: {note}")
     for key in d.get("not_included", []) or []:
         click.echo(f"not included: {key}")
+    from .render import next_after_convert
+
+    click.echo(f"next: {next_after_convert(kind, out)}")
 
 
 def _size(text: str) -> int:
@@ -475,10 +579,10 @@ def _size(text: str) -> int:
 
 @convert.command("gguf")
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory with weights and tokenizer.")
+@click.option("--base", "base", default=None, help="Local base directory with weights and tokenizer. " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output .gguf file.")
 @click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="bf16", show_default=True)
-@click.option("--mmproj", default=None, help="Also write the vision/audio towers as an mmproj GGUF here.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
@@ -487,7 +591,7 @@ def convert_gguf_cmd(
     base: str,
     out: str,
     outtype: str,
-    mmproj: str | None,
+    overwrite: bool,
     record: bool,
     registry_path: str | None,
     as_json: bool,
@@ -495,26 +599,107 @@ def convert_gguf_cmd(
     """The merged text model of BASE + ADAPTER as GGUF, in one fused pass (no intermediate checkpoint)."""
     from .convert.gguf_model import convert_gguf
 
-    result = convert_gguf(adapter, base, out, outtype=outtype, mmproj=mmproj)
-    _finish_convert(result, "gguf", f"gguf-{outtype}", adapter, out, record, registry_path, as_json)
+    base = _base_for(adapter, base, registry_path, weights=True)
+    with _progress_bar("gguf", as_json) as progress:
+        result = convert_gguf(adapter, base, out, outtype=outtype, progress=progress, overwrite=overwrite)
+    _finish_convert(result, "gguf", outtype, adapter, out, record, registry_path, as_json)
 
 
 @convert.command("gguf-lora")
 @click.argument("adapter")
-@click.option("--base", "base", required=True, help="Local base directory (config.json is enough).")
+@click.option("--base", "base", default=None, help="Local base directory (config.json is enough). " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output .gguf file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def convert_gguf_lora_cmd(
-    adapter: str, base: str, out: str, record: bool, registry_path: str | None, as_json: bool
+    adapter: str, base: str, out: str, overwrite: bool, record: bool, registry_path: str | None, as_json: bool
 ) -> None:
     """ADAPTER as a llama.cpp LoRA GGUF (llama-server --lora); tensors that cannot go in are listed, not dropped
     silently."""
     from .convert.gguf_lora import convert_gguf_lora
 
-    result = convert_gguf_lora(adapter, base, out)
-    _finish_convert(result, "gguf-lora", "gguf-lora", adapter, out, record, registry_path, as_json)
+    base = _base_for(adapter, base, registry_path)
+    with _progress_bar("gguf-lora", as_json) as progress:
+        result = convert_gguf_lora(adapter, base, out, progress=progress, overwrite=overwrite)
+    _finish_convert(result, "gguf-lora", None, adapter, out, record, registry_path, as_json)
+
+
+@convert.command("mlx-lm")
+@click.argument("adapter")
+@click.option("--base", "base", default=None, help="Base directory or config.json (its model_type picks mlx-lm's "
+              "module names). " + BASE_DEFAULT)  # fmt: skip
+@click.option("--out", "out", required=True, help="Output directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def convert_mlx_lm_cmd(adapter: str, base: str | None, out: str, overwrite: bool, registry_path: str | None,
+                       as_json: bool) -> None:  # fmt: skip
+    """ADAPTER (peft) in mlx-lm's adapter layout (mlx_lm.generate --adapter-path OUT), or an mlx-lm adapter
+    (adapters.safetensors) back to peft. Tensors are transposed, never changed: the round trip is bit-identical."""
+    from pathlib import Path
+
+    from .convert.mlx_lm import MLX_WEIGHTS, mlx_to_peft, peft_to_mlx
+
+    if (Path(adapter) / MLX_WEIGHTS).is_file():
+        mt = _model_type(base) if base else None
+        result = mlx_to_peft(adapter, out, model_type=mt, overwrite=overwrite)
+    else:
+        base = _base_for(adapter, base, registry_path)
+        mt = _model_type(base)
+        if not mt:
+            raise LoradocError(f"{base}: config.json names no model_type", hint="pass --base with a config.json")
+        result = peft_to_mlx(adapter, out, model_type=mt, overwrite=overwrite)
+    if as_json:
+        _emit_json(result.to_json())
+        return
+    click.echo(f"wrote {result.out} ({result.direction}, {result.tensors} tensors, rank {result.rank}, "
+               f"scale {result.scale})")  # fmt: skip
+    for n in result.notes:
+        click.echo(f"note: {n}")
+
+
+def _model_type(base: str) -> str | None:
+    from .runtimes import read_base
+
+    b = read_base(base)
+    return b.model_type if b else None
+
+
+@cli.command("runtimes")
+@click.argument("adapter")
+@click.option("--base", "base", default=None, help="Base directory, its config.json, or a shipped id (the "
+              "architecture decides SupportsLoRA, tower and model-type rules). " + BASE_DEFAULT)  # fmt: skip
+@click.option("--record", is_flag=True, help="Store the result with the adapter revision in the registry.")
+@REGISTRY_OPT
+@click.option("--json", "as_json", is_flag=True)
+def runtimes_cmd(adapter: str, base: str | None, record: bool, registry_path: str | None, as_json: bool) -> None:
+    """Will vLLM, SGLang, llama.cpp and mlx-lm load ADAPTER? Per runtime: loads / loads with flags / refused
+    (the runtime's own message) / unknown, and the loradoc command or flag that makes it load. Rules:
+    loradoc/runtimes/rules.toml (each names the runtime version and function it comes from). Exit 0 when every
+    runtime loads it (with flags or not), 1 otherwise. (`loradoc registry compat` answers for peft/transformers.)"""
+    from .runtimes import FLAGS, LOADS, check_runtimes, fill_placeholders
+
+    try:
+        base = _base_for(adapter, base, registry_path)
+    except LoradocError:
+        base = None
+        click.echo("base: none found (architecture-dependent rules answer unknown; pass --base)", err=True)
+    report = check_runtimes(adapter, base)
+    if record:
+        _registry(registry_path).record_runtimes(report.to_json())
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        click.echo(f"{adapter}  (base: {report.base or 'unknown'}, {report.architecture or 'architecture unknown'})")
+        for r in report.results:
+            click.echo(f"  {r.name + ' ' + r.version:<18} {r.summary()}")
+            fix = fill_placeholders(r.fix, adapter, base)
+            if fix:
+                click.echo(f"  {'':<18} fix: {fix}")
+    if any(r.verdict not in (LOADS, FLAGS) for r in report.results):
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------------------------------- hub
@@ -524,6 +709,7 @@ def convert_gguf_lora_cmd(
 @click.option("--base", "base", default=None, help="Diagnose against this base when recording (default: declared).")
 @click.option("--no-record", is_flag=True, help="Do not record the pulled commit in the registry.")
 @click.option("--cache-dir", default=None, help="huggingface_hub cache directory (default: its own).")
+@click.option("--offline", is_flag=True, help="Answer from this endpoint's cache only (as HF_HUB_OFFLINE=1).")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
 def pull(
@@ -532,6 +718,7 @@ def pull(
     base: str | None,
     no_record: bool,
     cache_dir: str | None,
+    offline: bool,
     registry_path: str | None,
     as_json: bool,
 ) -> None:
@@ -540,7 +727,9 @@ def pull(
     from .snapshot import parse_source
 
     repo_id, rev = parse_source(repo)
-    got = hub_pull(repo_id, rev, endpoint=endpoint, cache_dir=cache_dir)
+    got = hub_pull(repo_id, rev, endpoint=endpoint, cache_dir=cache_dir, offline=offline)
+    if got.from_cache:
+        click.echo(f"note: offline: {got.spec} comes from the cache, not from the endpoint", err=True)
     recorded = None
     if not no_record:
         recorded = _record_pull(got, base, registry_path)
@@ -589,6 +778,11 @@ def _record_pull(got: Any, base: str | None, registry_path: str | None) -> Any:
 @click.option("--repo", "repo", required=True, help="Hub repo id to push to.")
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
 @click.option("--tag", default=None, help="Tag the new commit.")
+@click.option(
+    "--tag-existing",
+    is_flag=True,
+    help="With --tag: when there is nothing to publish, tag the existing commit that already holds DIR's files.",
+)
 @click.option("--message", "-m", default=None, help="Commit message.")
 @click.option("--parent", "parent", default=None, help="Parent commit (default: the revision the repair started from).")
 @click.option("--force", is_flag=True, help="Push without a passing certificate (said loudly in the card).")
@@ -602,6 +796,7 @@ def publish(
     repo: str,
     create_pr: bool,
     tag: str | None,
+    tag_existing: bool,
     message: str | None,
     parent: str | None,
     force: bool,
@@ -611,10 +806,15 @@ def publish(
     registry_path: str | None,
     as_json: bool,
 ) -> None:
-    """Push a repaired, certified adapter DIR to REPO as ONE commit with the card, certificate and repair report."""
+    """Push a repaired, certified adapter DIR to REPO as ONE commit with the card, certificate and repair report.
+
+    Exit code: 0 pushed (the new commit, read back from the Hub), 4 nothing to publish (REPO's head already holds
+    exactly these files: no commit, no record, no tag unless --tag-existing), 2 bad input / refused (stale parent,
+    unverified files, existing tag), 3 network."""
     from pathlib import Path
 
-    from .hub import plan_publish
+    from .errors import NothingToDo
+    from .hub import NothingToPublishError, plan_publish
     from .hub import publish as hub_publish
 
     plan = plan_publish(
@@ -626,6 +826,8 @@ def publish(
         message=message,
         force=force,
         endpoint=endpoint,
+        tag_existing=tag_existing,
+        registry=registry_path,
     )
     if plan.warning:
         click.secho(plan.warning, fg="red", bold=True, err=True)
@@ -639,31 +841,31 @@ def publish(
                 click.echo(f"  {op.get('op', op.get('kind', ''))} {op.get('path')} {op.get('size', '')}")
             if data.get("card_diff"):
                 click.echo(data["card_diff"])
+            if plan.nothing_to_publish:
+                click.echo(f"nothing to publish: {plan.directory} equals {plan.repo_id}@{plan.head_commit}")
+        if plan.nothing_to_publish:
+            sys.exit(NothingToDo.exit_code)  # what publish would exit with
         return
-    result = hub_publish(plan, endpoint=endpoint)
+    try:
+        result = hub_publish(plan, endpoint=endpoint)
+    except NothingToPublishError as e:  # not a failure: say so on stdout (or as JSON), exit 4, record nothing
+        if as_json:
+            _emit_json({**e.to_json(), "recorded": None})
+        else:
+            click.echo(e.one_line())
+        sys.exit(exit_code_for(e))
     if result.warning:
         click.secho(result.warning, fg="red", bold=True, err=True)
     recorded = None
     if not no_record:
-        reg = _registry(registry_path)
-        try:
-            ident = reg.show(str(Path(directory).resolve())).id
-        except LoradocError:
-            ident = None
-        if ident:
-            recorded = reg.record_hub_revision(
-                ident,
-                commit=result.commit_sha,
-                pr=result.pr_num,
-                tag=result.tag,
-                repo_id=result.repo_id,
-                revision=str(Path(directory).resolve()),
-            )
+        from .workflows import record_publish
+
+        recorded = record_publish(_registry(registry_path), directory, result)
     if as_json:
         _emit_json({**result.to_json(), "recorded": str(recorded) if recorded else None})
     else:
-        where = f"PR #{result.pr_num}" if result.pr_num else result.commit_sha
-        click.echo(f"pushed {where} to {result.repo_id}: {result.commit_url}")
+        where = f"{result.commit_sha} as PR #{result.pr_num}" if result.pr_num else result.commit_sha
+        click.echo(f"pushed {where} to {result.repo_id} (parent {result.parent_commit}): {result.commit_url}")
         if recorded:
             click.echo(f"recorded in {recorded}")
 
@@ -681,23 +883,8 @@ def registry_scan_hub(
     """Audit every adapter of BASE on the Hub from adapter_config.json and the safetensors header alone."""
     from .hub import scan_hub
 
-    bar: Any = None
-    if not as_json and sys.stderr.isatty():
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task("scanning", total=None)
-
-    def progress(done: int, total: int, row: Any = None) -> None:
-        if bar is not None:
-            bar.update(task, completed=done, total=total, description=str(getattr(row, "repo_id", ""))[:40])
-
-    try:
+    with _progress_bar("scan-hub", as_json) as progress:
         res = scan_hub(base, limit=limit, endpoint=endpoint, concurrency=concurrency, progress=progress)
-    finally:
-        if bar is not None:
-            bar.stop()
     reg = _registry(registry_path)
     for row in res.rows:
         if row.verdict is None:
@@ -797,16 +984,31 @@ def base_profile(base_spec: str, as_json: bool) -> None:
         click.echo(f"{k:<22} {v}")
 
 
+def _quiet_third_party_warnings() -> None:
+    """Deprecation notices of torch / transformers / peft are theirs to fix, not the user's: hidden unless
+    LORADOC_DEBUG=1. loradoc's own warnings still show."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=category, module=r"loradoc(\.|$)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place that maps exceptions to exit codes and one-line messages."""
     debug = bool(os.environ.get("LORADOC_DEBUG"))
+    if not debug:
+        _quiet_third_party_warnings()
     try:
         cli.main(args=argv, prog_name="loradoc", standalone_mode=False)
         sys.exit(0)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # usage errors: one line, naming the help to read
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "loradoc"
+        text = " ".join(e.format_message().split()).rstrip(".")
+        click.echo(f"error: {text}; next: see `{where} --help`", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

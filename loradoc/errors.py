@@ -8,6 +8,8 @@ Exit codes:
     1  the job ran, but the verdict is "not healthy" (or a check failed)
     2  bad input: the user must change what they passed in
     3  environment problem: missing optional dependency, network, device
+    4  nothing to do: the target already holds exactly the result (e.g. ``publish`` of files equal to the
+       Hub head); nothing was written
 """
 
 from __future__ import annotations
@@ -67,6 +69,20 @@ class EnvironmentProblem(LoradocError):
     """A missing optional dependency, a device or network problem (exit 3)."""
 
     exit_code = 3
+
+
+class NothingToDo(LoradocError):
+    """The target already holds exactly what the command would write, so nothing was written (exit 4).
+
+    Not a failure, but not a success either: a script that expects a new commit/file can tell the two apart."""
+
+    exit_code = 4
+
+
+class Cancelled(LoradocError):
+    """The user stopped a job (a progress callback raised it); nothing was written or recorded (exit 130)."""
+
+    exit_code = 130
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -7,11 +7,15 @@ every fixture, so a drift in peft shows up as a failing test, not as a wrong ver
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from dataclasses import dataclass, field
 
-from .adapter_config import AdapterConfig
+from . import regex_guard
+from .adapter_config import KNOWN_PEFT_TYPES, AdapterConfig
 from .profiles import BaseProfile
+from .regex_guard import RegexProblem
 
 
 @dataclass
@@ -20,22 +24,84 @@ class InjectionPlan:
     excluded: list[str] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)  # targeted modules peft cannot wrap -> ValueError
     error: str | None = None  # the exception peft would raise while injecting, if any
+    #: a config regex too expensive to evaluate (peft would hang on it): nothing may run it, not even peft
+    regex_problem: RegexProblem | None = None
 
     @property
     def raises(self) -> bool:
         return self.error is not None
 
 
-def _excluded(cfg: AdapterConfig, name: str) -> bool:
+def _mts_regex(m: str) -> str:
+    return rf"(^|.*\.){m}($|\..*)"
+
+
+def _layers_regex(p: str) -> str:
+    return rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\."
+
+
+def _pattern_regex(key: str) -> str:
+    return rf"(.*\.)?({key})$"
+
+
+def regex_jobs(cfg: AdapterConfig) -> list[tuple[str, str, str]]:
+    """Every regex peft builds from ``cfg`` that could be slow: (pattern, re function, config field)."""
+    jobs: list[tuple[str, str, str]] = []
+    for fld, value in (("target_modules", cfg.target_modules), ("exclude_modules", cfg.exclude_modules)):
+        if isinstance(value, str) and value.lower() != "all-linear" and not regex_guard.is_literal(value):
+            jobs.append((value, "fullmatch", fld))
+    for m in cfg.modules_to_save or []:
+        if not regex_guard.is_literal(m):
+            jobs.append((_mts_regex(m), "match", "modules_to_save"))
+    lp = cfg.layers_pattern
+    for p in [lp] if isinstance(lp, str) else lp or []:
+        if not regex_guard.is_literal(p):
+            jobs.append((_layers_regex(p), "match", "layers_pattern"))
+    for fld, pat in (("rank_pattern", cfg.rank_pattern), ("alpha_pattern", cfg.alpha_pattern)):
+        for key in pat:
+            if not regex_guard.is_literal(key):
+                jobs.append((_pattern_regex(key), "match", fld))
+    return jobs
+
+
+def _vet_pattern_keys(cfg: AdapterConfig, plan: InjectionPlan) -> None:
+    """More rank/alpha_pattern keys than re's compile cache holds: peft's get_pattern_key recompiles every key
+    for every targeted module, which can take minutes. Time it the way peft runs it, on the targeted modules."""
+    for fld, pat in (("rank_pattern", cfg.rank_pattern), ("alpha_pattern", cfg.alpha_pattern)):
+        if len(pat) > _RE_CACHE_SIZE and plan.targeted:
+            try:
+                regex_guard.vet([(json.dumps(list(pat)), "pattern_keys", fld)], plan.targeted)
+            except RegexProblem as e:
+                plan.regex_problem = e
+                plan.error = f"regex-too-expensive: {e.message}"
+                return
+
+
+_RE_CACHE_SIZE = 512  # re._MAXCACHE in CPython 3.11 - 3.13
+#: loradoc's own matching compiles each config pattern once (peft's re.match calls go through re's small cache)
+_rx = functools.lru_cache(maxsize=1 << 16)(re.compile)
+
+
+def _dotted_suffix_in(name: str, names: set[str] | frozenset[str]) -> bool:
+    """``any(name.endswith("." + t) for t in names)`` with one set lookup per dot of ``name``."""
+    i = name.find(".")
+    while i != -1 and name[i + 1 :] not in names:
+        i = name.find(".", i + 1)
+    return i != -1
+
+
+def _excluded(cfg: AdapterConfig, name: str, ex_set: frozenset[str] | None = None) -> bool:
     ex = cfg.exclude_modules
     if ex:
         if isinstance(ex, str):
-            if re.fullmatch(ex, name):
+            if _rx(ex).fullmatch(name):
                 return True
-        elif name in ex or any(name.endswith(f".{e}") for e in ex):
-            return True
+        else:
+            names = ex_set if ex_set is not None else frozenset(ex)
+            if name in names or _dotted_suffix_in(name, names):
+                return True
     mts = list(cfg.modules_to_save or []) + task_heads(cfg)
-    return any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in mts)
+    return any(_rx(_mts_regex(m)).match(name) for m in mts)
 
 
 def task_heads(cfg: AdapterConfig) -> list[str]:
@@ -58,7 +124,7 @@ def _layer_ok(cfg: AdapterConfig, name: str) -> bool:
         match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
     else:
         for p in [pattern] if isinstance(pattern, str) else pattern:
-            match = re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", name)
+            match = _rx(_layers_regex(p)).match(name)
             if match:
                 break
     if not match:
@@ -78,10 +144,13 @@ def effective_targets(cfg: AdapterConfig, profile: BaseProfile) -> str | list[st
 
 def target_matches(cfg: AdapterConfig, targets: str | list[str] | set[str], name: str) -> bool:
     if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
+        return _rx(targets).fullmatch(name) is not None
     if name in targets:
         return True
-    found = any(name.endswith(f".{t}") for t in targets)
+    if isinstance(targets, set | frozenset):
+        found = _dotted_suffix_in(name, targets)
+    else:
+        found = any(name.endswith(f".{t}") for t in targets)
     return found and _layer_ok(cfg, name)
 
 
@@ -107,6 +176,22 @@ def plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
 
 def _plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
     plan = InjectionPlan()
+    try:
+        # before anything evaluates them (here, or peft in the dry load): a regex peft would hang on
+        regex_guard.vet(regex_jobs(cfg), list(profile.modules))
+    except RegexProblem as e:
+        if e.kind == "invalid":
+            plan.error = e.message  # peft raises re.error from re.fullmatch / re.match while injecting
+        else:
+            plan.regex_problem = e
+            plan.error = f"regex-too-expensive: {e.message}"
+        return plan
+    raw_type = cfg.raw.get("peft_type")
+    if not isinstance(raw_type, str) or raw_type not in KNOWN_PEFT_TYPES:
+        # peft: PeftConfig._get_peft_type reads loaded["peft_type"], then PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
+        # (exact, case-sensitive)
+        plan.error = "KeyError: 'peft_type'" if raw_type is None else f"KeyError: {raw_type!r}"
+        return plan
     if cfg.peft_type != "LORA":
         plan.error = f"static analysis covers LoRA only ({cfg.peft_type}); run doctor without --fast"
         return plan
@@ -114,8 +199,11 @@ def _plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
     if targets is None:
         plan.error = "ValueError: Please specify `target_modules` or `target_parameters`in `peft_config`"
         return plan
+    if isinstance(targets, list):
+        targets = frozenset(targets)  # same answers, one set lookup per dot of a name
+    ex_set = frozenset(cfg.exclude_modules) if isinstance(cfg.exclude_modules, list) else None
     for name, info in profile.modules.items():
-        if _excluded(cfg, name):
+        if _excluded(cfg, name, ex_set):
             plan.excluded.append(name)
             continue
         if not target_matches(cfg, targets, name):
@@ -123,6 +211,9 @@ def _plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
         plan.targeted.append(name)
         if not info.lora_supported:
             plan.unsupported.append(name)
+    _vet_pattern_keys(cfg, plan)
+    if plan.regex_problem is not None:
+        return plan
     if plan.unsupported:
         first = plan.unsupported[0]
         plan.error = (
@@ -149,7 +240,10 @@ def alpha_for(cfg: AdapterConfig, module: str) -> float:
 def _pattern_value(pattern: dict[str, float] | dict[str, int], module: str, default: float) -> float:
     # peft.utils.other.get_pattern_key: the first pattern key that matches as a suffix regex
     for key in pattern:
-        if re.match(rf"(.*\.)?({key})$", module):
+        full = _pattern_regex(key)
+        if not regex_guard.is_literal(key) and not regex_guard.vetted(full, "match"):
+            regex_guard.vet([(full, "match", "rank_pattern/alpha_pattern")], [module])
+        if _rx(full).match(module):
             return pattern[key]
     return default
 

@@ -173,7 +173,8 @@ _NOT_CONTENT = ("name", "transformers_version", "verified_transformers", "format
 def profile_drift(old: BaseProfile, new: BaseProfile) -> str | None:
     """The first difference between two profiles' content, in words (None when they describe the same model).
 
-    Modules are compared first, in model order (name, class, kind, features), then every other field."""
+    Modules are compared first (name, class, kind, features; their order is not content), then every other
+    field."""
     for name in list(old.modules) + [n for n in new.modules if n not in old.modules]:
         a, b = old.modules.get(name), new.modules.get(name)
         if a is None or b is None:
@@ -181,8 +182,6 @@ def profile_drift(old: BaseProfile, new: BaseProfile) -> str | None:
             return f"module {name} is {where}"
         if a != b:
             return f"module {name}: {a} became {b}"
-    if list(old.modules) != list(new.modules):
-        return "the modules are the same but in another order"
     ca, cb = old.content(), new.content()
     for key in sorted(set(ca) | set(cb)):
         if key != "modules" and ca.get(key) != cb.get(key):
@@ -257,7 +256,62 @@ def read_config(path: Path) -> tuple[dict[str, Any], str]:
         ) from None
     if not isinstance(cfg, dict):
         raise MalformedConfigError(f"{path} is not a JSON object", hint="restore the base's config.json")
+    validate_base_config(cfg, path)
     return cfg, hashlib.sha256(raw).hexdigest()
+
+
+#: The size fields loradoc (and the meta-device build) read, with generous upper bounds no real model reaches:
+#: past them a hostile config.json makes the module-tree build run for minutes.
+BASE_INT_FIELDS: dict[str, tuple[int, int]] = {
+    "num_hidden_layers": (0, 4096),
+    "num_kv_shared_layers": (0, 4096),
+    "hidden_size": (1, 1 << 20),
+    "intermediate_size": (1, 1 << 22),
+    "num_attention_heads": (1, 1 << 16),
+    "num_key_value_heads": (1, 1 << 16),
+    "head_dim": (1, 1 << 16),
+    "vocab_size": (1, 1 << 24),
+}
+
+
+def validate_base_config(cfg: dict[str, Any], path: Path) -> None:
+    """Types and sizes of the base config.json fields loradoc reads: one clear line naming the field."""
+
+    def bad(name: str, want: str, got: Any) -> MalformedConfigError:
+        shown = json.dumps(got)[:60] if isinstance(got, str | int | float | list | dict | None) else repr(got)[:60]
+        return MalformedConfigError(
+            f"{path}: field {name!r} must be {want}, got {shown}",
+            hint="restore the base's config.json from its source (or fix that field)",
+        )
+
+    archs = cfg.get("architectures")
+    if archs is not None and not (
+        isinstance(archs, list) and archs and all(isinstance(a, str) and 0 < len(a) <= 256 for a in archs)
+    ):
+        raise bad("architectures", 'a non-empty list of class names such as ["Gemma4ForConditionalGeneration"]', archs)
+    subs: list[tuple[str, dict[str, Any]]] = [("", cfg)]
+    subs += [(f"{k}.", v) for k, v in cfg.items() if k.endswith("_config") and isinstance(v, dict)]
+    for prefix, d in subs:
+        for name, (lo, hi) in BASE_INT_FIELDS.items():
+            v = d.get(name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise bad(prefix + name, "an integer", v)
+            if not lo <= v <= hi:
+                raise bad(prefix + name, f"an integer from {lo} to {hi}", v)
+        lt = d.get("layer_types")
+        if lt is None:
+            continue
+        if not isinstance(lt, list) or not all(isinstance(t, str) and len(t) <= 256 for t in lt):
+            raise bad(prefix + "layer_types", "a list of layer type names", lt)
+        n = d.get("num_hidden_layers")
+        if n is not None and len(lt) != n:
+            raise MalformedConfigError(
+                f"{path}: field {prefix + 'layer_types'!r} has {len(lt)} entries but "
+                f"{prefix + 'num_hidden_layers'} is {n}",
+                hint="restore the base's config.json from its source (one layer type per layer)",
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -747,24 +801,40 @@ def build_and_cache(base: str) -> tuple[BaseProfile, Path, str | None]:
 def refresh_shipped_profile(base: str) -> tuple[Path, str | None]:
     """Maintainers' tool: build a shipped base's profile under the installed transformers and record the result.
 
-    Same content as ``profile.json``: the installed version is added to its ``verified_transformers``. Different
-    content (a drift): the old file is kept as ``profile-transformers-<version>.json`` and the new build becomes
-    ``profile.json``. Returns the path written and the drift (None when there was none)."""
+    Same content as a shipped profile: the installed version is added to its ``verified_transformers``. Different
+    content from all of them (a drift): a build under a newer transformers than ``profile.json``'s becomes
+    ``profile.json`` (the old one is kept as ``profile-transformers-<its version>.json``); a build under an older
+    one is added as ``profile-transformers-<installed version>.json``. Returns the path written and the drift from
+    the nearest shipped profile (None when there was none)."""
     source = resolve_base(base)
     if not source.shipped:
         raise BadInputError(f"{base} is not a shipped base", hint="pass one of: " + ", ".join(shipped_bases()))
     fresh = build_profile(source)
     fresh.name = source.name
-    target = source.directory / "profile.json"
-    current = _load_json_profile(target) if target.is_file() else None
-    drift = profile_drift(current, fresh) if current is not None else "no shipped profile"
-    if current is not None and drift is None:
-        versions = set(current.verified_transformers or [current.transformers_version]) | {fresh.transformers_version}
-        current.verified_transformers = sorted(versions, key=_version_key)
-        _write_json_atomic(target, current.to_json())
-        return target, None
-    if current is not None:
-        keep = source.directory / f"profile-transformers-{current.transformers_version}.json"
-        _write_json_atomic(keep, current.to_json())
-    _write_json_atomic(target, fresh.to_json())
-    return target, drift
+    version = fresh.transformers_version
+    shipped = {p.transformers_version: p for p in shipped_profiles(source)}
+    for prof in shipped.values():
+        if profile_drift(prof, fresh) is None:
+            prof.verified_transformers = sorted(set(prof.verified_transformers) | {version}, key=_version_key)
+            path = source.directory / _profile_file(prof, source)
+            _write_json_atomic(path, prof.to_json())
+            return path, None
+    drift = profile_drift(_nearest(list(shipped.values()), version), fresh) if shipped else "no shipped profile"
+    main_path = source.directory / "profile.json"
+    current = _load_json_profile(main_path) if main_path.is_file() else None
+    if current is not None and _version_key(version) < _version_key(current.transformers_version):
+        path = source.directory / f"profile-transformers-{version}.json"
+    else:
+        if current is not None:
+            keep = source.directory / f"profile-transformers-{current.transformers_version}.json"
+            _write_json_atomic(keep, current.to_json())
+        path = main_path
+    _write_json_atomic(path, fresh.to_json())
+    return path, drift
+
+
+def _profile_file(prof: BaseProfile, source: BaseSource) -> str:
+    main = _load_json_profile(source.directory / "profile.json")
+    if main is not None and main.transformers_version == prof.transformers_version:
+        return "profile.json"
+    return f"profile-transformers-{prof.transformers_version}.json"

@@ -33,7 +33,7 @@ def render_diagnosis(d: Diagnosis, *, adapter: str, base: str) -> None:
     table.add_column("finding")
     table.add_column("sev")
     table.add_column("n", justify="right")
-    table.add_column("what")
+    table.add_column("what", overflow="fold")  # key paths wrap, never cut
     groups: dict[str, list] = defaultdict(list)
     for f in d.findings:
         groups[f.tower or "adapter"].append(f)
@@ -61,6 +61,39 @@ def render_diagnosis(d: Diagnosis, *, adapter: str, base: str) -> None:
         console.print(f"fix: {cmd}", soft_wrap=True, highlight=False, markup=False)
     elif d.verdict == "broken":
         console.print("fix: none automatic; the findings above say what cannot be repaired")
+    elif d.verdict == "healthy":
+        console.print(f"next: {next_after_doctor(adapter, base)}", soft_wrap=True, highlight=False, markup=False)
+
+
+def _has_weights(base: str) -> bool:
+    from pathlib import Path
+
+    p = Path(base)
+    return p.is_dir() and any(p.glob("*.safetensors"))
+
+
+def next_after_doctor(adapter: str, base: str) -> str:
+    """The next step after a healthy diagnosis: a real load on the base weights."""
+    a, b = shlex.quote(adapter), shlex.quote(base)
+    if _has_weights(base):
+        return f"loradoc check-load {a} --base {b}"
+    return f"loradoc pull {b} (the weights), then loradoc check-load {a} --base DIR"
+
+
+def next_after_check(adapter: str, base: str, passed: bool) -> str:
+    a, b = shlex.quote(adapter), shlex.quote(base)
+    if not passed:
+        return f"loradoc doctor {a} --base {b} (the failing checks above say what does not load as trained)"
+    return f"loradoc convert merged {a} --base {b} --out DIR, or loradoc publish DIR --repo REPO"
+
+
+def next_after_convert(kind: str, out: str) -> str:
+    o = shlex.quote(out)
+    if kind == "merged":
+        return f"load {o} with transformers, or loradoc convert gguf ADAPTER --base BASE --out FILE.gguf"
+    if kind == "gguf":
+        return f"llama-cli -m {o} (llama.cpp), or quantize it with llama.cpp's llama-quantize"
+    return f"llama-server -m BASE.gguf --lora {o} (llama.cpp)"
 
 
 def render_plan(plan: RepairPlan) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loradoc.errors import BadInputError, EnvironmentProblem, MalformedSafetensorsError, MissingFileError
+from loradoc.outputs import dir_aside_prefix, dir_temp_prefix, file_temp_prefix
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing is a measurable part of the import time
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,6 +51,7 @@ __all__ = [
     "fsync_dir",
     "header_bytes_needed",
     "iter_tensor_bytes",
+    "iter_tensor_chunks_numpy",
     "parse_header_bytes",
     "pread_exact",
     "read_header",
@@ -153,8 +155,8 @@ class SafetensorsHeader:
     file_size: int
     metadata: dict[str, str]  # "__metadata__" ({} when absent or null)
     tensors: dict[str, TensorInfo]  # in the order of the JSON header
-    #: Byte ranges [begin, end) of the data section that no tensor covers (between tensors, and after the last
-    #: one). Allowed here, but the safetensors library itself refuses such files.
+    #: Byte ranges of the data section that no tensor covers. Always empty: like the safetensors library, the
+    #: parser refuses a gap, an overlap or trailing bytes (kept for callers that still read it).
     gaps: tuple[tuple[int, int], ...] = field(default=())
 
     @property
@@ -280,19 +282,62 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"non-standard JSON constant {token}")
 
 
-def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
+class _Pairs(dict):  # type: ignore[type-arg]
+    """A JSON object that remembers every (key, value) pair: duplicates included, in order (the last one wins, as
+    in the safetensors library, whose serde maps keep the last value but still type-check every one)."""
+
+    pairs: list[tuple[str, Any]]
+
+
+def _keep_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = _Pairs(pairs)
+    out.pairs = pairs
     return out
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
+def _parse_int(text: str) -> Any:
+    # serde_json reads "-0" as the float -0.0 (so it is not an offset or a dimension); Python would give int 0
+    return -0.0 if text == "-0" else int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # serde_json: "number out of range"
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_U64_MAX = (1 << 64) - 1
+#: serde_json's recursion limit, as the safetensors library meets it: at most 127 nested objects/arrays.
+_MAX_JSON_DEPTH = 127
+
+
+def _json_depth_ok(value: Any, depth: int) -> str | None:
+    """None when ``value`` (nested ``depth`` containers deep) is within serde_json's limits and has no lone
+    surrogate; else what is wrong."""
+    stack = [(value, depth)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, str):
+            if _has_lone_surrogate(v):
+                return "a string with a lone UTF-16 surrogate escape"
+        elif isinstance(v, dict | list):
+            if d + 1 > _MAX_JSON_DEPTH:
+                return f"JSON nested more than {_MAX_JSON_DEPTH} levels deep"
+            items = list(v.items()) if isinstance(v, dict) else [(None, x) for x in v]
+            for k, x in items:
+                if k is not None and _has_lone_surrogate(k):
+                    return "a key with a lone UTF-16 surrogate escape"
+                stack.append((x, d + 1))
+    return None
 
 
 def _is_int(value: Any) -> bool:
@@ -306,12 +351,21 @@ def _json_type(value: Any) -> str:
 
 
 def _parse_tensor(path: Path, name: str, entry: Any) -> TensorInfo:
+    """Type checks (those of the safetensors library's serde types) and the size rules of its validation."""
     where = f"tensor '{name}'"
     if not isinstance(entry, dict):
         raise _malformed(path, f"{where}: entry is a JSON {_json_type(entry)}, not an object")
     for key in ("dtype", "shape", "data_offsets"):
         if key not in entry:
             raise _malformed(path, f"{where}: entry has no '{key}'")
+    fields = [k for k, _ in getattr(entry, "pairs", ()) if k in ("dtype", "shape", "data_offsets")]
+    if len(fields) != len(set(fields)):
+        raise _malformed(path, f"{where}: entry has a field twice")
+    for k, v in entry.items():
+        if k not in ("dtype", "shape", "data_offsets"):
+            wrong = _has_lone_surrogate(k) and "a key with a lone UTF-16 surrogate escape" or _json_depth_ok(v, 2)
+            if wrong:
+                raise _malformed(path, f"{where}: extra field '{k.encode('utf-8', 'replace').decode()}' has {wrong}")
     dtype = entry["dtype"]
     if not isinstance(dtype, str):
         raise _malformed(path, f"{where}: dtype is a JSON {_json_type(dtype)}, not a string")
@@ -327,13 +381,30 @@ def _parse_tensor(path: Path, name: str, entry: Any) -> TensorInfo:
         raise _malformed(path, f"{where}: shape must be a list of integers, got {json.dumps(shape)[:80]}")
     if any(d < 0 for d in shape):
         raise _malformed(path, f"{where}: shape {shape} has a negative dimension")
+    if any(d > _U64_MAX for d in shape):
+        raise _malformed(path, f"{where}: shape {json.dumps(shape)[:80]} has a dimension past 2**64")
     offsets = entry["data_offsets"]
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
         raise _malformed(path, f"{where}: data_offsets must be [begin, end], got {json.dumps(offsets)[:80]}")
+    if any(o > _U64_MAX for o in offsets):
+        raise _malformed(path, f"{where}: data_offsets {json.dumps(offsets)[:80]} are past 2**64")
     begin, end = offsets
     if not 0 <= begin <= end:
         raise _malformed(path, f"{where}: data_offsets [{begin}, {end}] are not 0 <= begin <= end")
-    numel = math.prod(shape)
+    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), begin=begin, end=end)
+
+
+def _check_tensor_size(path: Path, info: TensorInfo) -> None:
+    where = f"tensor '{info.name}'"
+    dtype, shape, begin, end = info.dtype, list(info.shape), info.begin, info.end
+    acc = 1
+    for d in shape:  # the library multiplies with overflow checks, left to right, in 64 bits
+        acc *= d
+        if acc > _U64_MAX:
+            raise _malformed(path, f"{where}: shape {shape} overflows 64 bits")
+    if acc * DTYPE_BITS[dtype] > _U64_MAX:
+        raise _malformed(path, f"{where}: shape {shape} overflows 64 bits")
+    numel = acc
     bits = numel * DTYPE_BITS[dtype]
     if bits % 8:
         raise _malformed(
@@ -346,7 +417,6 @@ def _parse_tensor(path: Path, name: str, entry: Any) -> TensorInfo:
             f"{where}: data_offsets [{begin}, {end}] span {end - begin} bytes but {dtype} shape "
             f"{list(shape)} needs {bits // 8}",
         )
-    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), begin=begin, end=end)
 
 
 def parse_header_bytes(raw: bytes, file_size: int, path: Path) -> SafetensorsHeader:
@@ -369,9 +439,13 @@ def parse_header_bytes(raw: bytes, file_size: int, path: Path) -> SafetensorsHea
             raise sniffed from exc
         raise _malformed(path, f"header is not valid UTF-8 (bad byte at position {exc.start})") from exc
     try:
-        obj = json.loads(text, object_pairs_hook=_pairs_no_duplicates, parse_constant=_reject_constant)
-    except _DuplicateKey as exc:
-        raise _malformed(path, f"header has the key '{exc.key}' twice") from exc
+        obj = json.loads(
+            text,
+            object_pairs_hook=_keep_pairs,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+        )
     except json.JSONDecodeError as exc:
         raise _malformed(path, f"header is not valid JSON: {exc.msg} (position {exc.pos})") from exc
     except (ValueError, RecursionError) as exc:
@@ -379,10 +453,18 @@ def parse_header_bytes(raw: bytes, file_size: int, path: Path) -> SafetensorsHea
     if not isinstance(obj, dict):
         raise _malformed(path, f"header is a JSON {_json_type(obj)}, not an object")
 
+    # The safetensors library's rules (serde + Metadata::validate): every entry is type-checked, a repeated
+    # tensor name keeps its last entry, "__metadata__" may appear once.
     metadata: dict[str, str] = {}
     tensors: dict[str, TensorInfo] = {}
-    for key, value in obj.items():
+    seen_metadata = False
+    for key, value in getattr(obj, "pairs", list(obj.items())):
+        if _has_lone_surrogate(key):
+            raise _malformed(path, "header has a key with a lone UTF-16 surrogate escape (not valid Unicode)")
         if key == "__metadata__":
+            if seen_metadata:
+                raise _malformed(path, "header has '__metadata__' twice")
+            seen_metadata = True
             if value is None:  # the safetensors library accepts null
                 continue
             if not isinstance(value, dict):
@@ -393,9 +475,14 @@ def parse_header_bytes(raw: bytes, file_size: int, path: Path) -> SafetensorsHea
                         path,
                         f"__metadata__['{mk}'] is a JSON {_json_type(mv)}; metadata values must be strings",
                     )
+                if _has_lone_surrogate(mk) or _has_lone_surrogate(mv):
+                    raise _malformed(path, "__metadata__ has a string with a lone UTF-16 surrogate escape")
             metadata = dict(value)
         else:
+            tensors.pop(key, None)  # the last entry wins, in the position of the last one
             tensors[key] = _parse_tensor(path, key, value)
+    for info in tensors.values():
+        _check_tensor_size(path, info)
 
     data_size = file_size - 8 - n
     ordered = sorted(tensors.values(), key=lambda t: (t.begin, t.end))
@@ -410,24 +497,31 @@ def parse_header_bytes(raw: bytes, file_size: int, path: Path) -> SafetensorsHea
             _HINT_TRUNCATED,
         )
 
-    gaps: list[tuple[int, int]] = []
-    prev: TensorInfo | None = None
+    # Sorted by offsets, the tensors must tile the data section exactly (zero-size ones included): no gap, no
+    # overlap, no trailing byte. The safetensors library refuses anything else, and so peft cannot load it.
     pos = 0
+    prev: TensorInfo | None = None
     for info in ordered:
-        if info.nbytes == 0:
-            continue
-        if prev is not None and info.begin < prev.end:
+        if info.begin > pos:
             raise _malformed(
                 path,
-                f"tensors '{prev.name}' [{prev.begin}, {prev.end}) and "
-                f"'{info.name}' [{info.begin}, {info.end}) overlap in the data section",
+                f"{info.begin - pos} unused bytes at data offsets [{pos}, {info.begin}) before tensor "
+                f"'{info.name}': the safetensors library refuses a gap between tensors",
             )
-        if info.begin > pos:
-            gaps.append((pos, info.begin))
+        if info.begin < pos:
+            other = f"'{prev.name}' [{prev.begin}, {prev.end}) and " if prev is not None else ""
+            raise _malformed(
+                path,
+                f"tensors {other}'{info.name}' [{info.begin}, {info.end}) overlap in the data section",
+            )
         pos = info.end
         prev = info
     if data_size > pos:
-        gaps.append((pos, data_size))
+        raise _malformed(
+            path,
+            f"{data_size - pos} trailing bytes after the last tensor (data offsets [{pos}, {data_size})): the "
+            "safetensors library refuses them",
+        )
 
     return SafetensorsHeader(
         path=path,
@@ -436,7 +530,6 @@ def parse_header_bytes(raw: bytes, file_size: int, path: Path) -> SafetensorsHea
         file_size=file_size,
         metadata=metadata,
         tensors=tensors,
-        gaps=tuple(gaps),
     )
 
 
@@ -491,7 +584,7 @@ def _lookup(header: SafetensorsHeader, name: str) -> TensorInfo:
     if info is None:
         raise BadInputError(
             f"{header.path}: no tensor named '{name}' (the file has {len(header.tensors)} tensors)",
-            hint="list the file's tensors with `loradoc inspect` and use one of those names",
+            hint="use one of the tensor names in the file's header",
         )
     return info
 
@@ -575,6 +668,35 @@ def iter_tensor_bytes(
             )
         for info in infos:
             yield info, _chunks(fh, header.data_start + info.begin, info.nbytes, chunk_size, header.path)
+
+
+#: The data check's read size: whatever a header declares, no read (and no decoded array) is larger.
+DATA_CHUNK_BYTES = 16 << 20
+
+
+def iter_tensor_chunks_numpy(
+    header: SafetensorsHeader, chunk_size: int = DATA_CHUNK_BYTES
+) -> Iterator[tuple[TensorInfo, Iterator[numpy.ndarray]]]:
+    """Every tensor (file order) as flat numpy chunks of at most ``chunk_size`` bytes read each (BF16 is decoded
+    to float32). Dtypes numpy cannot hold raise BadInputError, as :func:`tensor_to_numpy` does."""
+    import numpy as np
+
+    for info, chunks in iter_tensor_bytes(header, chunk_size=chunk_size - chunk_size % 8 or 8):
+        if info.dtype != "BF16" and info.dtype not in _NUMPY_DTYPES:
+            raise BadInputError(
+                f"tensor '{info.name}' has dtype {info.dtype}, which numpy cannot hold",
+                hint="load this tensor with torch (safetensors.torch) instead",
+            )
+        np_dtype = _NUMPY_DTYPES.get(info.dtype, "<u2")
+
+        def decode(chunks: Iterator[bytes] = chunks, bf16: bool = info.dtype == "BF16", dt: str = np_dtype):
+            for data in chunks:
+                if bf16:
+                    yield (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+                else:
+                    yield np.frombuffer(data, dtype=dt)
+
+        yield info, decode()
 
 
 def tensor_to_numpy(info: TensorInfo, data: bytes) -> numpy.ndarray:
@@ -724,7 +846,7 @@ def _new_temp_file(target: Path) -> tuple[int, Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         import tempfile  # imported here: keeps `import loradoc.safetensors_io` light
 
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=file_temp_prefix(target), suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise _env_error("creating a temporary file", target, exc) from exc
     with contextlib.suppress(OSError, AttributeError):  # no fchmod on Windows
@@ -1019,13 +1141,13 @@ def _remove(path: Path) -> None:
 
 @contextmanager
 def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temp dir beside ``target`` (``.<name>.tmp-XXXX``) to fill; on normal exit fsync every
+    """Yield a fresh temp dir beside ``target`` (``.<name>.tmp-p<pid>-XXXX``) to fill; on normal exit fsync every
     file and directory in it and rename it to ``target``; on an exception delete it.
 
     An existing ``target`` is refused (BadInputError) unless ``overwrite``: then the old one is renamed aside
-    (``.<name>.old-XXXX``), the new one renamed in, and the old one deleted. A crash leaves only dot-prefixed
+    (``.<name>.old-p<pid>-XXXX``), the new one renamed in, and the old one deleted. A crash leaves only dot-prefixed
     temp dirs, never a half-written ``target`` (a crash between the two renames of an overwrite leaves the
-    complete old copy under ``.<name>.old-XXXX``)."""
+    complete old copy under ``.<name>.old-p<pid>-XXXX``)."""
     import shutil
     import tempfile
 
@@ -1034,7 +1156,7 @@ def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool = False)
         raise _refuse_existing(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=dir_temp_prefix(target), dir=target.parent))
     except OSError as exc:
         raise _env_error("creating a temporary directory", target, exc) from exc
     try:
@@ -1048,7 +1170,7 @@ def atomic_directory(target: str | os.PathLike[str], *, overwrite: bool = False)
         if os.path.lexists(target):
             if not overwrite:
                 raise _refuse_existing(target)
-            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            aside = Path(tempfile.mkdtemp(prefix=dir_aside_prefix(target), dir=target.parent))
             os.rmdir(aside)  # reserve a unique name, then move the old target there
             os.rename(target, aside)
             try:

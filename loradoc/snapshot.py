@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from .adapter_config import AdapterConfig, load_adapter_config
 from .errors import BadInputError, MissingFileError, PickleRefusedError
-from .safetensors_io import SafetensorsHeader, read_header, read_tensor_bytes, tensor_to_numpy
+from .safetensors_io import (
+    SafetensorsHeader,
+    iter_tensor_chunks_numpy,
+    read_header,
+    read_tensor_bytes,
+    tensor_to_numpy,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,6 +61,17 @@ class AdapterSnapshot:
         if self.repo_id:
             return f"{self.repo_id}@{(self.commit or self.revision or 'main')[:12]}"
         return str(self.directory)
+
+    def iter_array_chunks(self) -> Iterator[tuple[str, Iterator[np.ndarray]]]:
+        """Each tensor as flat numpy chunks of bounded size (safetensors: at most DATA_CHUNK_BYTES read at a time,
+        whatever the header declares), one tensor at a time."""
+        if self.weights_format == "safetensors":
+            assert self.header is not None
+            for info, chunks in iter_tensor_chunks_numpy(self.header):
+                yield info.name, chunks
+        else:
+            for name, arr in self.iter_arrays():
+                yield name, iter([arr.reshape(-1)])
 
     def iter_arrays(self) -> Iterator[tuple[str, np.ndarray]]:
         """Each tensor as a float/int numpy array, one at a time (reads tensor data)."""
@@ -139,11 +156,14 @@ def open_snapshot(
 def load_pickle_weights(path: Path) -> dict[str, Any]:
     """Load a pickle state dict with ``weights_only=True`` (no code runs), as CPU tensors."""
     import pickle
+    import warnings
 
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note about the pickle protocol is not the user's business
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise BadInputError(

@@ -44,3 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
         settings.load_profile("ci")
     # Profiles and registries the tests build go to a private cache, never the user's.
     os.environ.setdefault("LORADOC_CACHE_DIR", tempfile.mkdtemp(prefix="loradoc-test-cache-"))
+    # check-load's certificates (and the default registry) too
+    os.environ.setdefault(
+        "LORADOC_REGISTRY", os.path.join(tempfile.mkdtemp(prefix="loradoc-test-data-"), "registry.sqlite")
+    )

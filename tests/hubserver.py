@@ -26,7 +26,8 @@ Writes need ``Authorization: Bearer <token>`` with a token the server knows (els
 (401) on every request. Bytes served are counted per request kind and per file name (``server.stats``), and
 ``server.fail_next(kind, mode)`` injects faults: ``drop`` (close the socket half-way through the request body, or
 half-way through the response body for GETs), ``after`` (commit only: apply the commit, then drop the connection
-before answering), or an HTTP status such as ``503``.
+before answering), ``race`` (commit only: apply the commit, then another user's commit on top of it on the same
+branch, then answer with the first), or an HTTP status such as ``503``.
 """
 
 from __future__ import annotations
@@ -537,7 +538,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.stats.requests[self.kind] += 1
             fault = self.server.take_fault(self.kind)
             self.user = self._auth()
-            if fault is not None and fault not in ("drop", "after"):
+            if fault is not None and fault not in ("drop", "after", "race"):
                 raise HubError(int(fault), f"injected fault {fault}")
             if fault == "drop" and method in ("POST", "PUT"):
                 self._drop_mid_body()
@@ -953,6 +954,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.fault == "after":
             self._kill_socket()
             return
+        if self.fault == "race" and pr is None:  # someone else commits on the branch before the answer arrives
+            self.store.apply_commit(
+                repo_id, rev, [Op("add", "concurrent.txt", data=b"a concurrent commit\n")], title="race", author="bob"
+            )
         self._json(
             {
                 "success": True,
@@ -1034,7 +1039,8 @@ class HubServer(ThreadingHTTPServer):
 
     def fail_next(self, kind: str, mode: str = "drop", times: int = 1) -> None:
         """The next ``times`` requests of ``kind`` (commit, preupload, resolve, info, list, tag, ...) fail:
-        ``drop`` closes the socket mid-body, ``after`` (commit) commits then drops, a number answers that status."""
+        ``drop`` closes the socket mid-body, ``after`` (commit) commits then drops, ``race`` (commit) commits then
+        lets another user commit on top before answering, a number answers that status."""
         with self._fault_lock:
             self._faults.extend([(kind, mode)] * times)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from realload import Truth, random_base, real_truth
+from realload import Truth, head_rows, random_base, real_truth
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-adapters"
 # header-level only: the base is too large to instantiate with weights on a CI machine
@@ -42,7 +42,8 @@ def config_dir(name: str, work: Path) -> Path:
 
 def weights_dir(name: str, work: Path) -> Path:
     """A base directory with config.json (the published one) and small random weights (for check-load / merge)."""
-    d = work / "weighted" / provenance()[name]["base"] / (provenance()[name].get("task_type") or "none")
+    labels = head_rows(REAL / "adapters" / name) if provenance()[name].get("task_type") == "SEQ_CLS" else None
+    d = work / "weighted" / provenance()[name]["base"] / f"{provenance()[name].get('task_type') or 'none'}-{labels}"
     if not (d / "model.safetensors").is_file():
         model = random_base(base_config(name), REAL / "adapters" / name, fill=True)
         model.save_pretrained(d)

@@ -8,6 +8,7 @@ README publishes; everything else is computed by the parser.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -474,7 +475,6 @@ def test_directory_and_missing_paths(tmp_path: Path) -> None:
     [
         ("r", "16"),
         ("r", 16.0),
-        ("r", 0),
         ("r", True),
         ("target_modules", 5),
         ("target_modules", ["q_proj", 3]),
@@ -500,6 +500,13 @@ def test_wrong_types_name_the_field(field: str, value: object) -> None:
     assert ei.value.message.startswith("x/adapter_config.json: field ")
     assert repr(field) in ei.value.message
     assert ei.value.hint and field in ei.value.hint
+
+
+def test_nonpositive_r_and_nonfinite_alpha_pattern_parse_for_doctor_to_report() -> None:
+    d: dict[str, Any] = {"peft_type": "LORA", "r": 0, "lora_alpha": 16, "target_modules": ["q_proj"]}
+    assert parse_adapter_config(d).r == 0
+    d.update(r=8, alpha_pattern={"q_proj": math.nan})
+    assert math.isnan(parse_adapter_config(d).alpha_pattern["q_proj"])
 
 
 def test_legacy_config_without_peft_type_is_lora_with_a_note() -> None:

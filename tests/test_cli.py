@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -311,3 +312,93 @@ def test_convert_merged_cli_records_the_artifact(
     code, shown, _ = run_cli(["registry", "show", a, "--json", *reg], capsys)
     arts = [x for rv in json.loads(shown)["revisions"] for x in rv.get("artifacts", [])]
     assert arts and arts[0]["kind"] == "merged" and len(arts[0]["sha256"]) == 64
+
+
+def test_third_party_deprecation_warnings_are_hidden_unless_debugging(tmp_path) -> None:
+    """Building the medgemma profile makes transformers emit a FutureWarning: the user does not see it;
+    LORADOC_DEBUG=1 shows it."""
+    results = {}
+    for debug in ("", "1"):
+        env = {**os.environ, "LORADOC_CACHE_DIR": str(tmp_path / f"cache{debug}"), "LORADOC_DEBUG": debug}
+        proc = subprocess.run(
+            [sys.executable, "-c", "from loradoc.cli import main; main()", "base", "profile", "google/medgemma-4b-it"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        results[debug] = proc.stderr
+    assert "Warning" not in results[""], results[""]
+    assert "FutureWarning" in results["1"]
+
+
+def _run_on_a_terminal(args: list[str], timeout: float = 300) -> tuple[int, str]:
+    """Run the CLI with stdout/stderr on a pseudo-terminal (as a user sees it); returns (exit code, screen bytes)."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "TERM": "xterm-256color"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from loradoc.cli import main; main()", *args],
+        stdout=slave,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=30), b"".join(chunks).decode(errors="replace")
+
+
+def test_long_jobs_show_a_progress_bar_on_a_terminal_only(example_root: ExampleSet, tmp_path: Path) -> None:
+    adapter = str(example_root.adapters["textonly-on-wrapper"])
+    base = str(example_root.bases["tiny-gemma4-e4b"])
+    code, screen = _run_on_a_terminal(["repair", adapter, "--base", base, "--out", str(tmp_path / "fixed")])
+    assert code == 0, screen
+    assert "repair" in screen and "100%" in screen  # the bar, drawn on the terminal and completed
+    assert "next: loradoc check-load" in screen
+    # piped (and with --json): no bar, and stdout is exactly the JSON document
+    proc = subprocess.run(
+        [sys.executable, "-c", "from loradoc.cli import main; main()"]
+        + ["repair", adapter, "--base", base, "--out", str(tmp_path / "fixed2"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == "healthy" and "%" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["doctor"], "loradoc doctor"),
+        (["repair", "x", "--bogus"], "loradoc repair"),
+        (["nosuch"], "loradoc"),
+        (["convert", "gguf", "a", "--out", "x.gguf", "--outtype", "zz"], "loradoc convert gguf"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_help(
+    args: list[str], where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and lines[0].endswith(f"next: see `{where} --help`")

@@ -79,27 +79,49 @@ def test_cli_flow(
 
     code, c = run(["check-load", out, "--base", base, "--device", "cpu", "--json", "--record", *reg], capsys)
     assert code == 0 and c["passed"]
+    # the certificate goes to the registry's data directory, keyed by the files' sha256, never into the adapter
+    assert Path(c["certificate_path"]).parent.parent == tmp_path / "certificates"
+    assert not (Path(out) / "loradoc-certificate.json").exists()
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     code, plan = run(
-        ["publish", out, "--repo", REPO, "--tag", "loradoc-fix", "--endpoint", server.url, "--plan", "--json"], capsys
+        ["publish", out, "--repo", REPO, "--tag", "loradoc-fix", "--endpoint", server.url, *reg, "--plan", "--json"],
+        capsys,
     )
     assert code == 0 and plan["written"] is False and plan["plan"]["parent_commit"] == v1
+    assert plan["plan"]["verified"] and plan["plan"]["certificate"]["origin"] == "registry"
+    assert {"op": "add", "path": "loradoc-certificate.json", "origin": "registry"} in [
+        {k: o[k] for k in ("op", "path", "origin")} for o in plan["plan"]["operations"]
+    ]
     code, pushed = run(
         ["publish", out, "--repo", REPO, "--tag", "loradoc-fix", "--endpoint", server.url, *reg, "--json"], capsys
     )
     assert code == 0 and pushed["tag"] == "loradoc-fix" and pushed["recorded"]
+    # the printed commit is the branch head read back, made on the repair's source
+    assert pushed["commit_sha"] == api.repo_info(REPO).sha and pushed["parent_commit"] == v1
+    history = [c.commit_id for c in api.list_repo_commits(REPO)]
+    assert history[:2] == [pushed["commit_sha"], v1]
+
+    # the same directory again: nothing to publish (exit 4), no commit, no tag, nothing recorded
+    again = ["publish", out, "--repo", REPO, "--tag", "again", "--endpoint", server.url, *reg]
+    code, text = run([*again, "--plan"], capsys)
+    assert code == 4 and f"nothing to publish: {out} equals {REPO}@{pushed['commit_sha']}" in text
+    code, text = run(again, capsys)
+    assert code == 4 and str(text).startswith(f"nothing to publish: {out} equals {REPO}@{pushed['commit_sha']};")
+    assert "--tag-existing" in str(text) and "pushed" not in str(text)
+    code, nothing = run([*again, "--json"], capsys)
+    assert code == 4 and nothing["nothing_to_publish"] and nothing["commit_sha"] == pushed["commit_sha"]
+    assert nothing["recorded"] is None and nothing["tag"] is None
+    assert [c.commit_id for c in api.list_repo_commits(REPO)] == history
+    assert {t.name: t.target_commit for t in api.list_repo_refs(REPO).tags} == {"loradoc-fix": pushed["commit_sha"]}
     monkeypatch.delenv("HF_TOKEN")
 
     code, m = run(["registry", "show", REPO, "--json", *reg], capsys)
     assert code == 0
     revisions = {rv["revision"]: rv for rv in m["revisions"]}
     assert v1 in revisions and revisions[v1]["status"] == "repairable"
-    assert any(
-        h["commit"] == pushed["commit_sha"] and h["tag"] == "loradoc-fix"
-        for rv in m["revisions"]
-        for h in rv.get("hub", [])
-    )
+    hub = [h for rv in m["revisions"] for h in rv.get("hub", [])]
+    assert len(hub) == 1 and hub[0]["commit"] == pushed["commit_sha"] and hub[0]["tag"] == "loradoc-fix"
     assert m["lineage"] and "drop-orphans" in m["lineage"][-1]["passes"]
     assert any(rv.get("certificates") for rv in m["revisions"])
 

@@ -436,14 +436,16 @@ def test_atomic_output_and_inputs_untouched(ex: ExampleSet, tmp_path: Path) -> N
     target = tmp_path / "m.gguf"
     target.write_bytes(b"old")
 
-    def boom(name: str, done: int, total: int) -> None:
+    def boom(done: int, total: int, name: str) -> None:
         if done == 5:
             raise KeyboardInterrupt
 
+    with pytest.raises(BadInputError, match="already exists"):  # an existing file is replaced only when asked
+        convert_gguf(str(adapter), str(base), target, outtype="q8_0")
     with pytest.raises(KeyboardInterrupt):
-        convert_gguf(str(adapter), str(base), target, outtype="q8_0", progress=boom)
+        convert_gguf(str(adapter), str(base), target, outtype="q8_0", progress=boom, overwrite=True)
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
-    res = convert_gguf(str(adapter), str(base), target, outtype="q8_0")
+    res = convert_gguf(str(adapter), str(base), target, outtype="q8_0", overwrite=True)
     assert (digest(adapter), digest(base)) == before
     import gguf
 

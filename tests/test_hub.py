@@ -32,7 +32,7 @@ from loradoc.hub import (
 from loradoc.hub.card import END_MARK, SECTION_TITLE, START_MARK
 from loradoc.profiles import get_profile, resolve_base
 from loradoc.repair.apply import CERTIFICATE_NAME, REPORT_NAME, apply_plan
-from loradoc.repair.checkload import check_load
+from loradoc.repair.checkload import adapter_file_hashes, check_load, stored_certificate_path
 from loradoc.repair.doctor import diagnose
 from loradoc.repair.passes import build_plan
 from loradoc.snapshot import open_snapshot
@@ -101,7 +101,8 @@ def certified(
     plan = build_plan(open_snapshot(str(got.path)), get_profile(src))
     res = apply_plan(plan, root / "fixed", src)
     assert res.verdict == "healthy"
-    cert = check_load(str(root / "fixed"), str(example_root.bases[BASE]))
+    # the user puts the certificate beside the repaired files (repair --out + check-load --certificate OUT/...)
+    cert = check_load(str(root / "fixed"), str(example_root.bases[BASE]), certificate=root / "fixed" / CERTIFICATE_NAME)
     assert cert.passed
     return {"v1": v1, "pulled": got, "fixed": root / "fixed", "root": root, "seed": seed}
 
@@ -232,7 +233,7 @@ def test_card_update_is_idempotent_and_names_the_original_of_a_repack() -> None:
     }
     cfg = {"base_model_name_or_path": "unsloth/gemma-4-e4b-it-unsloth-bnb-4bit"}
     readme = "---\nlicense: apache-2.0\ntags: [medical]\n---\n# My adapter\n\nIntro.\n\n## Usage\n\nText.\n"
-    section = loading_fix_section(report, None, verified=False, parent_commit="a" * 40, forced_reason="x")
+    section = loading_fix_section(report, None, verified=False, forced_reason="x")
     once = update_card(readme, adapter_config=cfg, section=section, verified=False, repo_id="a/b")
     twice = update_card(once, adapter_config=cfg, section=section, verified=False, repo_id="a/b")
     assert once == twice
@@ -247,6 +248,121 @@ def test_card_update_is_idempotent_and_names_the_original_of_a_repack() -> None:
     # no card at all: one is generated
     fresh = update_card(None, adapter_config=cfg, section=section, verified=True, repo_id="org/name")
     assert fresh.startswith("---\n") and "# name" in fresh and VERIFIED_TAG in fresh
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# publish tells the truth and is idempotent
+
+
+def _commit_ids(server: HubServer, repo: str) -> list[str]:
+    return [c.commit_id for c in HfApi(endpoint=server.url).list_repo_commits(repo)]
+
+
+def _tags(server: HubServer, repo: str) -> dict[str, str]:
+    return {t.name: t.target_commit for t in HfApi(endpoint=server.url).list_repo_refs(repo).tags}
+
+
+def _nothing_to_publish(exc: BaseException, directory: object, repo: str, commit: str) -> str:
+    msg = _one_line(exc)
+    assert exit_code_for(exc) == 4, msg
+    assert msg.startswith(f"nothing to publish: {directory} equals {repo}@{commit}"), msg
+    return msg
+
+
+def test_publishing_the_same_directory_twice_is_nothing_to_publish(
+    server: HubServer, published: dict[str, object], certified: dict[str, object]
+) -> None:
+    """The branch moved from the repair's source (v1) to our own first publish: that is not a stale parent but
+    "nothing to publish", exit 4, no new commit and no tag."""
+    first = published["result"]
+    commits_before = _commit_ids(server, REPO)
+    assert commits_before[:2] == [first.commit_sha, certified["v1"]]  # type: ignore[attr-defined]
+    plan = plan_publish(certified["fixed"], REPO, tag="again", endpoint=server.url, token=TOKEN)  # type: ignore
+    assert plan.parent_commit == certified["v1"] and plan.head_commit == first.commit_sha  # type: ignore
+    assert plan.to_json()["nothing_to_publish"] and not plan.stale
+    before = _server_state(server)
+    with pytest.raises(LoradocError) as exc:
+        publish(plan, token=TOKEN)
+    msg = _nothing_to_publish(exc.value, certified["fixed"], REPO, first.commit_sha)  # type: ignore[attr-defined]
+    assert "--tag-existing" in msg
+    assert _server_state(server) == before  # exactly the one commit of the first publish, no tag "again"
+    assert _commit_ids(server, REPO) == commits_before
+    assert _tags(server, REPO) == {"loradoc-fix": first.commit_sha}  # type: ignore[attr-defined]
+
+
+def test_card_names_the_repair_source_and_a_second_publish_changes_nothing(
+    server: HubServer, certified: dict[str, object], tmp_path: Path
+) -> None:
+    """Published to another repository (so the parent is that repository's head), the card still names the
+    revision the repair started from, never the head; publishing again produces the same bytes."""
+    repo = _fresh_repo(server, certified, "card-source")
+    api = HfApi(endpoint=server.url)
+    head = api.repo_info(repo).sha
+    first = publish(plan_publish(certified["fixed"], repo, endpoint=server.url, token=TOKEN), token=TOKEN)
+    assert first.parent_commit == head
+    card = Path(api.hf_hub_download(repo, "README.md", revision=first.commit_sha, cache_dir=tmp_path / "c"))
+    text = card.read_text()
+    section = text[text.index(START_MARK) : text.index(END_MARK)]
+    v1 = str(certified["v1"])
+    assert f"as published in `{REPO}` revision `{v1[:12]}` did not load as trained" in section
+    assert str(head)[:12] not in text and first.commit_sha[:12] not in text
+
+    again = plan_publish(certified["fixed"], repo, endpoint=server.url, token=TOKEN)
+    assert again.parent_commit == first.commit_sha  # the head: the report names another repository
+    readme = next(o for o in again.operations if o.path == "README.md")
+    assert readme.content == card.read_bytes()  # deterministic card
+    before = _server_state(server)
+    with pytest.raises(LoradocError) as exc:
+        publish(again, token=TOKEN)
+    _nothing_to_publish(exc.value, certified["fixed"], repo, first.commit_sha)
+    assert _server_state(server) == before and _commit_ids(server, repo)[0] == first.commit_sha
+
+
+def test_a_foreign_commit_equal_in_content_is_not_tagged_unless_asked(
+    server: HubServer, certified: dict[str, object]
+) -> None:
+    repo = _fresh_repo(server, certified, "foreign-copy")
+    plan = plan_publish(certified["fixed"], repo, tag="fix", endpoint=server.url, token=TOKEN)
+    assert not plan.nothing_to_publish
+    # before the publish runs, someone else pushes exactly these files (same card bytes included)
+    same = {o.path: o.content if o.content is not None else o.local.read_bytes() for o in plan.operations}  # type: ignore
+    assert all(o.op == "add" for o in plan.operations)
+    foreign = server.store.seed(repo, same, message="bob's copy", author="bob")
+    before = _server_state(server)
+    with pytest.raises(LoradocError) as exc:
+        publish(plan, token=TOKEN)  # the parent is stale, but the head already holds these files
+    msg = _nothing_to_publish(exc.value, certified["fixed"], repo, foreign)
+    assert "to tag that existing commit pass --tag fix --tag-existing" in msg
+    assert _server_state(server) == before and _tags(server, repo) == {}  # no commit, no tag on bob's commit
+
+    with pytest.raises(BadInputError, match="--tag-existing needs --tag"):
+        plan_publish(certified["fixed"], repo, tag_existing=True, endpoint=server.url, token=TOKEN)
+    asked = plan_publish(certified["fixed"], repo, tag="fix", tag_existing=True, endpoint=server.url, token=TOKEN)
+    assert asked.nothing_to_publish and asked.head_commit == foreign
+    with pytest.raises(LoradocError) as exc:
+        publish(asked, token=TOKEN)
+    assert "(tagged fix on that existing commit)" in _nothing_to_publish(exc.value, certified["fixed"], repo, foreign)
+    assert _tags(server, repo) == {"fix": foreign}
+    assert _commit_ids(server, repo)[0] == foreign and server.store.commit_count() == before[0]
+
+
+def test_the_result_is_the_commit_read_back_from_the_hub(server: HubServer, certified: dict[str, object]) -> None:
+    repo = _fresh_repo(server, certified, "read-back")
+    v1 = HfApi(endpoint=server.url).repo_info(repo).sha
+    res = publish(plan_publish(certified["fixed"], repo, tag="fix", endpoint=server.url, token=TOKEN), token=TOKEN)
+    assert _commit_ids(server, repo)[:2] == [res.commit_sha, v1] and res.parent_commit == v1
+    assert _tags(server, repo) == {"fix": res.commit_sha}
+
+    # another user commits on the branch between our commit and the read-back: a clear error, no tag
+    repo = _fresh_repo(server, certified, "raced")
+    plan = plan_publish(certified["fixed"], repo, tag="fix", endpoint=server.url, token=TOKEN)
+    server.fail_next("commit", "race")
+    with pytest.raises(LoradocError) as exc:
+        publish(plan, token=TOKEN)
+    msg = _one_line(exc.value)
+    ours, theirs = _commit_ids(server, repo)[1], _commit_ids(server, repo)[0]
+    assert f"the Hub returned commit {ours}, but main is at {theirs[:12]}" in msg and "no tag was placed" in msg
+    assert exit_code_for(exc.value) == 2 and _tags(server, repo) == {}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -470,3 +586,83 @@ def test_the_token_never_appears_anywhere(
                 assert TOKEN.encode() not in data and WRONG_TOKEN.encode() not in data, p
                 scanned += 1
     assert scanned > 20
+
+
+def _seeded_server(root: Path, marker: str) -> HubServer:
+    srv = HubServer(root / "store")
+    srv.store.seed("carol/adapter", {"adapter_config.json": json.dumps({"peft_type": "LORA", "marker": marker})})
+    return srv
+
+
+def test_pull_never_answers_from_the_cache_in_silence(tmp_path: Path) -> None:
+    """After a pull, main moves and the endpoint stops answering (or refuses the token): pull fails, names the
+    commit the cache holds, and only --offline uses it, saying so."""
+    srv = _seeded_server(tmp_path / "a", "v1")
+    with srv:
+        first = pull("carol/adapter", endpoint=srv.url, cache_dir=tmp_path / "c")
+        srv.store.seed("carol/adapter", {"adapter_config.json": '{"peft_type": "LORA", "marker": "v2"}'})
+        srv.fail_next("info", "401")
+        with pytest.raises(HubAuthError) as refused:
+            pull("carol/adapter", endpoint=srv.url, cache_dir=tmp_path / "c")
+        assert f"the cache holds carol/adapter@{first.commit_sha[:12]}" in _one_line(refused.value)
+        assert "--offline" in _one_line(refused.value) and exit_code_for(refused.value) == 2
+        moved = pull("carol/adapter", endpoint=srv.url, cache_dir=tmp_path / "c")
+        assert moved.commit_sha != first.commit_sha and not moved.from_cache
+        url = srv.url
+        srv.fail_next("info", "drop", times=20)  # the connection breaks (retries included)
+        with pytest.raises(HubNetworkError) as down:
+            pull("carol/adapter", endpoint=url, cache_dir=tmp_path / "c")
+        srv.clear_faults()
+    assert f"the cache holds carol/adapter@{moved.commit_sha[:12]}" in _one_line(down.value)
+    assert exit_code_for(down.value) == 3
+    cached = pull("carol/adapter", endpoint=url, cache_dir=tmp_path / "c", offline=True)
+    assert cached.from_cache and cached.commit_sha == moved.commit_sha
+    with pytest.raises(BadInputError, match="not in the cache"):
+        pull("carol/other", endpoint=url, cache_dir=tmp_path / "c", offline=True)
+
+
+def test_the_cache_is_keyed_by_endpoint(tmp_path: Path) -> None:
+    """The same repo id on two servers: each pull gets its own server's files, never the other's snapshot."""
+    a, b = _seeded_server(tmp_path / "a", "from-a"), _seeded_server(tmp_path / "b", "from-b")
+    with a, b:
+        got_a = pull("carol/adapter", endpoint=a.url, cache_dir=tmp_path / "c")
+        got_b = pull("carol/adapter", endpoint=b.url, cache_dir=tmp_path / "c")
+        url_b = b.url
+    assert json.loads((got_a.path / "adapter_config.json").read_text())["marker"] == "from-a"
+    assert json.loads((got_b.path / "adapter_config.json").read_text())["marker"] == "from-b"
+    offline_b = pull("carol/adapter", endpoint=url_b, cache_dir=tmp_path / "c", offline=True)
+    assert json.loads((offline_b.path / "adapter_config.json").read_text())["marker"] == "from-b"
+
+
+def test_publish_finds_the_certificate_in_the_registry_store(
+    server: HubServer, certified: dict[str, object], tmp_path: Path
+) -> None:
+    """check-load without --certificate stores it under the registry's data directory, keyed by the files' sha256:
+    publish looks it up there and pushes it as loradoc-certificate.json."""
+    repo = _fresh_repo(server, certified, "stored-cert")
+    d = _copy_fixed(certified, tmp_path)
+    real_cert = (d / CERTIFICATE_NAME).read_bytes()
+    (d / CERTIFICATE_NAME).unlink()
+    reg = tmp_path / "data" / "registry.sqlite"
+    with pytest.raises(UnverifiedError, match="no loradoc-certificate.json"):
+        plan_publish(d, repo, endpoint=server.url, token=TOKEN, registry=reg)
+    stored = stored_certificate_path(adapter_file_hashes(d), reg)  # where check-load --registry REG writes it
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(real_cert)
+    # a stale certificate left in DIR does not hide the matching stored one, and is not pushed
+    (d / CERTIFICATE_NAME).write_text(json.dumps({"passed": False, "checks": [{"name": "effect", "passed": False}]}))
+    plan = plan_publish(d, repo, endpoint=server.url, token=TOKEN, registry=reg)
+    assert plan.verified and plan.warning is None and plan.certificate["origin"] == "registry"
+    ops = {o.path: o for o in plan.operations}
+    assert ops[CERTIFICATE_NAME].origin == "registry" and ops[CERTIFICATE_NAME].local == stored
+    res = publish(plan, token=TOKEN)
+    api = HfApi(endpoint=server.url)
+    got = api.hf_hub_download(repo, CERTIFICATE_NAME, revision=res.commit_sha, cache_dir=tmp_path / "c")
+    assert Path(got).read_bytes() == real_cert
+    # files changed since: the stored certificate of the same weights says what changed
+    (d / CERTIFICATE_NAME).unlink()
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    cfg["lora_dropout"] = 0.1
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnverifiedError, match="changed since check-load: adapter_config.json"):
+        plan_publish(d, repo, endpoint=server.url, token=TOKEN, registry=reg)

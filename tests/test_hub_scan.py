@@ -48,7 +48,7 @@ def scanned(hub: tuple[HubServer, GeneratedSet, Path]):
     srv, gen, _ = hub
     srv.stats.reset()
     seen: list[tuple[int, int, str]] = []
-    res = scan_hub(BASE, endpoint=srv.url, concurrency=8, progress=lambda d, t, r: seen.append((d, t, r.repo_id)))
+    res = scan_hub(BASE, endpoint=srv.url, concurrency=8, progress=lambda d, t, r: seen.append((d, t, r)))
     return res, srv.stats.snapshot(), srv.stats.weight_bytes(), seen
 
 

@@ -36,6 +36,7 @@ from loradoc.registry import (
     PeftInfo,
     Registry,
     Revision,
+    RuntimeRecord,
     SchemaError,
     TargetSummary,
     fingerprint_safetensors,
@@ -700,6 +701,20 @@ _diagrec = st.builds(
 )
 
 
+_runtime = st.builds(
+    RuntimeRecord,
+    runtime=st.sampled_from(["vllm", "sglang", "llama_cpp", "mlx_lm"]),
+    verdict=st.sampled_from(["loads", "loads-with-flags", "refused", "unknown"]),
+    version=_text,
+    flags=st.lists(_text, max_size=2),
+    reason=_maybe(_text),
+    fix=_maybe(_text),
+    rules=st.lists(_name, max_size=2),
+    base=_maybe(_text),
+    checked=_text,
+)
+
+
 @st.composite
 def _manifests(draw: st.DrawFn) -> AdapterManifest:
     labels = draw(st.lists(_label, min_size=1, max_size=2, unique_by=str.lower))
@@ -734,6 +749,7 @@ def _manifests(draw: st.DrawFn) -> AdapterManifest:
             certificates=draw(st.lists(_cert, max_size=1)),
             artifacts=draw(st.lists(_artifact, max_size=1)),
             hub=draw(st.lists(_hub, max_size=1)),
+            runtimes=draw(st.lists(_runtime, max_size=2, unique_by=lambda r: r.runtime)),
         )
         for lab in labels
     ]
@@ -1047,3 +1063,29 @@ def test_keys_with_a_trailing_newline_are_quoted_in_toml() -> None:
 
     assert _key("0\n") != "0\n"
     assert tomllib.loads(f"{_key('0' + chr(10))} = 1") == {"0\n": 1}
+
+
+def test_pathological_manifests_are_problems_and_the_others_still_load(reg: Registry) -> None:
+    """A huge file, a deeply nested one and ids that would escape or break lines: each is one problem naming
+    its file, read in bounded memory, and every good manifest is still listed and shown."""
+    import resource
+
+    ad = reg.user_dir / "adapters"
+    ad.mkdir(parents=True)
+    (ad / "t--good.toml").write_text(_GOOD)
+    with open(ad / "t--huge.toml", "wb") as fh:  # sparse: 2 GiB on paper, nothing on disk
+        fh.truncate(2 * 2**30)
+    (ad / "t--nested.toml").write_text(_GOOD + "\nnotes = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    (ad / "t--escape.toml").write_text(_GOOD.replace('id = "t/good"', 'id = "../../x"'))
+    (ad / "t--newline.toml").write_text(_GOOD.replace('id = "t/good"', 'id = "t/good\\nx"'))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rep = reg.sync()
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    names = {Path(p.path).name: p.message for p in rep.problems}
+    assert set(names) == {"t--huge.toml", "t--nested.toml", "t--escape.toml", "t--newline.toml"}, names
+    assert "over the 4 MiB limit" in names["t--huge.toml"] and "nested too deeply" in names["t--nested.toml"]
+    assert "neither a Hub repo id" in names["t--escape.toml"] and "neither a Hub repo id" in names["t--newline.toml"]
+    assert grown_mb < 200
+    assert reg.show("t/good").id == "t/good" and "t/good" in [r.id for r in reg.list()]
+    with pytest.raises(MalformedConfigError, match="over the 4 MiB limit"):
+        load_manifest(ad / "t--huge.toml")

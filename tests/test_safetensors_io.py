@@ -244,20 +244,28 @@ def test_zero_size_tensors_may_share_offsets(tmp_path: Path) -> None:
     assert read_tensor_bytes(header, "a") == b"" and read_tensor_bytes(header, "b") == b"\x07"
 
 
-def test_gaps_are_allowed_and_noted_but_safetensors_refuses_them(tmp_path: Path) -> None:
+def test_gaps_are_refused_like_the_safetensors_library(tmp_path: Path) -> None:
     hdr = {
         "a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]},
         "b": {"dtype": "U8", "shape": [1], "data_offsets": [4, 5]},
     }
-    path = craft(tmp_path / "gap.safetensors", hdr, b"AA..B!!!")
-    header = read_header(path)
-    assert header.gaps == ((2, 4), (5, 8))
-    assert not header.loadable_by_safetensors
-    notes = header.notes()
-    assert any("between tensors" in n for n in notes) and any("after the last tensor" in n for n in notes)
-    assert read_tensor_bytes(header, "b") == b"B"
+    path = craft(tmp_path / "gap.safetensors", hdr, b"AA..B")
+    with pytest.raises(MalformedSafetensorsError) as ei:
+        read_header(path)
+    assert "2 unused bytes at data offsets [2, 4) before tensor 'b'" in str(ei.value)
+    one_line(ei.value, path)
     with pytest.raises(safetensors.SafetensorError):
         safetensors.safe_open(path, framework="numpy")
+
+
+def test_repeated_names_keep_the_last_entry_like_the_safetensors_library(tmp_path: Path) -> None:
+    raw = (
+        b'{"t": {"dtype":"U8","shape":[9],"data_offsets":[0,9]}, "t": {"dtype":"U8","shape":[1],"data_offsets":[0,1]}}'
+    )
+    path = craft(tmp_path / "dup.safetensors", raw, b"x")
+    assert read_header(path).tensors["t"].shape == (1,)
+    with safetensors.safe_open(path, framework="numpy") as f:
+        assert f.get_tensor("t").shape == (1,)
 
 
 def test_metadata_null_is_accepted_like_safetensors(tmp_path: Path) -> None:
@@ -275,7 +283,8 @@ MALFORMED_HEADERS: list[tuple[str, object, bytes, str]] = [
     ("json-string", b'"hello"', b"", "not an object"),
     ("not-utf8", b'{"\xff\xfe": 1}', b"", "not valid UTF-8"),
     ("nan", b'{"t": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 0]}}', b"", "JSON"),
-    ("duplicate", b'{"t": {"dtype":"U8","shape":[1],"data_offsets":[0,1]}, "t": 1}', b"x", "twice"),
+    ("duplicate", b'{"t": {"dtype":"U8","shape":[1],"data_offsets":[0,1]}, "t": 1}', b"x", "not an object"),
+    ("duplicate-metadata", b'{"__metadata__": {}, "__metadata__": {}}', b"", "'__metadata__' twice"),
     ("metadata-list", {"__metadata__": ["a"]}, b"", "__metadata__"),
     ("metadata-int-value", {"__metadata__": {"k": 1}}, b"", "must be strings"),
     ("entry-not-object", {"t": [1, 2]}, b"", "not an object"),

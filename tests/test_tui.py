@@ -21,7 +21,15 @@ pytest.importorskip("textual")
 from textual.widgets import DataTable, Input  # noqa: E402
 
 from loradoc.tui.app import LoradocApp  # noqa: E402
-from loradoc.tui.screens import ChoiceDialog, DetailScreen, ErrorDialog, InputDialog, PlanScreen  # noqa: E402
+from loradoc.tui.screens import (  # noqa: E402
+    ChoiceDialog,
+    ConfirmDialog,
+    ConvertDialog,
+    DetailScreen,
+    ErrorDialog,
+    InputDialog,
+    PlanScreen,
+)
 
 # A fixed place, so that paths (and the revision labels derived from them) are the same in every run: the
 # screen snapshots depend on it.
@@ -168,8 +176,11 @@ def test_doctor_repair_checkload_convert_publish_flow(
             await pilot.pause()
             assert isinstance(app.screen, ChoiceDialog)
             await pilot.press("end", "enter")  # the last option: gguf-lora
+            await pilot.pause()
+            assert isinstance(app.screen, ConvertDialog)  # output path and outtype, defaults kept
+            await pilot.click("#ok")
             await settle(app, pilot)
-            gguf = fixed.with_name(fixed.name + "-lora.gguf")
+            gguf = WORK / "converted" / (fixed.name + "-lora.gguf")
             assert gguf.is_file() and gguf.read_bytes()[:4] == b"GGUF"
             m = app.registry.show(str(WORK / "example" / "adapters" / CLINICAL))
             assert any(a.kind == "gguf-lora" for a in m.revision(None).artifacts)
@@ -331,3 +342,271 @@ def test_snapshot_error_dialog(workspace: Path, snap_compare: Any) -> None:
         await pilot.pause()
 
     assert snap_compare(_snap_app(), terminal_size=(80, 24), run_before=before)
+
+
+# ------------------------------------------------------------------------------------------- issue #13 item 7
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root (but the sqlite index, which a read may touch) with its size and mtime."""
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith("registry.sqlite")
+    }
+
+
+def _label(screen: Any) -> str:
+    from textual.widgets import Label
+
+    return str(screen.query_one("#job-label", Label).content)
+
+
+def test_cancel_stops_the_job_before_it_writes_or_records(workspace: Path) -> None:
+    from loradoc.registry import Registry
+
+    app = make_app(offer_example=False)
+    adapter = str(WORK / "example" / "adapters" / "healthy-gemma3")
+    before = _files(WORK)
+    certs_before = len(Registry(WORK / "registry.sqlite").show(adapter).revision(None).certificates)
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            select(app, "healthy-gemma3")
+            await pilot.press("l")
+            await settle(app, pilot)
+            assert isinstance(app.screen, ChoiceDialog)
+            await pilot.press("end", "enter")  # the CPU: check-load starts (once the dialog is gone)
+            for _ in range(100):
+                if _label(app.screen_stack[0]).startswith("check-load"):
+                    break
+                await pilot.pause(0.02)
+            await pilot.press("x")
+            await settle(app, pilot)  # the worker ends when its thread has really stopped
+            assert "check-load cancelled" in _label(app.screen_stack[0])
+            assert not isinstance(app.screen, (PlanScreen, ErrorDialog))
+
+    asyncio.run(go())  # returns once every worker thread has returned
+    assert _files(WORK) == before  # no certificate, no manifest change, anywhere under the registry's dir
+    after = Registry(WORK / "registry.sqlite").show(adapter).revision(None)
+    assert len(after.certificates) == certs_before
+
+
+def test_doctor_on_the_detail_screen_shows_progress_at_once(workspace: Path) -> None:
+    from textual.widgets import ProgressBar
+
+    app = make_app(offer_example=False)
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            select(app, "healthy-gemma3")
+            await pilot.press("enter")
+            await pilot.pause()
+            detail = app.screen
+            assert isinstance(detail, DetailScreen)
+            # the key's action, called directly so that nothing else runs before the check: a word and an
+            # indeterminate bar on the detail screen itself, before the worker has even started
+            app.action_doctor()
+            text = _label(detail)
+            assert text in ("doctor: loading torch + transformers + peft…", "doctor: diagnosing...")
+            assert detail.query_one("#job-progress", ProgressBar).total is None
+            await settle(app, pilot)
+            assert app.screen is detail and _label(detail) == "doctor done"
+            assert app.last_result.verdict == "healthy"
+
+    asyncio.run(go())
+
+
+def _safetensors_dtypes(path: Path) -> set[str]:
+    raw = path.read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+def test_convert_asks_for_output_and_dtype_and_confirms_an_overwrite(workspace: Path) -> None:
+    from textual.widgets import Select
+
+    app = make_app(offer_example=False)
+    adapter = WORK / "example" / "adapters" / "healthy-gemma3"
+    converted = WORK / "converted"
+    shutil.rmtree(converted, ignore_errors=True)
+
+    async def convert(pilot: Any, option: str, dtype: str | None = None) -> tuple[ConvertDialog, dict[str, str]]:
+        await pilot.press("c")
+        await pilot.pause()
+        assert isinstance(app.screen, ChoiceDialog)
+        await pilot.press(option, "enter")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, ConvertDialog)
+        if dtype:
+            dialog.query_one("#field-dtype", Select).value = dtype
+        values = dialog.values()
+        await pilot.click("#ok")
+        await pilot.pause()
+        return dialog, values
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            select(app, "healthy-gemma3")
+
+            # a GGUF LoRA: the default output is in the registry's data dir, not in or beside the adapter
+            dialog, values = await convert(pilot, "end")
+            out = Path(values["out"])
+            assert out == converted / "healthy-gemma3-lora.gguf"
+            assert adapter not in out.parents and out.parent != adapter.parent
+            assert dialog.dtypes == ("f32",)
+            await settle(app, pilot)
+            assert out.read_bytes()[:4] == b"GGUF"
+            first = out.stat().st_ino
+            m = app.registry.show(str(adapter))
+            assert any(a.kind == "gguf-lora" and a.path == str(out) for a in m.revision(None).artifacts)
+
+            # again: the output exists, so the user is asked; the new file replaces the old one whole
+            await convert(pilot, "end")
+            assert isinstance(app.screen, ConfirmDialog) and str(out) in app.screen.question
+            await pilot.click("#yes")
+            await settle(app, pilot)
+            assert out.read_bytes()[:4] == b"GGUF" and out.stat().st_ino != first
+            assert [p.name for p in converted.iterdir()] == [out.name]  # no temporary left behind
+
+            # a merged checkpoint in the dtype asked for
+            dialog, values = await convert(pilot, "home", dtype="f32")
+            assert values["dtype"] == "f32" and dialog.dtypes == ("bf16", "f16", "f32")
+            await settle(app, pilot)
+            merged = converted / "healthy-gemma3-merged"
+            shards = list(merged.glob("*.safetensors"))
+            assert shards and set().union(*map(_safetensors_dtypes, shards)) <= {"F32", "I64", "I32"}
+
+    asyncio.run(go())
+
+
+def test_the_detail_screen_refreshes_after_a_repair(workspace: Path) -> None:
+    name = "seed-medical-qlora-e2b"
+    shutil.rmtree(WORK / "example" / "adapters" / f"{name}-fixed", ignore_errors=True)
+    app = make_app(offer_example=False)
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            select(app, name)
+            await pilot.press("enter")
+            await pilot.pause()
+            detail = app.screen
+            assert isinstance(detail, DetailScreen) and detail.manifest.revision(None).status == "repairable"
+            await pilot.press("r")
+            await settle(app, pilot)
+            assert isinstance(app.screen, PlanScreen)
+            await pilot.press("a")
+            await settle(app, pilot)
+            assert app.screen is detail
+            rev = detail.manifest.revision(None)
+            assert rev.status != "repairable" and rev.path == str(WORK / "example" / "adapters" / f"{name}-fixed")
+            head = str(detail.query_one("#detail-head").content)
+            assert f"status [b]{rev.status}[/b]" in head
+            assert "error" not in str(detail.query_one("#findings").root.children)
+
+    asyncio.run(go())
+
+
+def test_escape_leaves_the_search_box(workspace: Path) -> None:
+    app = make_app(offer_example=False)
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            total = len(app.rows)
+            table = app.query_one("#adapters", DataTable)
+            await pilot.press("slash", *"clinical")
+            assert app.focused is app.query_one("#search", Input)
+            await pilot.press("enter")  # keeps the filter, back to the table
+            assert app.focused is table and 0 < len(app.rows) < total
+            await pilot.press("slash", "escape")  # clears it, back to the table
+            await pilot.pause()
+            assert app.focused is table and app.query_one("#search", Input).value == "" and len(app.rows) == total
+            await pilot.press("q")  # a binding again, not a letter in the search box
+            await pilot.pause()
+            assert app.query_one("#search", Input).value == ""
+        assert app.return_code == 0
+
+    asyncio.run(go())
+
+
+def test_help_and_quit_are_in_the_footer_at_80_columns(workspace: Path) -> None:
+    from textual.widgets._footer import FooterKey
+
+    app = make_app(offer_example=False)
+
+    def visible_keys() -> set[str]:
+        return {k.key for k in app.screen.query(FooterKey) if k.region.width and k.region.right <= 80}
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert {"f1", "q", "d"} <= visible_keys()
+            select(app, "healthy-gemma3")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert isinstance(app.screen, DetailScreen)
+            assert {"f1", "q", "escape"} <= visible_keys()
+
+    asyncio.run(go())
+
+
+def test_adapter_ids_are_whole_when_they_fit(workspace: Path) -> None:
+    hub_id = "Shubh-0789/gemma4-clinical-endpoint-extractor"
+
+    async def go() -> tuple[str, str]:
+        app = make_app(offer_example=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            narrow = str(app.query_one("#adapters", DataTable).get_row(hub_id)[0])
+            await pilot.resize_terminal(120, 24)
+            await pilot.pause()
+            await pilot.pause()
+            return narrow, str(app.query_one("#adapters", DataTable).get_row(hub_id)[0])
+
+    narrow, wide = asyncio.run(go())
+    assert wide == hub_id
+    assert narrow.startswith("…/gemma4-clinical") and len(narrow) < len(hub_id)  # the owner goes first
+
+    from loradoc.tui.app import clip_id
+
+    assert clip_id(hub_id, 60) == hub_id
+    assert clip_id(hub_id, 40) == "…" + hub_id[-39:] == "…0789/gemma4-clinical-endpoint-extractor"
+    assert clip_id(hub_id, 20) == "…/gemma4-clinical-e…"
+    assert clip_id("seed-clinical-endpoint-extractor", 20) == "seed-clinical-endpo…"
+
+
+@pytest.mark.parametrize("kind", ["not-sqlite", "directory"])
+def test_a_corrupt_registry_is_one_error_screen_then_exit_2(kind: str, tmp_path: Path) -> None:
+    """In the app: an error screen naming the next step, then exit code 2. From the CLI (`loradoc tui`): one line
+    on stderr, exit 2, before any screen is drawn."""
+    bad = tmp_path / "registry.sqlite"
+    if kind == "directory":
+        bad.mkdir()
+    else:
+        bad.write_text("not a database " * 200)
+    app = LoradocApp(bad, example_dir=tmp_path / "example", offer_example=False)
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert isinstance(app.screen, ErrorDialog)
+            assert "next:" in app.screen.message and "\n" not in app.screen.message
+            await pilot.press("escape")
+            await pilot.pause()
+
+    asyncio.run(go())
+    assert app.return_code == 2 and app.startup_error is not None
+    proc = subprocess.run(
+        [sys.executable, "-c", "from loradoc.cli import main; main()", "tui", "--registry", str(bad)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "next:" in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError, EnvironmentProblem, MalformedConfigError, MissingFileError, UnknownBaseError
 from ..layout import parse_key, tower_of
+from ..outputs import file_temp_prefix
+from ..progress import Progress
 from ..safetensors_io import SafetensorsHeader, TensorInfo, fsync_dir, read_header
 
 if TYPE_CHECKING:
@@ -451,12 +453,13 @@ def require_healthy(adapter: str, base: str) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_output(target: Path) -> Iterator[Path]:
-    """A temp path beside ``target``; on success fsync + rename it into place, on failure delete it."""
+def atomic_output(target: Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """A temp path beside ``target``; on success fsync + rename it into place (an existing ``target`` only with
+    ``overwrite``: it is replaced, never written in place), on failure delete it."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=file_temp_prefix(target), suffix=".tmp", dir=target.parent)
         os.close(fd)
     except OSError as e:
         raise EnvironmentProblem(
@@ -472,6 +475,11 @@ def atomic_output(target: Path) -> Iterator[Path]:
             os.close(fd)
         with contextlib.suppress(OSError):
             os.chmod(tmp, 0o644)
+        if not overwrite and os.path.lexists(target):
+            raise BadInputError(
+                f"{target} appeared while it was being written; refusing to replace it",
+                hint="choose another --out path, or pass --overwrite to replace it",
+            )
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except OSError as e:
@@ -502,7 +510,7 @@ class PlannedTensor:
         return tensor_nbytes(self.shape, self.qtype)
 
 
-def write_gguf(writer: Any, path: Path, plan: list[PlannedTensor], progress: Callable[..., None] | None = None) -> int:
+def write_gguf(writer: Any, path: Path, plan: list[PlannedTensor], progress: Progress | None = None) -> int:
     """Write header + KV + tensor infos with gguf.GGUFWriter, then stream every tensor's chunks. Returns bytes."""
     import numpy as np
 
@@ -524,7 +532,7 @@ def write_gguf(writer: Any, path: Path, plan: list[PlannedTensor], progress: Cal
             raise AssertionError(f"{t.name}: wrote {written} bytes, planned {t.nbytes}")
         fout.write(b"\0" * (-written % align))
         if progress is not None:
-            progress(t.name, i + 1, len(plan))
+            progress(i + 1, len(plan), t.name)
     fout.flush()
     size = fout.tell()
     writer.close()

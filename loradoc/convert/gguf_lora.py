@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..outputs import guard_outputs
+from ..progress import Progress
 from .gguf_io import (
     PlannedTensor,
     atomic_output,
@@ -102,7 +104,8 @@ def convert_gguf_lora(
     out: str | os.PathLike[str],
     *,
     check_health: bool = True,
-    progress: Any = None,
+    progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> GgufLoraResult:
     """Write ``adapter`` as a llama.cpp LoRA GGUF for the text model of ``base`` (a local directory whose
     config.json names the architecture; weights are not read) at ``out``."""
@@ -118,9 +121,10 @@ def convert_gguf_lora(
         raise BadInputError(f"{out} is a directory", hint="pass the path of the .gguf file to write")
     ckpt = open_base(base)
     arch = gguf_arch_for(ckpt.config, str(ckpt.directory / "config.json"))
-    snapshot = require_healthy(adapter, base).snapshot if check_health else open_snapshot(adapter)
-    if out.resolve() == Path(snapshot.weights_path).resolve():
-        raise BadInputError(f"{out} is the adapter's own weights file", hint="write the GGUF somewhere else")
+    snapshot = open_snapshot(adapter)
+    guard_outputs([("--out", out)], adapter=snapshot.directory, base=ckpt.directory, overwrite=overwrite)
+    if check_health:
+        snapshot = require_healthy(adapter, base).snapshot
     loras = collect_loras(snapshot)
     if not loras.pairs:
         raise BadInputError(
@@ -199,7 +203,7 @@ def convert_gguf_lora(
             raise BadInputError(
                 f"two adapter modules map to {dup}", hint="the adapter mixes layouts: run `loradoc repair`"
             )
-        with atomic_output(out) as tmp:
+        with atomic_output(out, overwrite=overwrite) as tmp:
             w = make_writer(arch)
             w.add_type(gguf.GGUFType.ADAPTER)
             w.add_string(gguf.Keys.Adapter.TYPE, "lora")

@@ -1,7 +1,8 @@
 """``loradoc convert gguf``: base + LoRA adapter -> the merged *text* model as one GGUF file, in one fused pass.
 
 For every text tensor of the base checkpoint, in row chunks: read, upcast to float32, add ``scale * B @ A`` when
-the adapter adapts it (the same float32 arithmetic as peft's ``merge_and_unload``), apply llama.cpp's per-tensor
+the adapter adapts it (the same float32 arithmetic as peft's ``merge_and_unload``, with ``B @ A`` rounded once from
+its exact value as in ``convert merged``: :class:`~loradoc.convert.delta.ExactDelta`), apply llama.cpp's per-tensor
 rules (Gemma 3 norm +1, vocabulary rows, F32 for norms and vectors) and convert to the output type with gguf-py's
 own routines; then write it. No merged checkpoint ever touches the disk and memory stays bounded by the chunk size.
 Tensors that the adapter does not touch and whose type does not change are copied byte for byte.
@@ -22,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..outputs import guard_outputs
+from ..progress import Progress
 from ..safetensors_io import SafetensorsHeader, TensorInfo
+from .delta import ExactDelta
 from .gguf_io import (
     AdapterLoras,
     LoraPair,
@@ -165,7 +169,7 @@ def add_arch_metadata(w: Any, arch: str, hp: dict[str, Any], file_type: Any) -> 
     if hp.get("enable_moe_block") or hp.get("num_experts"):
         raise BadInputError(
             "Gemma 4 mixture-of-experts bases (26B-A4B) are not supported by loradoc's GGUF converter yet",
-            hint="merge with `loradoc convert merge` and convert with llama.cpp's convert_hf_to_gguf.py",
+            hint="merge with `loradoc convert merged` and convert with llama.cpp's convert_hf_to_gguf.py",
         )
     n_shared = int(hp.get("num_kv_shared_layers") or 0)
     w.add_shared_kv_layers(n_shared)
@@ -223,24 +227,23 @@ def _producer(
             for _, data in iter_row_chunks(fd, header, info, rows=rows, raw=True):
                 yield data
             return
-        a = b = None
-        if lora is not None:
-            import torch
+        import numpy as np
 
+        product = None
+        scale = np.float32(0.0)
+        if lora is not None:
             a_np, b_np = load_lora(lora)
-            a, b = torch.from_numpy(a_np), torch.from_numpy(b_np)
+            # embedding LoRA: delta = (B @ A).T, so the embedding's rows are columns of A: rows of A.T @ B.T
+            product = ExactDelta(a_np.T, b_np.T) if lora.embedding else ExactDelta(b_np, a_np)
+            scale = np.float32(lora.scale)
         for r0, chunk in iter_row_chunks(fd, header, info, rows=rows):
             if shift:
                 chunk += shift
-            if lora is not None:
-                import torch
-
-                w = torch.from_numpy(chunk)
+            if product is not None:
                 n = chunk.shape[0]
-                # embedding LoRA: delta = (B @ A).T, so the embedding's rows are columns of A
-                delta = torch.matmul(b, a[:, r0 : r0 + n]).T if lora.embedding else torch.matmul(b[r0 : r0 + n], a)
-                delta.mul_(lora.scale)
-                w.add_(delta)
+                delta = product.rows(slice(r0, r0 + n)).reshape(chunk.shape)
+                np.multiply(delta, scale, out=delta)
+                np.add(chunk, delta, out=chunk)
                 del delta
             yield quantize_chunk(chunk, qtype)
 
@@ -255,12 +258,13 @@ def convert_gguf(
     outtype: str = "bf16",
     mmproj: str | os.PathLike[str] | None = None,
     check_health: bool = True,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> GgufResult:
     """Write the merged text model of ``base`` + ``adapter`` (None: the base alone) as a GGUF file at ``out``.
 
     ``outtype``: f32 | f16 | bf16 | q8_0. The adapter must be healthy (``loradoc doctor``) unless
-    ``check_health`` is False. ``progress(tensor_name, done, total)`` is called after each tensor."""
+    ``check_health`` is False. ``progress(done, total, tensor_name)`` is called after each tensor."""
     import gguf
 
     t0 = time.perf_counter()
@@ -270,7 +274,7 @@ def convert_gguf(
         raise BadInputError(
             "--mmproj is not supported yet: loradoc writes the text model only",
             hint="for the vision/audio projector run llama.cpp's convert_hf_to_gguf.py --mmproj on the base "
-            "(tower LoRAs need a merged checkpoint: `loradoc convert merge`)",
+            "(tower LoRAs need a merged checkpoint: `loradoc convert merged`)",
         )
     ckpt = open_base(base)
     arch = gguf_arch_for(ckpt.config, str(ckpt.directory / "config.json"))
@@ -285,7 +289,17 @@ def convert_gguf(
     if adapter is not None:
         from ..snapshot import open_snapshot
 
-        snapshot = require_healthy(adapter, base).snapshot if check_health else open_snapshot(adapter)
+        snapshot = open_snapshot(adapter)
+    guard_outputs(
+        [("--out", out)],
+        adapter=snapshot.directory if snapshot else None,
+        base=ckpt.directory,
+        overwrite=overwrite,
+    )
+    if adapter is not None:
+        if check_health:
+            snapshot = require_healthy(adapter, base).snapshot
+        assert snapshot is not None
         loras = collect_loras(snapshot)
 
     hp = text_hparams(ckpt, arch)
@@ -420,7 +434,7 @@ def convert_gguf(
             )
 
         ftype = getattr(gguf.LlamaFileType, OUTTYPES[outtype][0])
-        with atomic_output(out) as tmp:
+        with atomic_output(out, overwrite=overwrite) as tmp:
             w = make_writer(arch)
             w.add_type(gguf.GGUFType.MODEL)
             name = ckpt.directory.name

@@ -4,9 +4,12 @@ What the output holds is what the *PeftModel* computes (peft loading the adapter
 ``merge_and_unload`` happens to produce where the two differ (tied embeddings, see below):
 
 - every base weight an adapter LoRA targets becomes ``W + scale * (B @ A)`` computed in float32 and rounded once to
-  the output dtype; ``scale`` is ``alpha / r`` (``alpha / sqrt(r)`` with rslora), with ``rank_pattern`` /
-  ``alpha_pattern`` resolved on the model's module name exactly as peft does; Conv1D targets are transposed
-  (fan_in_fan_out; peft ignores the flag on nn.Linear and so does this); embedding LoRAs add ``(B @ A).T``;
+  the output dtype, in peft's order, with ``B @ A`` itself rounded once from its exact value
+  (:class:`~loradoc.convert.delta.ExactDelta`: a float32 BLAS matmul rounds differently per library, kernel and
+  machine, which would make a bf16 output machine-dependent); ``scale`` is ``alpha / r`` (``alpha / sqrt(r)``
+  with rslora), with ``rank_pattern`` / ``alpha_pattern`` resolved on the model's module name exactly as peft
+  does; Conv1D targets are transposed (fan_in_fan_out; peft ignores the flag on nn.Linear and so does this);
+  embedding LoRAs add ``(B @ A).T``;
 - DoRA is merged with peft's formula: ``m / ||W + dW|| * (W + dW)``, the norm per output row for linear layers
   and per embedding dimension (over the whole vocabulary, two passes) for embeddings;
 - ``lora_B.bias`` (lora_bias) is added, scaled, to the base bias; full tensors in the adapter (modules_to_save,
@@ -73,6 +76,7 @@ from .checkpoint import (
     remember_sha256,
     single_threaded_blas,
 )
+from .delta import ExactDelta
 
 if TYPE_CHECKING:
     import numpy as np
@@ -389,7 +393,7 @@ def _write_shards(
                     sink = _WriterThread(w, file_hash)
                     try:
                         for op in ops:
-                            _emit(op, sources[op.src_file], reader, sink.bind(op.name))
+                            _emit(op, sources[op.src_file], reader, _finite_only(op.name, op.dtype, sink.bind(op.name)))
                             done += op.nbytes
                             if progress is not None:
                                 progress(done, total, op.name)
@@ -483,16 +487,10 @@ def _parse_dtype(dtype: str) -> str:
 
 
 def _check_out(out: Path, adapter_dir: Path, base_dir: Path, overwrite: bool) -> None:
-    o = out.resolve()
-    for what, d in (("adapter", adapter_dir), ("base", base_dir)):
-        r = Path(d).resolve()
-        if o == r or r in o.parents or o in r.parents:
-            raise BadInputError(
-                f"--out {out} overlaps the {what} directory {d}",
-                hint="write the merged model to a new directory; the inputs are never modified",
-            )
-    if out.exists() and not overwrite:
-        raise BadInputError(f"{out} already exists", hint="choose a new --out directory or pass --overwrite")
+    """--out must not be, contain or lie inside an input; an existing --out only with ``overwrite``."""
+    from ..outputs import guard_outputs
+
+    guard_outputs([("--out", out)], adapter=adapter_dir, base=base_dir, overwrite=overwrite)
 
 
 def _original_hint(base_cfg: dict[str, Any], snap: AdapterSnapshot) -> str:
@@ -999,6 +997,32 @@ def _shard_name(i: int, n: int) -> str:
 # execution
 
 
+#: float dtype -> (unsigned view, exponent mask, mantissa mask): an all-ones exponent with a non-zero mantissa is NaN
+#: (Inf is legitimate in some bases: Gemma 4's clipping bounds default to +/-inf)
+_EXPONENT = {"BF16": ("<u2", 0x7F80, 0x007F), "F16": ("<u2", 0x7C00, 0x03FF), "F32": ("<u4", 0x7F800000, 0x007FFFFF)}
+
+
+def _finite_only(name: str, dtype: str, put: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``put`` that refuses a chunk holding NaN: a merged model that computes NaN is no output."""
+    import numpy as np
+
+    spec = _EXPONENT.get(dtype)
+    if spec is None:
+        return put
+    view, mask, mantissa = np.dtype(spec[0]), spec[1], spec[2]
+
+    def checked(data: Any) -> None:
+        raw = np.frombuffer(data if isinstance(data, bytes | bytearray) else memoryview(data).cast("B"), dtype=view)
+        if np.any(((raw & mask) == mask) & ((raw & mantissa) != 0)):
+            raise BadInputError(
+                f"{name}: the merged tensor holds NaN (from the base weights or the adapter); nothing was written",
+                hint="check the base checkpoint (re-download it) and run `loradoc doctor` on the adapter",
+            )
+        put(data)
+
+    return checked
+
+
 def _emit(op: _Op, src: SourceFile, reader: _AdapterTensors, put: Callable[[Any], None]) -> None:
     """Produce one output tensor, in order, as chunks handed to ``put``: copy, cast, replace or merge."""
     import numpy as np
@@ -1058,10 +1082,11 @@ def _emit_lora(
         left, right = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
     mag = reader.array(lora.magnitude).reshape(-1) if lora.magnitude else None
     scratch = _Scratch()
+    product = ExactDelta(left, right)
 
     def merge(rows: slice, w: Any) -> Any:
         delta = scratch.like("delta", w)
-        np.matmul(left[rows], right, out=delta)  # in peft's order: (B @ A) * scale, then added
+        product.rows(rows, out=delta)  # in peft's order: (B @ A) * scale, then added; B @ A exactly rounded
         np.multiply(delta, s, out=delta)
         np.add(w, delta, out=w)
         return w
@@ -1253,7 +1278,15 @@ def _copy_side_files(
     for p in sorted(base_dir.iterdir()):
         if _is_side_file(p):
             chosen[p.name], origin[p.name] = p, "base"
-    adapter_tok = {p.name: p for p in sorted(adapter_dir.iterdir()) if p.is_file() and p.name in TOKENIZER_FILES}
+    from ..outputs import escapes
+
+    adapter_tok: dict[str, Path] = {}
+    for p in sorted(adapter_dir.iterdir()):
+        if p.name in TOKENIZER_FILES and p.is_file():
+            if escapes(p, adapter_dir):
+                notes.append(f"adapter file {p.name} is a symlink pointing outside the adapter: not copied")
+            else:
+                adapter_tok[p.name] = p
     has_base_tok = any(n in chosen for n in _TOKENIZER_CORE)
     source = "base" if has_base_tok else "none"
     if any(n in adapter_tok for n in _TOKENIZER_CORE):

@@ -6,6 +6,7 @@ and scan every adapter of a base from headers alone.
     plan = plan_publish(out_dir, "org/name", parent_commit=None, create_pr=False, tag="loradoc-fix",
                         message=None, force=False)  # reads the Hub, writes nothing; plan.to_json() for --plan
     res = publish(plan)                            # PublishResult(commit_sha, commit_url, pr_num, tag, ...)
+                                                   # NothingToPublishError (exit 4) when the head holds these files
     scan = scan_hub("google/gemma-4-E4B-it", limit=200)  # ScanResult(rows=[ScanRow(...)], bytes_fetched, ...)
 
 Every huggingface_hub call gets the endpoint explicitly (argument, then HF_ENDPOINT, then the default); the
@@ -14,7 +15,16 @@ token (argument, then HF_TOKEN, then ``hf auth login``) never appears in a messa
 
 from __future__ import annotations
 
-from ._common import HubAuthError, HubError, HubNetworkError, StaleParentError, TagExistsError, resolve_token, scrub
+from ._common import (
+    HubAuthError,
+    HubError,
+    HubNetworkError,
+    NothingToPublishError,
+    StaleParentError,
+    TagExistsError,
+    resolve_token,
+    scrub,
+)
 from .card import VERIFIED_TAG, loading_fix_section, update_card
 from .publish import PlannedOp, PublishPlan, PublishResult, UnverifiedError, plan_publish, publish
 from .pull import PULL_PATTERNS, PullResult, pull
@@ -26,6 +36,7 @@ __all__ = [
     "HubAuthError",
     "HubError",
     "HubNetworkError",
+    "NothingToPublishError",
     "PlannedOp",
     "PublishPlan",
     "PublishResult",

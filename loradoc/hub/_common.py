@@ -16,13 +16,14 @@ from __future__ import annotations
 import re
 from typing import Any, NoReturn
 
-from ..errors import BadInputError, EnvironmentProblem, LoradocError
+from ..errors import BadInputError, EnvironmentProblem, LoradocError, NothingToDo
 from ..hub_endpoint import resolve_endpoint
 
 __all__ = [
     "HubAuthError",
     "HubError",
     "HubNetworkError",
+    "NothingToPublishError",
     "StaleParentError",
     "TagExistsError",
     "resolve_endpoint",
@@ -50,6 +51,27 @@ class StaleParentError(HubError, BadInputError):
 
 class TagExistsError(HubError, BadInputError):
     """The tag to create already exists on the repository."""
+
+
+class NothingToPublishError(NothingToDo):
+    """The files to push equal the target's head (exit 4): no commit was made, nothing is recorded, and no tag is
+    placed unless the caller asked to tag that existing commit (``tagged``)."""
+
+    def __init__(
+        self, message: str, hint: str, *, repo_id: str, commit: str, directory: str, tagged: str | None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.repo_id, self.commit, self.directory, self.tagged = repo_id, commit, directory, tagged
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nothing_to_publish": True,
+            "directory": self.directory,
+            "repo_id": self.repo_id,
+            "commit_sha": self.commit,
+            "tag": self.tagged,
+            "message": self.one_line(),
+        }
 
 
 class HubNetworkError(EnvironmentProblem):
@@ -120,9 +142,9 @@ def raise_hub_error(exc: BaseException, *, what: str, endpoint: str, token: str 
     if status in (401, 403):
         raise HubAuthError(
             f"{what}: the Hub at {endpoint} refused the request ({status}{' unauthorized' if status == 401 else ''})",
-            hint="pass a token with write access (--token, HF_TOKEN, or `hf auth login`)"
+            hint="use a token with write access (HF_TOKEN, or `hf auth login`)"
             if token
-            else "no token was sent: pass --token, set HF_TOKEN, or run `hf auth login`",
+            else "no token was sent: set HF_TOKEN, or run `hf auth login`",
         ) from None
     if isinstance(exc, RepositoryNotFoundError) or status == 404:
         raise BadInputError(

@@ -3,11 +3,19 @@
 - Refused unless DIR holds a passing ``loradoc-certificate.json`` whose file hashes match DIR's files now
   (``force=True`` overrides; the plan and the result then carry a loud ``warning``, and the card says
   "Not verified" and loses the ``loradoc-verified`` tag).
-- One ``HfApi.create_commit`` with every file (adapter files, certificate, repair report, updated README.md and
-  deletions of stale weight/record files), with ``parent_commit`` = the revision the repair started from
-  (``loradoc-repair.json`` ``source.commit``, or the argument): if the branch has moved the Hub answers 412 and
-  nothing is written (:class:`StaleParentError`).
+- First, before anything else, the stale-parent check: the branch head is read again; if it is not the parent
+  (``loradoc-repair.json`` ``source.commit``, or the argument) and does not already hold exactly these files,
+  :class:`StaleParentError` and nothing is written (the Hub's 412 stays as the second line of defence).
+- Nothing to publish: when every file to push (and the generated card) equals the head's file (LFS sha256 or git
+  blob id, from ``paths-info``) and every file to delete is absent, no commit is made and
+  :class:`NothingToPublishError` (exit 4) names that head; no tag is placed unless ``tag_existing``.
+- Otherwise one ``HfApi.create_commit`` with every file (adapter files, certificate, repair report, updated
+  README.md and deletions of stale weight/record files) and ``parent_commit`` = the expected parent; then the ref
+  is read back: it must be the returned commit and that commit's parent the expected one, else :class:`HubError`
+  and no tag.
 - Optional tag on the new commit; optional pull request (``create_pr``) instead of a direct commit.
+- The card's generated section depends only on DIR (repair report, certificate, DIR's README or the card at the
+  parent): publishing the same directory twice gives the same bytes, hence "nothing to publish" the second time.
 - The plan (:meth:`PublishPlan.to_json`) lists every operation, the parent, the tag and the card diff, and is
   computed without writing anything.
 """
@@ -23,13 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, MissingFileError
+from ..outputs import escapes
 from ..repair.apply import CERTIFICATE_NAME, REPORT_NAME
-from ..repair.checkload import adapter_file_hashes
+from ..repair.checkload import adapter_file_hashes, find_stored_certificate, stored_certificate_path
 from ..snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
 from ._common import (
     HubAuthError,
     HubError,
     HubNetworkError,
+    NothingToPublishError,
+    StaleParentError,
     TagExistsError,
     first_line,
     hf_api,
@@ -90,12 +101,19 @@ class PublishPlan:
     force: bool
     warning: str | None = None
     skipped: list[str] = field(default_factory=list)  # what DIR holds that is not pushed (dotfiles, folders)
+    tag_existing: bool = False  # nothing to publish: tag the head commit that already holds these files
+    head_equal: bool = False  # every file to push equals the head's (and every file to delete is absent)
+
+    @property
+    def nothing_to_publish(self) -> bool:
+        return self.head_equal and self.head_commit is not None
 
     @property
     def stale(self) -> bool:
-        """The branch head is not the parent: a direct commit will be refused (412)."""
+        """The branch head is not the parent (and does not already hold these files): publish refuses."""
         return (
             not self.create_pr
+            and not self.head_equal
             and self.parent_commit is not None
             and self.head_commit is not None
             and not self.head_commit.lower().startswith(self.parent_commit.lower())
@@ -115,9 +133,11 @@ class PublishPlan:
             "parent_source": self.parent_source,
             "head_commit": self.head_commit,
             "stale": self.stale,
+            "nothing_to_publish": self.nothing_to_publish,
             "create_repo": self.create_repo,
             "create_pr": self.create_pr,
             "tag": self.tag,
+            "tag_existing": self.tag_existing,
             "message": self.message,
             "description": self.description,
             "operations": [o.to_json() for o in self.operations],
@@ -182,12 +202,41 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _check_certificate(directory: Path, hashes: dict[str, str]) -> tuple[dict[str, Any], str | None, dict | None]:
-    """(summary, problem or None, certificate). The certificate must pass and cover exactly DIR's files."""
-    path = directory / CERTIFICATE_NAME
-    summary: dict[str, Any] = {"path": str(path), "present": path.is_file()}
-    if not path.is_file():
-        return summary, f"no {CERTIFICATE_NAME} in {directory}", None
+def _check_certificate(
+    directory: Path, hashes: dict[str, str], registry: str | Path | None = None
+) -> tuple[dict[str, Any], str | None, dict | None, Path | None]:
+    """(summary, problem or None, certificate, its path). The certificate must pass and cover exactly DIR's files.
+
+    Looked for in DIR/loradoc-certificate.json (where ``check-load --certificate`` may put it) and in the registry's
+    certificate store, by the sha256 of DIR's files (where ``check-load`` puts it by default); the first that
+    passes and matches wins. With neither, the newest stored certificate of the same weights file names what
+    changed since check-load."""
+    local = directory / CERTIFICATE_NAME
+    exact, newest = find_stored_certificate(hashes, registry)
+    first: tuple[dict[str, Any], str | None, dict | None, Path | None] | None = None
+    for path, origin in ((local, "directory"), (exact, "registry")):
+        if path is None or not path.is_file():
+            continue
+        summary, problem, cert = _check_certificate_file(path, hashes)
+        summary["origin"] = origin
+        if problem is None:
+            return summary, None, cert, path
+        first = first or (summary, problem, cert, path)
+    if first is not None:
+        return first
+    if newest is not None:
+        summary, problem, cert = _check_certificate_file(newest, hashes)
+        summary["origin"] = "registry"
+        if problem is not None:
+            return summary, problem, cert, newest
+    store = stored_certificate_path(hashes, registry)
+    summary = {"path": str(local), "present": False, "searched": [str(local), str(store)]}
+    problem = f"no {CERTIFICATE_NAME} in {directory} and none for these files in {store.parent.parent}"
+    return summary, problem, None, None
+
+
+def _check_certificate_file(path: Path, hashes: dict[str, str]) -> tuple[dict[str, Any], str | None, dict | None]:
+    summary: dict[str, Any] = {"path": str(path), "present": True}
     cert = _read_json(path, CERTIFICATE_NAME)
     summary["passed"] = bool(cert.get("passed"))
     summary["created"] = cert.get("created")
@@ -262,9 +311,12 @@ def plan_publish(
     revision: str = "main",
     endpoint: str | None = None,
     token: str | None = None,
+    tag_existing: bool = False,
+    registry: str | Path | None = None,
 ) -> PublishPlan:
     """Everything :func:`publish` will do, computed without writing anything (reads the Hub: the branch head,
-    the card at the parent when DIR has none, the files to delete)."""
+    the card at the parent when DIR has none, the files to delete). ``registry``: the index whose certificate
+    store to search (None: ``$LORADOC_REGISTRY`` or the default)."""
     directory = Path(dir).expanduser()
     if not directory.is_dir():
         raise MissingFileError(f"{directory} is not a directory", hint="pass the repaired adapter directory (--out)")
@@ -276,13 +328,17 @@ def plan_publish(
         )
     if "/" not in repo or repo.count("/") != 1 or not all(repo.split("/")):
         raise BadInputError(f"repository id {repo!r} is not ORG/NAME", hint="pass --repo ORG/NAME")
+    if tag_existing and tag is None:
+        raise BadInputError("--tag-existing needs --tag", hint="pass --tag NAME --tag-existing")
     if tag is not None and not _TAG.match(tag):
         raise BadInputError(f"tag {tag!r} is not a valid tag name", hint="use letters, digits, '.', '-', '_'")
     if parent_commit is not None and not _HEX.match(parent_commit):
         raise BadInputError(f"parent commit {parent_commit!r} is not a commit sha", hint="pass a 40-hex commit id")
 
     hashes = adapter_file_hashes(directory)
-    cert_summary, problem, cert = _check_certificate(directory, hashes)
+    cert_summary, problem, cert, cert_path = _check_certificate(directory, hashes, registry)
+    # a passing certificate from the registry's store is pushed as DIR/loradoc-certificate.json
+    stored_cert = cert_path if problem is None and cert_path != directory / CERTIFICATE_NAME else None
     verified = problem is None
     warning = None
     if not verified:
@@ -358,7 +414,7 @@ def plan_publish(
         except Exception as e:  # noqa: BLE001
             raise_hub_error(e, what=f"list {repo}", endpoint=ep, token=tok, repo=repo)
 
-    if (directory / README).is_file():
+    if (directory / README).is_file() and not escapes(directory / README, directory):
         card_before: str | None = (directory / README).read_text(encoding="utf-8", errors="replace")
         card_source = "directory"
     elif exists and README in remote_files:
@@ -367,21 +423,28 @@ def plan_publish(
         card_source = f"hub@{rev[:12]}"
     else:
         card_before, card_source = None, "generated"
-    section = loading_fix_section(
-        report, cert if verified else None, verified=verified, parent_commit=parent, forced_reason=problem
-    )
+    section = loading_fix_section(report, cert if verified else None, verified=verified, forced_reason=problem)
     card_after = update_card(
         card_before, adapter_config=adapter_config, section=section, verified=verified, repo_id=repo
     )
 
     ops: list[PlannedOp] = []
-    local_names = sorted(p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    local_names = sorted(
+        p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith(".") and not escapes(p, directory)
+    )
     for name in local_names:
-        if name == README:
+        if name == README or (name == CERTIFICATE_NAME and stored_cert is not None):
             continue
         p = directory / name
         sha = hashes.get(name) or _sha256(p)
         ops.append(PlannedOp("add", name, p.stat().st_size, sha, "directory", local=p))
+    if stored_cert is not None:
+        ops.append(
+            PlannedOp(
+                "add", CERTIFICATE_NAME, stored_cert.stat().st_size, _sha256(stored_cert), "registry", local=stored_cert
+            )
+        )
+        local_names = sorted({*local_names, CERTIFICATE_NAME})
     readme_bytes = card_after.encode("utf-8")
     ops.append(
         PlannedOp(
@@ -399,6 +462,7 @@ def plan_publish(
     ops.sort(key=lambda o: (o.op != "add", o.path))
     skipped = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir() if p.name not in local_names)
 
+    head_equal = head is not None and _matches_head(api, repo, head, ops, endpoint=ep, token=tok)
     title, desc = _default_message(report, verified)
     return PublishPlan(
         directory=directory,
@@ -422,7 +486,47 @@ def plan_publish(
         force=force,
         warning=warning,
         skipped=skipped,
+        tag_existing=tag_existing,
+        head_equal=head_equal,
     )
+
+
+def git_blob_id(data: bytes) -> str:
+    """The git blob id of ``data`` (what the Hub reports as a regular file's ``oid``)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _op_bytes(o: PlannedOp) -> bytes:
+    if o.content is not None:
+        return o.content
+    assert o.local is not None
+    return o.local.read_bytes()
+
+
+def _matches_head(api: Any, repo: str, head: str, ops: list[PlannedOp], *, endpoint: str, token: str | None) -> bool:
+    """Whether committing ``ops`` on ``head`` would change nothing: each added file equals the head's (LFS sha256
+    and size, or git blob id for a regular file) and each deleted file is absent. One ``paths-info`` request."""
+    from huggingface_hub.hf_api import RepoFile
+
+    try:
+        infos = api.get_paths_info(repo, [o.path for o in ops], revision=head)
+    except Exception as e:  # noqa: BLE001
+        raise_hub_error(e, what=f"read {repo}@{head[:12]}", endpoint=endpoint, token=token, repo=repo)
+    remote = {i.path: i for i in infos if isinstance(i, RepoFile)}
+    for o in ops:
+        r = remote.get(o.path)
+        if o.op == "delete":
+            if r is not None or any(i.path == o.path for i in infos):
+                return False
+            continue
+        if r is None or (o.size is not None and r.size != o.size):
+            return False
+        if r.lfs is not None:
+            if not o.sha256 or str(r.lfs.sha256).lower() != o.sha256.lower():
+                return False
+        elif not r.blob_id or r.blob_id.lower() != git_blob_id(_op_bytes(o)):
+            return False
+    return True
 
 
 def _sha256(path: Path) -> str:
@@ -448,30 +552,56 @@ def _refuse_existing_tag(api: Any, repo: str, tag: str, *, endpoint: str, token:
 
 
 def publish(plan: PublishPlan, *, endpoint: str | None = None, token: str | None = None) -> PublishResult:
-    """Carry out ``plan``: one commit (or pull request) with every operation, then the tag."""
+    """Carry out ``plan``: the stale-parent check, then nothing-to-publish, else one commit (or pull request),
+    read back from the Hub, then the tag."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     ep = resolve_endpoint(endpoint) if endpoint else plan.endpoint
     tok = resolve_token(token)
-    if not tok:
-        raise HubAuthError(
-            f"publishing to {plan.repo_id} needs a Hugging Face token with write access; none was found",
-            hint="pass --token, set HF_TOKEN, or run `hf auth login`",
+    api = hf_api(ep, tok)
+    repo = plan.repo_id
+    what = f"publish to {repo}"
+
+    # 1. the stale-parent check, before anything else: where is the branch now, and does it hold these files?
+    head, equal = None, False
+    if not plan.create_repo:
+        head = _read_head(api, plan, endpoint=ep, token=tok)
+        equal = (
+            plan.head_equal
+            if head == plan.head_commit
+            else _matches_head(api, repo, head, plan.operations, endpoint=ep, token=tok)
         )
+        if not plan.create_pr and plan.parent_commit is not None and head != plan.parent_commit and not equal:
+            raise StaleParentError(
+                f"{what}: {repo} has moved since the parent commit ({plan.revision} is at {head[:12]}, the parent is "
+                f"{plan.parent_commit[:12]}); nothing was written",
+                hint="pull the new revision, repair and check-load it again, then publish",
+            )
     # the files must still be the ones the plan checked (and the certificate covers)
     for o in plan.operations:
         if o.op == "add" and o.local is not None and (not o.local.is_file() or _sha256(o.local) != o.sha256):
             raise BadInputError(f"{o.local} changed since the publish plan was made", hint="plan and publish again")
-    api = hf_api(ep, tok)
-    what = f"publish to {plan.repo_id}"
+
+    # 2. nothing to publish: no commit, no record, a tag only on explicit request
+    if equal and head is not None:
+        _nothing_to_publish(api, plan, head, endpoint=ep, token=tok)
+
+    if not tok:
+        raise HubAuthError(
+            f"publishing to {repo} needs a Hugging Face token with write access; none was found",
+            hint="set HF_TOKEN, or run `hf auth login`",
+        )
     if plan.create_repo:
         try:
-            api.create_repo(plan.repo_id, exist_ok=True)
+            api.create_repo(repo, exist_ok=True)
         except Exception as e:  # noqa: BLE001
-            raise_hub_error(e, what=f"create {plan.repo_id}", endpoint=ep, token=tok, repo=plan.repo_id)
+            raise_hub_error(e, what=f"create {repo}", endpoint=ep, token=tok, repo=repo)
+        head = _read_head(api, plan, endpoint=ep, token=tok)
     if plan.tag is not None:
-        _refuse_existing_tag(api, plan.repo_id, plan.tag, endpoint=ep, token=tok)
+        _refuse_existing_tag(api, repo, plan.tag, endpoint=ep, token=tok)
 
+    # 3. one commit on the expected parent
+    expected = plan.parent_commit if plan.parent_commit is not None and not plan.create_repo else head
     operations: list[Any] = []
     for o in plan.operations:
         if o.op == "delete":
@@ -483,33 +613,41 @@ def publish(plan: PublishPlan, *, endpoint: str | None = None, token: str | None
             operations.append(CommitOperationAdd(path_in_repo=o.path, path_or_fileobj=o.content))
     try:
         info = api.create_commit(
-            plan.repo_id,
+            repo,
             operations,
             commit_message=plan.message,
             commit_description=plan.description,
             revision=plan.revision,
-            parent_commit=plan.parent_commit if not plan.create_repo else None,
+            parent_commit=expected,
             create_pr=plan.create_pr,
         )
     except Exception as e:  # noqa: BLE001
         if is_transport_error(e):
             _raise_dropped(api, plan, e, endpoint=ep, token=tok)
-        raise_hub_error(e, what=what, endpoint=ep, token=tok, repo=plan.repo_id)
-    sha = info.oid
+        raise_hub_error(e, what=what, endpoint=ep, token=tok, repo=repo)
+    sha = str(info.oid)
+    if info.pr_num is None and sha in {expected, head}:
+        # huggingface_hub skips a commit that changes nothing and returns the current head: not ours
+        _nothing_to_publish(api, plan, sha, endpoint=ep, token=tok)
+
+    # 4. the printed commit is the one this publish created: read the ref back, check the parent
+    ref = info.pr_revision if plan.create_pr and info.pr_revision else plan.revision
+    _verify_commit(api, repo, ref, sha, expected, endpoint=ep, token=tok)
+
     if plan.tag is not None:
         try:
-            api.create_tag(plan.repo_id, tag=plan.tag, revision=sha)
+            api.create_tag(repo, tag=plan.tag, revision=sha)
         except Exception as e:  # noqa: BLE001
             raise HubError(
-                f"committed {plan.repo_id}@{sha[:12]}, but creating tag {plan.tag} failed: {first_line(e, tok)}",
-                hint=f"create the tag on commit {sha} (hf repos tag create {plan.repo_id} {plan.tag} -r {sha})",
+                f"committed {repo}@{sha[:12]}, but creating tag {plan.tag} failed: {first_line(e, tok)}",
+                hint=f"create the tag on commit {sha} (hf repos tag create {repo} {plan.tag} -r {sha})",
             ) from None
     return PublishResult(
-        repo_id=plan.repo_id,
+        repo_id=repo,
         endpoint=ep,
         commit_sha=sha,
         commit_url=str(info.commit_url),
-        parent_commit=plan.parent_commit,
+        parent_commit=expected,
         pr_num=info.pr_num,
         pr_revision=info.pr_revision,
         tag=plan.tag,
@@ -517,6 +655,74 @@ def publish(plan: PublishPlan, *, endpoint: str | None = None, token: str | None
         warning=plan.warning,
         operations=len(operations),
     )
+
+
+def _read_head(api: Any, plan: PublishPlan, *, endpoint: str, token: str | None) -> str:
+    try:
+        sha = api.repo_info(plan.repo_id, revision=plan.revision).sha
+    except Exception as e:  # noqa: BLE001
+        what = f"read {plan.repo_id}@{plan.revision}"
+        raise_hub_error(e, what=what, endpoint=endpoint, token=token, repo=plan.repo_id)
+    if not sha:
+        raise HubError(
+            f"read {plan.repo_id}@{plan.revision}: the Hub at {endpoint} named no commit", hint="retry later"
+        )
+    return str(sha)
+
+
+def _nothing_to_publish(api: Any, plan: PublishPlan, head: str, *, endpoint: str, token: str | None) -> None:
+    """Raise :class:`NothingToPublishError` for ``head``; first tag it when the caller asked for exactly that."""
+    repo = plan.repo_id
+    tagged = None
+    if plan.tag is not None and plan.tag_existing:
+        if not token:
+            raise HubAuthError(
+                f"tagging {repo}@{head[:12]} needs a Hugging Face token with write access; none was found",
+                hint="set HF_TOKEN, or run `hf auth login`",
+            )
+        _refuse_existing_tag(api, repo, plan.tag, endpoint=endpoint, token=token)
+        try:
+            api.create_tag(repo, tag=plan.tag, revision=head)
+        except Exception as e:  # noqa: BLE001
+            raise_hub_error(e, what=f"tag {repo}@{head[:12]}", endpoint=endpoint, token=token, repo=repo)
+        tagged = plan.tag
+    message = f"nothing to publish: {plan.directory} equals {repo}@{head}"
+    if tagged:
+        message += f" (tagged {tagged} on that existing commit)"
+        hint = "nothing was committed or recorded"
+    elif plan.tag is not None:
+        hint = (
+            f"nothing was committed, recorded or tagged; to tag that existing commit pass --tag {plan.tag} "
+            "--tag-existing"
+        )
+    else:
+        hint = "nothing was committed or recorded"
+    raise NothingToPublishError(message, hint, repo_id=repo, commit=head, directory=str(plan.directory), tagged=tagged)
+
+
+def _verify_commit(
+    api: Any, repo: str, ref: str, sha: str, expected: str | None, *, endpoint: str, token: str | None
+) -> None:
+    """``ref`` must now point at ``sha`` and ``sha``'s parent must be ``expected`` (else no tag, a clear error)."""
+    try:
+        at_ref = api.repo_info(repo, revision=ref).sha
+        history = api.list_repo_commits(repo, revision=sha)
+    except Exception as e:  # noqa: BLE001
+        raise HubError(
+            f"committed {repo}@{sha[:12]}, but reading it back from {endpoint} failed: {first_line(e, token)}",
+            hint=f"check the history of {repo} before tagging or publishing again",
+        ) from None
+    parent = history[1].commit_id if len(history) > 1 and history[0].commit_id == sha else None
+    problems = []
+    if at_ref != sha:
+        problems.append(f"{ref} is at {str(at_ref)[:12]}")
+    if expected is not None and parent != expected:
+        problems.append(f"its parent is {parent[:12] if parent else 'unknown'}, not {expected[:12]}")
+    if problems:
+        raise HubError(
+            f"publish to {repo}: the Hub returned commit {sha}, but {'; '.join(problems)}; no tag was placed",
+            hint=f"check the history of {repo} (the commit may not be the one this publish made)",
+        )
 
 
 def _raise_dropped(api: Any, plan: PublishPlan, exc: BaseException, *, endpoint: str, token: str | None) -> None:

@@ -1,4 +1,4 @@
-"""``loradoc scan-hub BASE``: the verdict of every adapter of a base on the Hub, from headers alone.
+"""``loradoc registry scan-hub --base BASE``: the verdict of every adapter of a base on the Hub, from headers alone.
 
 For each repository listed by ``list_models(filter="base_model:adapter:BASE")`` it reads only
 ``adapter_config.json`` and the safetensors header (an HTTP Range request for the first 8 bytes, then one for
@@ -14,13 +14,13 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import LoradocError
+from ..progress import Progress
 from ..snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
 from ._common import (
     first_line,
@@ -266,14 +266,14 @@ def scan_hub(
     token: str | None = None,
     concurrency: int = 16,
     retries: int = 3,
-    progress: Callable[[int, int, ScanRow], None] | None = None,
+    progress: Progress | None = None,
     profile_base: str | None = None,
     backoff: float = 0.25,
 ) -> ScanResult:
     """Scan the adapters of ``base`` (a Hub model id) on the endpoint.
 
     ``profile_base`` (default: ``base``) names the base whose cached/shipped profile the analysis uses (a local
-    directory works, once its profile is cached). ``progress(done, total, row)`` is called after each repository.
+    directory works, once its profile is cached). ``progress(done, total, repo_id)`` is called after each repository.
     """
     from ..profiles import get_profile
 
@@ -328,7 +328,7 @@ def scan_hub(
             with lock:
                 done += 1
             if progress is not None:
-                progress(done, len(rows), row)
+                progress(done, len(rows), row.repo_id)
     return ScanResult(
         base=base,
         endpoint=ep,

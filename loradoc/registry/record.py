@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .schema import (
+    RUNTIMES,
     UNKNOWN,
     AdapterManifest,
     Artifact,
@@ -31,6 +32,7 @@ from .schema import (
     LineageStep,
     PeftInfo,
     Revision,
+    RuntimeRecord,
     TargetSummary,
     clean_free,
     key_fingerprint,
@@ -473,3 +475,35 @@ def apply_hub_push(m: AdapterManifest, rev: Revision, push: HubPush) -> None:
 
 def local_id(path: Path) -> str:
     return str(Path(path).expanduser().resolve())
+
+
+def runtime_records(report: Mapping[str, Any], *, checked: str | None = None) -> list[RuntimeRecord]:
+    """RuntimeRecords from a ``loradoc.runtimes.RuntimeReport.to_json()`` dict."""
+    when = checked or now_iso()
+    out = []
+    for rt, r in (report.get("runtimes") or {}).items():
+        reason = next((h["message"] for h in r.get("hits", []) if h.get("effect") in ("refuse", "convert")), None)
+        if reason is None and r.get("verdict") in ("unknown", "loads-with-flags"):
+            reason = next((h["message"] for h in r.get("hits", []) if h.get("effect") in ("unknown", "flag")), None)
+        out.append(
+            RuntimeRecord(
+                runtime=rt,
+                verdict=r["verdict"],
+                version=r.get("version") or UNKNOWN,
+                flags=list(r.get("flags") or []),
+                reason=reason,
+                fix=r.get("fix"),
+                rules=list(dict.fromkeys(h["rule"] for h in r.get("hits", []))),
+                base=report.get("base"),
+                checked=when,
+            )
+        )
+    return out
+
+
+def apply_runtimes(rev: Revision, records: Iterable[RuntimeRecord]) -> None:
+    """The latest check of a runtime replaces that runtime's earlier one."""
+    new = list(records)
+    done = {r.runtime for r in new}
+    rev.runtimes = [r for r in rev.runtimes if r.runtime not in done] + new
+    rev.runtimes.sort(key=lambda r: RUNTIMES.index(r.runtime) if r.runtime in RUNTIMES else len(RUNTIMES))

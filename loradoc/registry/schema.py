@@ -32,6 +32,8 @@ SEVERITIES: Final = ("error", "warning", "info")
 VERDICTS: Final = ("verified-clean", "known-broken")
 TOWERS: Final = ("language", "vision", "audio", "projector", UNKNOWN)
 ARTIFACT_KINDS: Final = ("merged", "gguf", "gguf-lora", "other")
+RUNTIMES: Final = ("vllm", "sglang", "llama_cpp", "mlx_lm")
+RUNTIME_VERDICTS: Final = ("loads", "loads-with-flags", "refused", "unknown")
 RELATION_KINDS: Final = ("bnb-4bit-repack", "mirror", "quantized-repack", "finetune-of", "other")
 COMPAT_PACKAGES: Final = ("peft", "transformers")  # what a compat query asks about
 COMPAT_INFO_PACKAGES: Final = ("torch",)  # recorded with an entry, not queried
@@ -40,6 +42,17 @@ _COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}\Z")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}\Z")
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._\-]{0,95})?\Z")
+
+
+def _valid_id(v: str) -> bool:
+    if v == UNKNOWN:
+        return True
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in v):
+        return False
+    if ".." in v.split("/"):
+        return False
+    return v.startswith("/") or bool(_REPO_ID_RE.match(v))
 
 
 def now_iso() -> str:
@@ -163,6 +176,37 @@ class CompatEntry:
                 "evidence": self.evidence,
                 "source": self.source,
                 "recorded": self.recorded,
+            }
+        )
+
+
+@dataclass
+class RuntimeRecord:
+    """Whether a serving runtime loads this revision (``loradoc runtimes --record``), by the rules of
+    loradoc/runtimes/rules.toml for that runtime release."""
+
+    runtime: str  # vllm | sglang | llama_cpp | mlx_lm
+    verdict: str  # loads | loads-with-flags | refused | unknown
+    version: str = UNKNOWN  # the runtime release the rules were read from
+    flags: list[str] = field(default_factory=list)  # what loads-with-flags needs
+    reason: str | None = None  # the runtime's own message
+    fix: str | None = None  # the loradoc command that makes a refused adapter load
+    rules: list[str] = field(default_factory=list)  # the rules.toml ids that applied
+    base: str | None = None  # the base checked against
+    checked: str = UNKNOWN  # ISO date
+
+    def to_dict(self) -> dict[str, Any]:
+        return _drop_none(
+            {
+                "runtime": self.runtime,
+                "verdict": self.verdict,
+                "version": self.version,
+                "flags": list(self.flags) or None,
+                "reason": self.reason,
+                "fix": self.fix,
+                "rules": list(self.rules) or None,
+                "base": self.base,
+                "checked": self.checked,
             }
         )
 
@@ -347,6 +391,7 @@ class Revision:
     certificates: list[CertificateRecord] = field(default_factory=list)
     artifacts: list[Artifact] = field(default_factory=list)
     hub: list[HubPush] = field(default_factory=list)
+    runtimes: list[RuntimeRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(
@@ -367,6 +412,7 @@ class Revision:
                 "certificates": [c.to_dict() for c in self.certificates],
                 "artifacts": [a.to_dict() for a in self.artifacts],
                 "hub": [h.to_dict() for h in self.hub],
+                "runtimes": [x.to_dict() for x in self.runtimes],
             }
         )
 
@@ -581,7 +627,7 @@ Manifest = AdapterManifest | BaseManifest
 _EMPTY_MEANS_NONE = frozenset(
     {
         "targets", "findings", "compat", "certificates", "artifacts", "hub", "lineage", "config_changes",
-        "checks", "versions", "device", "figures", "files", "sources", "relations", "text",
+        "checks", "versions", "device", "figures", "files", "sources", "relations", "text", "runtimes",
     }
 )  # fmt: skip
 
@@ -700,6 +746,17 @@ class _R:
             self.bad(key, "must not be empty")
             return default
         return v
+
+    def ident(self, key: str, *, default: Any = None) -> Any:
+        """An adapter/base id: a Hub repo id (``org/name``) or an absolute local path, with no ``..`` step and no
+        control character (ids become file names and lookups)."""
+        v = self.nonempty(key, default=default)
+        if not isinstance(v, str) or v == default:
+            return v
+        if _valid_id(v):
+            return v
+        self.bad(key, f"{v!r} is neither a Hub repo id (org/name) nor an absolute local path")
+        return default
 
     def commit(self, key: str) -> str:
         v = self.string(key, default=UNKNOWN)
@@ -846,7 +903,7 @@ def _tname(v: Any) -> str:
 
 
 def _read_base_ref(r: _R) -> BaseRef:
-    return BaseRef(id=r.nonempty("id", default=UNKNOWN), revision=r.commit("revision"))
+    return BaseRef(id=r.ident("id", default=UNKNOWN), revision=r.commit("revision"))
 
 
 def _read_peft(r: _R) -> PeftInfo:
@@ -911,6 +968,20 @@ def _read_compat(r: _R) -> CompatEntry:
     return e
 
 
+def _read_runtime(r: _R) -> RuntimeRecord:
+    return RuntimeRecord(
+        runtime=r.string("runtime", required=True, default=UNKNOWN, choices=RUNTIMES),
+        verdict=r.string("verdict", required=True, default=UNKNOWN, choices=RUNTIME_VERDICTS),
+        version=r.string("version", default=UNKNOWN),
+        flags=r.str_list("flags", default=[]),
+        reason=r.string("reason"),
+        fix=r.string("fix"),
+        rules=r.str_list("rules", default=[]),
+        base=r.string("base"),
+        checked=r.string("checked", default=UNKNOWN),
+    )
+
+
 def _read_check(r: _R) -> CheckResult:
     return CheckResult(
         name=r.nonempty("name", default=UNKNOWN),
@@ -971,7 +1042,7 @@ def _read_diagnosis(r: _R) -> DiagnosisRecord:
 
 _REVISION_KEYS = (
     "label", "revision", "path", "status", "key_fingerprint", "tensors", "base", "notes", "peft", "targets",
-    "findings", "compat", "diagnosis", "certificates", "artifacts", "hub",
+    "findings", "compat", "diagnosis", "certificates", "artifacts", "hub", "runtimes",
 )  # fmt: skip
 _PEFT_KEYS = (
     "type",
@@ -1031,6 +1102,12 @@ def _read_revision(r: _R) -> Revision:
             )
         ],
         hub=[_read_hub(t) for t in r.tables("hub", ("repo_id", "commit", "pr", "tag", "created"))],
+        runtimes=[
+            _read_runtime(t)
+            for t in r.tables(
+                "runtimes", ("runtime", "verdict", "version", "flags", "reason", "fix", "rules", "base", "checked")
+            )
+        ],
     )
 
 
@@ -1114,7 +1191,7 @@ def parse_manifest(data: Any) -> Manifest:
 def _parse_adapter(data: dict[str, Any], issues: list[SchemaIssue]) -> AdapterManifest:
     r = _R(data, (), issues, _ADAPTER_KEYS)
     schema = _check_schema_version(r)
-    ident = r.nonempty("id", default="?")
+    ident = r.ident("id", default="?")
     repo_id = r.string("repo_id")
     if repo_id is not None and ident.lower() != repo_id.lower():
         r.bad("repo_id", f"{repo_id!r} differs from id {ident!r} (a Hub adapter's id is its repo id)")
@@ -1222,7 +1299,7 @@ def _parse_base(data: dict[str, Any], issues: list[SchemaIssue]) -> BaseManifest
             )
         )
     return BaseManifest(
-        id=r.nonempty("id", default="?"),
+        id=r.ident("id", default="?"),
         revision=r.commit("revision"),
         profile=prof,
         provenance=prov,

@@ -147,6 +147,7 @@ class AdapterRow:
     alpha: int | float | str
     revisions: int
     file: str
+    runtimes: dict[str, str] = field(default_factory=dict)  # runtime -> verdict, of the current revision
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -164,9 +165,38 @@ class BaseRow:
         return dict(self.__dict__)
 
 
+def _runtime_codes(spec: str) -> list[str]:
+    """``vllm`` -> the record codes of a loading verdict; ``vllm:refused`` -> that verdict's."""
+    from .schema import RUNTIME_VERDICTS, RUNTIMES
+
+    aliases = {"llama.cpp": "llama_cpp", "llamacpp": "llama_cpp", "mlx-lm": "mlx_lm", "mlx": "mlx_lm"}
+    rt, _, verdict = spec.strip().lower().partition(":")
+    rt = aliases.get(rt, rt)
+    if rt not in RUNTIMES:
+        raise BadInputError(f"unknown runtime {spec!r}", hint="choose one of: " + ", ".join(RUNTIMES))
+    if verdict and verdict not in RUNTIME_VERDICTS:
+        raise BadInputError(
+            f"unknown runtime verdict {verdict!r}", hint="choose one of: " + ", ".join(RUNTIME_VERDICTS)
+        )
+    verdicts = [verdict] if verdict else ["loads", "loads-with-flags"]
+    return [f"{rt}={v}" for v in verdicts]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # reading one manifest
 # ---------------------------------------------------------------------------------------------------------
+
+
+#: No real manifest comes near this (thousands of revisions are well under 1 MB): a bigger file is refused unread.
+MAX_MANIFEST_BYTES = 4 * 2**20
+
+
+def _too_large(path: Path, size: int) -> ManifestProblem | None:
+    if size <= MAX_MANIFEST_BYTES:
+        return None
+    return ManifestProblem(
+        str(path), None, f"{size / 2**20:.1f} MiB is over the {MAX_MANIFEST_BYTES // 2**20} MiB limit for a manifest"
+    )
 
 
 def check_manifest(path: Path, data: bytes) -> tuple[Manifest | None, list[ManifestProblem]]:
@@ -185,6 +215,8 @@ def _check(path: Path, data: bytes) -> tuple[Manifest | None, list[ManifestProbl
         return None, [ManifestProblem(p, line, f"not UTF-8 text (byte {e.start})")], None
     try:
         doc = fasttoml.loads(text)
+    except RecursionError:
+        return None, [ManifestProblem(p, None, "invalid manifest: nested too deeply to read")], None
     except tomllib.TOMLDecodeError as e:
         line = getattr(e, "lineno", None)
         msg = str(e)
@@ -196,6 +228,8 @@ def _check(path: Path, data: bytes) -> tuple[Manifest | None, list[ManifestProbl
         return None, [ManifestProblem(p, line, f"invalid TOML: {msg}")], None
     try:
         return parse_manifest(doc), [], doc
+    except RecursionError:
+        return None, [ManifestProblem(p, None, "invalid manifest: nested too deeply to check")], None
     except SchemaError as e:
         lines = key_lines(text)
         out = [
@@ -210,6 +244,9 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read one manifest file, raising :class:`MalformedConfigError` naming the file and line."""
     p = Path(path)
     try:
+        big = _too_large(p, p.stat().st_size)
+        if big is not None:
+            raise MalformedConfigError(str(big), hint="a manifest that large is not one loradoc wrote: check the file")
         data = p.read_bytes()
     except OSError as e:
         raise BadInputError(f"cannot read manifest {p}: {e.strerror or e}", hint="check the path") from None
@@ -364,6 +401,11 @@ class Registry:
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise BadInputError(
+                f"the registry index {self.path} is a directory",
+                hint="pass --registry PATH (or set LORADOC_REGISTRY) to a file such as DIR/registry.sqlite",
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout, isolation_level=None)
@@ -473,6 +515,10 @@ class Registry:
                     same_place = row is not None and row[1] == root_s and row[2] == prec
                     if same_place and row[3] == st.st_mtime_ns and row[4] == st.st_size:
                         rep.unchanged.append(key)
+                        continue
+                    big = _too_large(f, st.st_size)
+                    if big is not None:
+                        rep.problems.append(big)
                         continue
                     try:
                         data = f.read_bytes()
@@ -611,6 +657,7 @@ class Registry:
             ]
             rows += [(path, key, lab, "artifact", i, a.kind) for i, a in enumerate(r.artifacts)]
             rows += [(path, key, lab, "hub", i, h.commit) for i, h in enumerate(r.hub)]
+            rows += [(path, key, lab, "runtime", i, f"{x.runtime}={x.verdict}") for i, x in enumerate(r.runtimes)]
         rows += [(path, key, None, "lineage", i, s.output) for i, s in enumerate(m.lineage)]
         c.executemany("INSERT INTO records VALUES (?,?,?,?,?,?)", rows)
 
@@ -704,9 +751,13 @@ class Registry:
         """The manifest of an adapter or base id (case-insensitive) or of a local adapter path."""
         return self.locate(ref)[0]
 
-    def list(self, base: str | None = None, status: str | None = None, *, related: bool = False) -> list[AdapterRow]:
+    def list(
+        self, base: str | None = None, status: str | None = None, *, related: bool = False, runtime: str | None = None
+    ) -> list[AdapterRow]:
         """Adapters (their current revision), optionally for one base id (``related``: also adapters on its
-        repacks and mirrors) and/or one status."""
+        repacks and mirrors) and/or one status. ``runtime``: only those whose current revision a recorded runtime
+        check says that runtime loads (``vllm``: loads or loads-with-flags), or ``RUNTIME:VERDICT`` (e.g.
+        ``sglang:refused``)."""
         self._ensure_synced()
         sql = (
             "SELECT id, base, status, current_label, current_revision, architecture, peft_type, r, alpha, "
@@ -731,8 +782,26 @@ class Registry:
                 }
             sql += f" AND base_key IN ({','.join('?' * len(keys))})"
             args += sorted(keys)
+        if runtime is not None:
+            codes = _runtime_codes(runtime)
+            sql += (
+                " AND EXISTS (SELECT 1 FROM records x WHERE x.file = adapters.file AND x.kind = 'runtime'"
+                f" AND x.label = adapters.current_label AND x.code IN ({','.join('?' * len(codes))}))"
+            )
+            args += codes
         sql += " ORDER BY key"
-        return [AdapterRow(*row) for row in self.conn.execute(sql, args)]
+        rows = [AdapterRow(*row) for row in self.conn.execute(sql, args)]
+        by_file = {r.file: r for r in rows}
+        if by_file:
+            q = (
+                "SELECT x.file, x.code FROM records x JOIN adapters a ON a.file = x.file "
+                "WHERE x.kind = 'runtime' AND x.label = a.current_label AND a.shadowed = 0"
+            )
+            for file, code in self.conn.execute(q):
+                if file in by_file:
+                    rt, _, verdict = code.partition("=")
+                    by_file[file].runtimes[rt] = verdict
+        return rows
 
     def list_bases(self) -> list[BaseRow]:
         self._ensure_synced()
@@ -1070,6 +1139,43 @@ class Registry:
             R.apply_artifact(m.revision(revision or rev_ref), art)
 
         return self.update(ident, change)
+
+    def record_runtimes(
+        self,
+        report: Mapping[str, Any],
+        *,
+        adapter_id: str | None = None,
+        base_id: str | None = None,
+        revision: str | None = None,
+    ) -> Path:
+        """Record a runtime check (``loradoc.runtimes.RuntimeReport.to_json()``) on a revision: an adapter the
+        registry knows by ``adapter_id`` / its path, else a new local adapter manifest for the checked directory
+        (base: ``base_id``, else the checked base, else "unknown")."""
+        path = R.local_id(Path(report["adapter"]))
+        records = R.runtime_records(report)
+        ident, rev_ref = path, None
+        for cand in [x for x in (adapter_id, path) if x]:
+            try:
+                m0, rev_ref, _ = self.locate(cand)
+            except LoradocError:
+                continue
+            ident = m0.id
+            break
+        base = base_id or report.get("base") or UNKNOWN
+
+        def create() -> AdapterManifest:
+            return AdapterManifest(id=ident, base=BaseRef(base), revisions=[], current="")
+
+        def change(m: AdapterManifest) -> None:
+            ref = revision or rev_ref
+            rev = m.find_revision(ref) if ref else None
+            if rev is None:
+                rev = next((r for r in m.revisions if r.path == path), None)
+            if rev is None:
+                rev = R.ensure_revision(m, path=path if not m.revisions or m.id == path else None)
+            R.apply_runtimes(rev, records)
+
+        return self.update(ident, change, create=create)
 
     def record_hub_revision(
         self,

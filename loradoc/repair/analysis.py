@@ -7,6 +7,7 @@ full doctor and by the tests.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class PeftCounts:
     effective_modules: int = 0
     injected_modules: int = 0
 
-    def to_json(self, max_keys: int = 50) -> dict[str, Any]:
+    def to_json(self, max_keys: int | None = None) -> dict[str, Any]:
         return {
             "loaded": self.loaded,
             "missing": self.missing,
@@ -100,6 +101,17 @@ def _model_key(p: LoraKey, profile: BaseProfile) -> str:
 def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
     cfg = snapshot.config
     plan = plan_injection(cfg, profile)
+    if plan.regex_problem is not None:
+        # nothing may evaluate that regex (the per-key analysis would, through rank_pattern etc.)
+        rp = plan.regex_problem
+        finding = F.make(
+            "regex-too-expensive",
+            F.ERROR,
+            1,
+            f"{rp.message}; peft would hang (or fail) on it, so loradoc did not run it",
+            repair=None,
+        )
+        return StaticResult({}, plan, PeftCounts(None, None, None, False, plan.error), [finding])
     expected: dict[str, tuple[int, ...]] = {}
     owner: dict[str, str] = {}
     for m in plan.targeted:
@@ -565,7 +577,40 @@ def _findings(
             )
     if cfg.peft_type != "LORA":
         out.append(F.make("not-lora", F.INFO, 1, f"{cfg.peft_type} adapter: only LoRA is analysed in depth"))
+    out.extend(scaling_findings(cfg))
     return out
+
+
+def scaling_findings(cfg: AdapterConfig) -> list[Finding]:
+    """A LoRA's output is scaled by lora_alpha / r (or / sqrt(r)): a zero, negative or non-finite alpha, or a
+    rank <= 0, zeroes, flips or poisons every module it applies to (peft loads it without a word, or raises)."""
+    if cfg.peft_type not in ("LORA", "ADALORA"):
+        return []
+    bad: list[str] = []
+    if cfg.r is not None and cfg.r <= 0:
+        bad.append(f"r is {cfg.r}")
+    alpha = cfg.lora_alpha
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        bad.append(f"lora_alpha is {alpha!r}")
+    for key, a in cfg.alpha_pattern.items():
+        if not (math.isfinite(a) and a > 0):
+            bad.append(f"alpha_pattern[{key!r}] is {a!r}")
+    for key, r in cfg.rank_pattern.items() if cfg.peft_type == "LORA" else ():  # AdaLoRA prunes ranks to 0
+        if not r > 0:
+            bad.append(f"rank_pattern[{key!r}] is {r!r}")
+    if not bad:
+        return []
+    shown = "; ".join(bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
+    return [
+        F.make(
+            "bad-scaling",
+            F.ERROR,
+            len(bad),
+            f"{shown}: the LoRA scaling (alpha / r) would be zero, negative or not finite, so the adapter would "
+            "do nothing or poison the outputs; set the values it was trained with",
+            repair=None,
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,14 +17,15 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import BadInputError, LoradocError
+from ..errors import LoradocError
+from ..outputs import escapes, guard_outputs
 from ..profiles import BaseSource, installed_version
+from ..progress import Progress
 from ..safetensors_io import (
     HashThread,
     SafetensorsWriter,
@@ -58,26 +59,37 @@ def _source_hashes(directory: Path, skip: set[str] | frozenset[str] = frozenset(
     return {
         p.name: sha256_file(p)
         for p in sorted(directory.iterdir())
-        if p.is_file() and not p.name.startswith(".") and p.name not in skip
+        if p.is_file() and not p.name.startswith(".") and p.name not in skip and not escapes(p, directory)
     }
 
 
-def _check_out(plan: RepairPlan, out: Path, overwrite: bool) -> None:
-    src = plan.source.directory.resolve()
-    o = out.resolve()
-    if o == src or src in o.parents or o in src.parents:
-        raise BadInputError(
-            f"--out {out} overlaps the input adapter {plan.source.directory}",
-            hint="write the repaired adapter to a new directory; the input is never modified",
-        )
-    if out.exists() and not overwrite:
-        raise BadInputError(f"{out} already exists", hint="choose a new --out directory or pass --overwrite")
+def _check_out(plan: RepairPlan, out: Path, base: BaseSource, overwrite: bool) -> None:
+    """--out must not be, contain or lie inside an input; an existing --out only with ``overwrite``."""
+    guard_outputs([("--out", out)], adapter=plan.source.directory, base=base.directory, overwrite=overwrite)
+
+
+def _side_files(directory: Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """The adapter's other files to copy (README.md, tokenizer, ...) and the symlinks skipped because they point
+    outside the adapter (their targets are never copied into the output)."""
+    copy: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    for item in sorted(directory.iterdir()):
+        if item.name in _NOT_COPIED or item.name.startswith("."):
+            continue
+        if escapes(item, directory):
+            skipped.append(
+                {
+                    "name": item.name,
+                    "target": os.readlink(item),
+                    "reason": "symlink pointing outside the adapter directory: not followed",
+                }
+            )
+        elif item.is_file():
+            copy.append(item)
+    return copy, skipped
 
 
 _CHUNK = 8 << 20
-
-
-Progress = Callable[[int, int, str], None]
 
 
 def _stream_safetensors(
@@ -200,12 +212,12 @@ def apply_plan(
     """Write ``plan`` to ``out``. ``progress(done, total, tensor)`` is called after each tensor; an exception
     it raises (e.g. a cancel) aborts the write and leaves nothing at ``out``."""
     out = Path(out)
-    _check_out(plan, out, overwrite)
+    _check_out(plan, out, base, overwrite)
     snap = plan.source
+    side, skipped_links = _side_files(snap.directory)
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        for item in sorted(snap.directory.iterdir()):
-            if item.is_file() and item.name not in _NOT_COPIED and not item.name.startswith("."):
-                shutil.copy2(item, tmp / item.name)
+        for item in side:
+            shutil.copy2(item, tmp / item.name)
         (tmp / CONFIG_NAME).write_text(json.dumps(plan.config, indent=2) + "\n")
         if snap.weights_format == "safetensors":
             rows, weights_sha = _stream_safetensors(plan, tmp / SAFETENSORS_NAME, progress)
@@ -229,6 +241,8 @@ def apply_plan(
                 "findings": [f.to_json(max_keys=10) for f in d.findings],
             }
         report = _report(plan, base, source_files, rows, verdict, after)
+        if skipped_links:
+            report["skipped_links"] = skipped_links
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return RepairResult(out, plan, report, verdict)
 

@@ -16,7 +16,9 @@ Runs on CUDA when present (``--device auto``), else on the CPU, by the same code
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +28,9 @@ from .. import __version__
 from ..errors import BadInputError, EnvironmentProblem
 from ..layout import parse_key
 from ..profiles import get_profile, installed_version, resolve_base
+from ..progress import Progress, report
 from ..safetensors_io import sha256_file, write_file_atomic
-from ..snapshot import AdapterSnapshot, open_snapshot
+from ..snapshot import PICKLE_NAME, SAFETENSORS_NAME, AdapterSnapshot, open_snapshot
 from .analysis import converted_path, wrapped_modules
 from .apply import CERTIFICATE_NAME
 from .dryload import capture_warnings
@@ -78,6 +81,48 @@ def adapter_file_hashes(directory: Path) -> dict[str, str]:
         for p in sorted(directory.iterdir())
         if p.is_file() and p.name != CERTIFICATE_NAME and not p.name.startswith(".")
     }
+
+
+#: certificates of check-load runs without --certificate live under the registry's data directory (beside the index:
+#: ``user_data_dir("loradoc")``, or the folder of ``--registry`` / ``$LORADOC_REGISTRY``), never in the adapter
+CERTIFICATE_STORE = "certificates"
+
+
+def certificate_store(registry: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of stored certificates for the registry index ``registry`` (None: the default index)."""
+    if registry is None:
+        from ..registry.store import default_registry_path
+
+        registry = default_registry_path()
+    return Path(registry).expanduser().parent / CERTIFICATE_STORE
+
+
+def files_key(hashes: dict[str, str]) -> str:
+    """One sha256 for a set of files: of the sorted ``name sha256`` lines."""
+    text = "".join(f"{name}\t{sha}\n" for name, sha in sorted(hashes.items()))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def stored_certificate_path(hashes: dict[str, str], registry: str | os.PathLike[str] | None = None) -> Path:
+    """``<store>/<sha256 of the weights file>/<files_key>.json``: the certificate of exactly these files."""
+    weights = hashes.get(SAFETENSORS_NAME) or hashes.get(PICKLE_NAME) or "no-weights"
+    return certificate_store(registry) / weights / f"{files_key(hashes)}.json"
+
+
+def find_stored_certificate(
+    hashes: dict[str, str], registry: str | os.PathLike[str] | None = None
+) -> tuple[Path | None, Path | None]:
+    """(the stored certificate of exactly these files or None, the newest one for the same weights file or None:
+    it names what changed since)."""
+    exact = stored_certificate_path(hashes, registry)
+    if exact.is_file():
+        return exact, exact
+    try:
+        same_weights = [p for p in exact.parent.glob("*.json") if p.is_file()]
+    except OSError:
+        same_weights = []
+    newest = max(same_weights, key=lambda p: p.stat().st_mtime, default=None)
+    return None, newest
 
 
 def model_param_name(key: str, profile: Any) -> str:
@@ -154,7 +199,16 @@ def check_load(
     write: bool = True,
     allow_pickle: bool = False,
     snapshot: AdapterSnapshot | None = None,
+    overwrite: bool = False,
+    registry: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
 ) -> Certificate:
+    """Load and certify. The certificate goes to ``certificate`` when given (an existing file only with
+    ``overwrite``), else to the registry's certificate store (:func:`stored_certificate_path`); the adapter and the
+    base are never written to. ``progress(done, total, phase)`` is called before each phase and before the
+    certificate is written; what it raises (:class:`Cancelled`) stops the load with nothing written."""
+    from ..outputs import guard_outputs
+
     source = resolve_base(base)
     if source.shipped or not any(source.directory.glob("*.safetensors")):
         raise BadInputError(
@@ -162,11 +216,27 @@ def check_load(
             hint="pass a local base snapshot directory (loradoc pull REPO, or the HF cache snapshot path)",
         )
     snap = snapshot or open_snapshot(adapter, allow_pickle=allow_pickle)
+    hashes = adapter_file_hashes(snap.directory)
+    path = None
+    if write:
+        if certificate is not None:
+            path = Path(certificate).expanduser()
+            # ADAPTER/loradoc-certificate.json, named explicitly, is allowed (publish reads it; it is not one of the
+            # files the certificate covers), but never inside a Hugging Face cache snapshot
+            guard_outputs(
+                [("--certificate", path)],
+                adapter=snap.directory,
+                base=source.directory,
+                overwrite=overwrite,
+                allow_inside=[snap.directory / CERTIFICATE_NAME],
+            )
+        else:
+            path = stored_certificate_path(hashes, registry)
+            guard_outputs([("certificate", path)], adapter=snap.directory, base=source.directory, may_exist=[path])
     from .doctor import spec_of
 
     spec = spec_of(snap)
     profile = get_profile(source, spec=spec)
-    hashes = adapter_file_hashes(snap.directory)
 
     import torch
     import transformers
@@ -174,6 +244,7 @@ def check_load(
 
     transformers.utils.logging.disable_progress_bar()
     dev = pick_device(device)
+    report(progress, 0, 4, "loading the base")
     dtype = torch.float32 if dev == "cpu" else torch.bfloat16
     checks: list[Check] = []
     captured: list[str] = []
@@ -181,7 +252,13 @@ def check_load(
     model_cls = getattr(transformers, arch)
     kwargs: dict[str, Any] = {}
     if spec.num_labels:
+        # a base checkpoint saved as a classifier with another label count: its head is replaced by the adapter's
         kwargs["num_labels"] = spec.num_labels
+        kwargs["ignore_mismatched_sizes"] = True
+    from ..safetensors_io import read_header
+
+    for weights in sorted(source.directory.glob("*.safetensors")):
+        read_header(weights)  # a truncated or malformed base file is bad input (exit 2), not a crash in transformers
     with capture_warnings() as (logs, caught):
         model, info = model_cls.from_pretrained(source.directory, dtype=dtype, output_loading_info=True, **kwargs)
     captured += [str(w.message) for w in caught] + list(logs)
@@ -194,7 +271,10 @@ def check_load(
     # class's own head (e.g. an MLM's lm_head.*) is unused, not a loading problem
     unused = unexpected if profile.task is not None else []
     unexpected = [k for k in unexpected if k not in unused]
-    base_bad = base_missing + unexpected + [str(m) for m in info.get("mismatched_keys", [])]
+    mismatched = [str(m) for m in info.get("mismatched_keys", [])]
+    from_adapter += [m for m in mismatched if any(m.lstrip("('\"").startswith(h) for h in heads)]
+    mismatched = [m for m in mismatched if m not in from_adapter]
+    base_bad = base_missing + unexpected + mismatched
     checks.append(
         Check(
             "base-load",
@@ -210,9 +290,16 @@ def check_load(
     model = model.to(dev).eval()
     ids = _probe_ids(model, dev)
     base_logits = _logits(model, ids)
+    report(progress, 1, 4, "loading the adapter")
 
+    from ..peft_rules import plan_injection
+
+    # a config regex peft would hang on is never handed to peft
+    regex_problem = plan_injection(snap.config, profile).regex_problem
     with capture_warnings() as (logs, caught):
         try:
+            if regex_problem is not None:
+                raise RuntimeError(f"regex-too-expensive: {regex_problem.message}")
             pm = PeftModel.from_pretrained(model, str(snap.directory))
             error = None
         except Exception as e:  # noqa: BLE001 - the certificate records what peft raised
@@ -220,6 +307,7 @@ def check_load(
     peft_msgs = [str(w.message) for w in caught] + list(logs)
     captured += peft_msgs
     checks.append(Check("peft-load", error is None, {"error": error, "warnings": len(peft_msgs)}))
+    report(progress, 2, 4, "checks")
     if pm is not None:
         checks += _adapter_checks(pm, snap, profile, ids, base_logits, dtype, peft_msgs)
 
@@ -247,10 +335,10 @@ def check_load(
         "passed": all(c.passed for c in checks),
         "warnings": captured[:50],
     }
-    path = None
-    if write:
-        path = Path(certificate) if certificate else snap.directory / CERTIFICATE_NAME
-        write_file_atomic(path, (json.dumps(cert, indent=2) + "\n").encode())
+    report(progress, 3, 4, "writing the certificate")
+    if path is not None:  # temp file beside it + os.replace: an existing file is replaced, never truncated
+        data = (json.dumps(cert, indent=2) + "\n").encode()
+        write_file_atomic(path, data, overwrite=overwrite or certificate is None)
     return Certificate(cert, path)
 
 

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..adapter_config import PEFT_VERSION_KNOWN
+from ..errors import MalformedConfigError
 from ..profiles import (
     BaseProfile,
     BaseSource,
@@ -17,12 +19,19 @@ from ..profiles import (
 )
 from ..snapshot import AdapterSnapshot, open_snapshot
 from . import findings as F
-from .analysis import PeftCounts, StaticResult, analyze
+from .analysis import LOADS, LOADS_BASE, PeftCounts, StaticResult, analyze
 from .findings import Finding
 
 HEALTHY, REPAIRABLE, BROKEN = "healthy", "repairable", "broken"
 # Findings whose error explains why peft raises (so the exception is not reported twice).
-_RAISE_EXPLAINERS = {"tower-injection", "shape-mismatch", "rank-mismatch", "unsaved-modules", "mispathed-keys"}
+_RAISE_EXPLAINERS = {
+    "tower-injection",
+    "shape-mismatch",
+    "rank-mismatch",
+    "unsaved-modules",
+    "mispathed-keys",
+    "regex-too-expensive",
+}
 # Static findings about where keys load: the real dry load decides whether they hold.
 _LOAD_CODES = {
     "mispathed-keys",
@@ -94,7 +103,7 @@ class Diagnosis:
             "data_checked": self.data_checked,
             "repair_passes": self.repair_passes,
             "versions": {d: installed_version(d) for d in ("peft", "transformers", "torch")},
-            "warnings": self.warnings[:20],
+            "warnings": self.warnings,
         }
 
 
@@ -105,12 +114,20 @@ def data_findings(snapshot: AdapterSnapshot) -> list[Finding]:
     nonfinite: list[str] = []
     b_total = 0
     b_zero: list[str] = []
-    for name, arr in snapshot.iter_arrays():
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    for name, chunks in snapshot.iter_array_chunks():
+        finite, nonzero = True, False
+        for arr in chunks:  # bounded reads: a header may declare a 24 GiB tensor
+            if finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                finite = False
+            if not nonzero and np.any(arr):
+                nonzero = True
+            if nonzero and not finite:
+                break  # nothing more to learn from this tensor
+        if not finite:
             nonfinite.append(name)
         if ".lora_B" in name or ".lora_embedding_B" in name:
             b_total += 1
-            if not np.any(arr):
+            if not nonzero:
                 b_zero.append(name)
     out: list[Finding] = []
     if nonfinite:
@@ -157,6 +174,14 @@ def verdict_of(findings: list[Finding], peft: PeftCounts) -> str:
     if errors and all(f.repair and f.repair not in _LOSSY for f in errors):
         return REPAIRABLE
     return BROKEN
+
+
+def _loads_nonfinite(findings: list[Finding], st: StaticResult) -> bool:
+    """Whether peft loads a NaN / Inf tensor into the model. Then the adapted modules' outputs are not finite (a
+    NaN in one lora_A makes every logit of a real load NaN), so the adapter has no usable effect: ``effective``
+    is False, as the real load measures it. Non-finite tensors that peft drops (unexpected keys) change nothing."""
+    keys = [k for f in findings if f.code == "nonfinite-weights" and f.severity == F.ERROR for k in f.keys]
+    return any((fate := st.fates.get(k)) is not None and fate.status in (LOADS, LOADS_BASE) for k in keys)
 
 
 def _explain_error(findings: list[Finding], peft: PeftCounts, static: PeftCounts) -> list[Finding]:
@@ -249,6 +274,23 @@ def _verify_repair(snap: AdapterSnapshot, profile: BaseProfile, source: BaseSour
     )
 
 
+def _require_loadable_peft_type(snap: AdapterSnapshot) -> None:
+    """No peft_type, or a type no peft release knows: peft cannot even pick a config class (KeyError), so there
+    is nothing to diagnose (bad input, exit 2). A known type misspelt ("lora") gets a verdict: peft-load-error."""
+    cfg = snap.config
+    if "peft_type" not in cfg.raw:
+        raise MalformedConfigError(
+            f"{cfg.source}: has no peft_type, so peft cannot load it (KeyError: 'peft_type')",
+            hint=f'add "peft_type": "{cfg.peft_type}" to {cfg.source}',
+        )
+    if not cfg.known_peft_type:
+        raise MalformedConfigError(
+            f"{cfg.source}: peft_type {cfg.raw.get('peft_type')!r} is unknown to peft {PEFT_VERSION_KNOWN} "
+            "(a typo, a fork or an unmerged branch): peft cannot load it",
+            hint=f'set peft_type in {cfg.source} to the method the adapter was trained with (e.g. "LORA")',
+        )
+
+
 def diagnose(
     adapter: str,
     base: str | BaseSource,
@@ -260,6 +302,7 @@ def diagnose(
     snapshot: AdapterSnapshot | None = None,
 ) -> Diagnosis:
     snap = snapshot or open_snapshot(adapter, endpoint=endpoint, allow_pickle=allow_pickle)
+    _require_loadable_peft_type(snap)
     source = base if isinstance(base, BaseSource) else resolve_base(base)
     spec = spec_of(snap)
     profile = get_profile(source, allow_build=not fast, spec=spec)
@@ -268,9 +311,10 @@ def diagnose(
     if profile.note:
         findings.append(F.make("profile-version-gap", F.INFO, 0, profile.note, repair=None))
     warnings_: list[str] = []
-    if fast:
+    if fast or st.plan.regex_problem is not None:
+        # a regex peft would hang on is never handed to peft: the static verdict stands
         peft = st.predicted
-        mode = "static"
+        mode = "static" if fast else "full"
     else:
         from .dryload import dry_load
 
@@ -287,12 +331,12 @@ def diagnose(
         findings = reconcile(findings, peft, st.predicted)
     if read_data:
         findings.extend(data_findings(snap))
-    untrained = any(f.code in ("untrained-lora", "nonfinite-weights") and f.severity == F.ERROR for f in findings)
-    if untrained:  # a no-op adapter, or NaN / Inf logits: no meaningful effect
+    untrained = any(f.code == "untrained-lora" and f.severity == F.ERROR for f in findings)
+    if untrained or _loads_nonfinite(findings, st):
         peft.effective = False
     findings.extend(_explain_error(findings, peft, st.predicted))
     verdict = verdict_of(findings, peft)
-    if verdict == REPAIRABLE and not fast:
+    if verdict == REPAIRABLE and not fast and st.plan.regex_problem is None:
         bad = _verify_repair(snap, profile, source, spec)
         if bad is not None:
             findings.append(bad)

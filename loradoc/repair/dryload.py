@@ -104,9 +104,8 @@ def _remap_like_load_peft_weights(state: dict[str, Any], key_mapping: dict[str, 
 
 
 def _first_line(e: BaseException) -> str:
+    """peft's whole message on one line (whitespace folded, nothing cut: --json must not lose data)."""
     text = " ".join(str(e).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
     return f"{e.__class__.__name__}: {text}"
 
 

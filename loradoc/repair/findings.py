@@ -37,6 +37,8 @@ CODES: dict[str, CodeInfo] = {
             "drop-unsupported-fields",
         ),
         CodeInfo("peft-load-error", "peft raises while loading", None),
+        CodeInfo("regex-too-expensive", "a config regex is too expensive to evaluate (peft would hang)", None),
+        CodeInfo("bad-scaling", "lora_alpha / r give a zero, negative or non-finite scaling", None),
         CodeInfo("not-lora", "not a LoRA adapter: analysed only partly", None),
         CodeInfo("static-disagrees", "the static prediction differs from the real dry load", None),
         CodeInfo("unsaved-bias", "bias='lora_only'/'all' without the trained bias tensors (peft is silent)", None),
@@ -63,7 +65,7 @@ class Finding:
     tower: str | None = None
     keys: list[str] = field(default_factory=list)
 
-    def to_json(self, *, max_keys: int = 50) -> dict[str, Any]:
+    def to_json(self, *, max_keys: int | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {
             "code": self.code,
             "severity": self.severity,

@@ -11,24 +11,28 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from textual import on
+from textual import events, on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal
+from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, Select
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.worker import Worker, WorkerState
 
-from ..errors import LoradocError
+from ..errors import Cancelled, LoradocError
 from . import jobs
-from .jobs import JobCancelled, JobDone, JobProgress, Workspace
+from .jobs import JobDone, JobProgress, RunningJob, Workspace
 from .screens import (
     ChoiceDialog,
     ConfirmDialog,
+    ConvertDialog,
     DetailScreen,
     ErrorDialog,
     InputDialog,
+    JobBar,
     PlanScreen,
+    SearchInput,
     certificate_text,
     publish_plan_text,
     repair_plan_text,
@@ -50,7 +54,39 @@ ACTIONS: list[tuple[str, str, str]] = [
 
 
 def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def clip_id(text: str, width: int) -> str:
+    """An adapter id in ``width`` cells: whole when it fits; else an ``owner/name`` loses the start of the owner
+    first (``…ner/name``), and only a name that alone does not fit is cut at its end."""
+    if len(text) <= width:
+        return text
+    owner, sep, name = text.rpartition("/")
+    if not sep:
+        return _clip(text, width)
+    if len(name) + 2 <= width:
+        return "…" + text[len(text) - (width - 1) :]
+    return "…/" + _clip(name, width - 2)
+
+
+# the table's columns; adapter and base share what the others leave of the width
+COLUMNS = ("adapter", "base", "status", "findings", "verified", "compat")
+MIN_ID, MIN_BASE = 16, 13
+
+
+class AdapterTable(DataTable[str]):
+    """The adapters table; tells the app when its width changed (the id column takes what is left)."""
+
+    class Resized(Message):
+        pass
+
+    _width = 0
+
+    def on_resize(self, event: events.Resize) -> None:
+        if event.size.width != self._width:
+            self._width = event.size.width
+            self.post_message(self.Resized())
 
 
 class LoradocCommands(Provider):
@@ -76,14 +112,16 @@ class LoradocApp(App[None]):
     CSS_PATH = "loradoc.tcss"
     TITLE = "loradoc"
     COMMANDS = App.COMMANDS | {LoradocCommands}
+    # The footer fits 80 columns with help and quit in it, on the detail screen too (search's key is named in the
+    # search box; publish, the rarest action, is in the help panel and the command palette like every action).
     BINDINGS = [
         Binding("d", "doctor", "Doctor", id="doctor"),
         Binding("r", "repair", "Repair", id="repair"),
-        Binding("l", "check_load", "Check load", id="check-load"),
+        Binding("l", "check_load", "Load", id="check-load", tooltip="Check load"),
         Binding("c", "convert", "Convert", id="convert"),
-        Binding("p", "publish", "Publish", id="publish"),
+        Binding("p", "publish", "Publish", id="publish", show=False),
         Binding("enter", "open_detail", "Details", id="details", show=False),
-        Binding("slash", "focus_search", "Search", id="search"),
+        Binding("slash", "focus_search", "Search", id="search", show=False),
         Binding("e", "build_example", "Example", id="example", show=False),
         Binding("x", "cancel_job", "Cancel", id="cancel-job", show=False),
         Binding("f1", "show_help_panel", "Help", id="help"),
@@ -108,25 +146,35 @@ class LoradocApp(App[None]):
         self.offer_example = offer_example
         self.rows: list[Any] = []
         self.rows_before: list[Any] = []
+        self.cells: list[tuple[str, str, tuple[str, ...]]] = []  # (full id, full base, the other cells) per row
         self.last_result: Any = None
+        self.startup_error: LoradocError | None = None
+        self.job: RunningJob | None = None
+        self.job_view: tuple[str, dict[str, Any]] = ("ready", {"total": 1, "progress": 0})
+        self._job_of: dict[Worker[Any], RunningJob] = {}
 
     # ------------------------------------------------------------------------------------------- layout
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="filters"):
-            yield Input(placeholder="search adapters (/)", id="search")
+            yield SearchInput(placeholder="search adapters (/)", id="search")
             yield Select([], prompt="any base", id="base-filter", allow_blank=True)
             yield Select([(s, s) for s in STATUSES], prompt="any status", id="status-filter", allow_blank=True)
-        yield DataTable(id="adapters", cursor_type="row", zebra_stripes=True)
-        with Horizontal(id="job"):
-            yield Label("ready", id="job-label")
-            yield ProgressBar(total=1, id="job-progress", show_eta=False)
+        yield AdapterTable(id="adapters", cursor_type="row", zebra_stripes=True)
+        yield JobBar()
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#adapters", DataTable)
-        table.add_columns("adapter", "base", "status", "findings", "verified", "compat")
-        self.refresh_table()
+        table = self.main.query_one("#adapters", DataTable)
+        table.add_columns(*COLUMNS)
+        try:
+            self.refresh_table()
+        except LoradocError as err:  # a corrupt or unreadable registry: one error screen, then leave (exit 2)
+            self.startup_error = err
+            self.push_screen(
+                ErrorDialog("cannot open the registry", err.one_line()), lambda _: self.exit(return_code=2)
+            )
+            return
         if self.offer_example and not self._local_rows():
             self.push_screen(
                 ConfirmDialog(
@@ -141,14 +189,14 @@ class LoradocApp(App[None]):
 
     def refresh_table(self) -> None:
         self.registry.sync()
-        search = self.query_one("#search", Input).value.strip().lower()
-        base = self.query_one("#base-filter", Select).value
-        status = self.query_one("#status-filter", Select).value
+        search = self.main.query_one("#search", Input).value.strip().lower()
+        base = self.main.query_one("#base-filter", Select).value
+        status = self.main.query_one("#status-filter", Select).value
         base_v = base if isinstance(base, str) else None
         status_v = status if isinstance(status, str) else None
         all_rows = self.registry.list()
         bases = sorted({r.base for r in all_rows})
-        sel = self.query_one("#base-filter", Select)
+        sel = self.main.query_one("#base-filter", Select)
         sel.set_options([(b, b) for b in bases])
         if base_v in bases:
             sel.value = base_v
@@ -159,17 +207,42 @@ class LoradocApp(App[None]):
             and (status_v is None or r.status == status_v)
             and (not search or search in r.id.lower() or search in r.base.lower())
         ]
-        table = self.query_one("#adapters", DataTable)
+        self.cells = [self._cells(r) for r in self.rows]
+        self.fill_table()
+
+    def fill_table(self) -> None:
+        """(Re)draw the rows at the current width (a resize redraws without reading the registry again)."""
+        table = self.main.query_one("#adapters", DataTable)
         current = self.rows_before[table.cursor_row].id if 0 <= table.cursor_row < len(self.rows_before) else None
+        id_w, base_w = self._name_widths()
         table.clear()
-        for r in self.rows:
-            table.add_row(*self._cells(r), key=r.id)
+        for r, (name, base, rest) in zip(self.rows, self.cells, strict=True):
+            table.add_row(clip_id(name, id_w), _clip(base, base_w), *rest, key=r.id)
         ids = [r.id for r in self.rows]
         if current in ids:
             table.move_cursor(row=ids.index(current))
         self.rows_before = list(self.rows)
 
-    def _cells(self, r: Any) -> tuple[str, ...]:
+    def _name_widths(self) -> tuple[int, int]:
+        """Cells for the adapter and base columns: what the other columns (and a scrollbar, when the rows do not
+        fit) leave of the width; the id gets what it needs first, the base the rest (at least MIN_BASE)."""
+        table = self.main.query_one("#adapters", DataTable)
+        width = table.size.width or self.size.width
+        pad = 2 * table.cell_padding
+        others = [max([len(label)] + [len(c[2][i]) for c in self.cells]) for i, label in enumerate(COLUMNS[2:])]
+        left = width - sum(w + pad for w in others) - 2 * pad
+        if len(self.rows) + 1 > (table.size.height or self.size.height):
+            left -= table.scrollbar_size_vertical
+        need_id = max((len(c[0]) for c in self.cells), default=0)
+        need_base = max((len(c[1]) for c in self.cells), default=0)
+        base_w = max(MIN_BASE, min(need_base, left - need_id))
+        return max(MIN_ID, left - base_w), base_w
+
+    @on(AdapterTable.Resized)
+    def _table_resized(self) -> None:
+        self.fill_table()
+
+    def _cells(self, r: Any) -> tuple[str, str, tuple[str, ...]]:
         m = self.registry.show(r.id)
         rev = m.revision(None)
         errors = sum(1 for f in rev.findings if f.severity == "error")
@@ -187,12 +260,9 @@ class LoradocApp(App[None]):
         else:
             ver = verified.label
         return (
-            _clip(name, 22),
-            _clip(r.base.split("/")[-1], 13),
-            r.status,
-            f"{errors}E {warnings}W" if rev.findings else "-",
-            _clip(ver, 8),
-            compat,
+            name,
+            r.base.split("/")[-1],
+            (r.status, f"{errors}E {warnings}W" if rev.findings else "-", _clip(ver, 8), compat),
         )
 
     @on(Input.Changed, "#search")
@@ -206,8 +276,13 @@ class LoradocApp(App[None]):
         self.action_open_detail()
 
     # ------------------------------------------------------------------------------------------- helpers
+    @property
+    def main(self) -> Any:
+        """The main screen (the table and filters), whichever screen is on top."""
+        return self.screen_stack[0]
+
     def selected(self) -> Any | None:
-        table = self.query_one("#adapters", DataTable)
+        table = self.main.query_one("#adapters", DataTable)
         if not self.rows or table.cursor_row is None or table.cursor_row >= len(self.rows):
             return None
         return self.rows[table.cursor_row]
@@ -248,62 +323,125 @@ class LoradocApp(App[None]):
 
         self.push_screen(InputDialog("Which base? (local directory or shipped id)", [("base", "base", "")]), chosen)
 
-    def start(self, name: str, fn: Any, *, total: int | None = None) -> Worker[Any]:
-        self.query_one("#job-label", Label).update(f"{name}...")
-        bar = self.query_one("#job-progress", ProgressBar)
-        bar.update(total=total, progress=0)
-        return self.run_worker(fn, name=name, group="job", thread=True, exclusive=True, exit_on_error=False)
+    def busy(self) -> bool:
+        return self.job is not None and not self.job.finished.is_set()
+
+    def start(self, name: str, fn: Any, *, total: int | None = None, status: str | None = None) -> Worker[Any] | None:
+        """Run ``fn`` in a thread worker as the one current job (a second is refused while one runs: a worker
+        thread cannot be stopped from outside, only asked to stop at its next progress call)."""
+        if self.busy():
+            assert self.job is not None
+            self.notify(f"{self.job.name} is still running: wait for it, or cancel it (x)", severity="warning")
+            return None
+        job = self.job = RunningJob(name)
+
+        def work() -> Any:
+            try:
+                return fn()
+            finally:
+                job.finished.set()
+
+        self.show_job(status or f"{name}...", total=total, progress=0)
+        worker = self.run_worker(work, name=name, group="job", thread=True, exit_on_error=False)
+        self._job_of[worker] = job
+        return worker
+
+    def show_job(self, text: str | None = None, **bar: Any) -> None:
+        """The job line (label + progress bar) of every screen that has one (main and detail screens)."""
+        old_text, old_bar = self.job_view
+        self.job_view = (old_text if text is None else text[:70], {**old_bar, **bar})
+        for screen in self.screen_stack:
+            self.paint_job(screen)
+
+    def paint_job(self, screen: Any) -> None:
+        text, bar = self.job_view
+        for label in screen.query("#job-label").results(Label):
+            label.update(text)
+        for progress in screen.query("#job-progress").results(ProgressBar):
+            progress.update(**bar)
 
     def reporter(self, job: str) -> Any:
-        """A progress callback for core functions: posts JobProgress and turns a cancel into JobCancelled."""
-        worker = get_current_worker()
+        """A progress callback for core functions (call it in the worker): posts JobProgress, and raises
+        JobCancelled once the user cancelled - the core functions write nothing when their callback raises."""
+        running = self.job
 
         def report(done: int, total: int, what: str = "") -> None:
-            if worker.is_cancelled:
-                raise JobCancelled(f"{job} cancelled", hint="nothing was written; run it again when ready")
+            if running is not None:
+                running.check()
             self.post_message(JobProgress(job, done, total, what))
 
         return report
 
+    def checkpoint(self) -> None:
+        """In a worker, before a follow-up (a plan dialog): stop here if the user cancelled."""
+        if self.job is not None:
+            self.job.check()
+
     def on_job_progress(self, msg: JobProgress) -> None:
-        self.query_one("#job-progress", ProgressBar).update(total=msg.total, progress=msg.done)
-        self.query_one("#job-label", Label).update(f"{msg.job}: {msg.what}"[:70])
+        if self.job is not None and self.job.cancel.is_set():
+            return  # keep saying "cancelling"
+        self.show_job(f"{msg.job}: {msg.what}", total=msg.total, progress=msg.done)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one handler that turns worker failures into an error dialog."""
+        name = event.worker.name
+        job = self._job_of.get(event.worker)
         if event.state == WorkerState.ERROR:
             err = event.worker.error
-            self.query_one("#job-label", Label).update(f"{event.worker.name} failed")
-            if isinstance(err, LoradocError):
-                message = err.one_line()
+            if isinstance(err, Cancelled):
+                self.show_job(f"{name} cancelled: nothing written")
             else:
-                first = " ".join(str(err).split())[:300]
-                message = f"internal error: {type(err).__name__}: {first}; next: report it with `loradoc` CLI output"
-            self.push_screen(ErrorDialog(f"{event.worker.name} failed", message))
+                self.show_job(f"{name} failed")
+                if isinstance(err, LoradocError):
+                    message = err.one_line()
+                else:
+                    first = " ".join(str(err).split())[:300]
+                    message = (
+                        f"internal error: {type(err).__name__}: {first}; next: report it with `loradoc` CLI output"
+                    )
+                self.push_screen(ErrorDialog(f"{name} failed", message))
         elif event.state == WorkerState.CANCELLED:
-            self.query_one("#job-label", Label).update(f"{event.worker.name} cancelled")
+            self.show_job(f"{name} cancelled")
         elif event.state == WorkerState.SUCCESS:
-            self.query_one("#job-label", Label).update(f"{event.worker.name} done")
+            late = job is not None and job.cancel.is_set()
+            self.show_job(f"{name} done" + (" (it had finished before the cancel)" if late else ""))
         if event.state in (WorkerState.ERROR, WorkerState.CANCELLED, WorkerState.SUCCESS):
-            bar = self.query_one("#job-progress", ProgressBar)
-            if bar.total is None:  # an indeterminate bar keeps animating: settle it
-                bar.update(total=1, progress=1)
+            self._job_of.pop(event.worker, None)
+            if self.job_view[1].get("total") is None:  # an indeterminate bar keeps animating: settle it
+                self.show_job(total=1, progress=1)
 
-    def on_job_done(self, msg: JobDone) -> None:
+    async def on_job_done(self, msg: JobDone) -> None:
         self.last_result = msg.result
         self.refresh_table()
+        for screen in self.screen_stack:  # a detail screen shows what the job changed
+            if isinstance(screen, DetailScreen):
+                await screen.reload(*self.detail_data(screen.manifest.id))
+
+    def on_unmount(self) -> None:
+        if self.job is not None:  # a worker thread still running stops at its next progress call
+            self.job.cancel.set()
 
     # ------------------------------------------------------------------------------------------- actions
     def action_focus_search(self) -> None:
-        self.query_one("#search", Input).focus()
+        self.main.query_one("#search", Input).focus()
+
+    @on(SearchInput.Leave)
+    def _search_left(self, event: SearchInput.Leave) -> None:
+        if event.clear:
+            event.input.value = ""
+        self.main.query_one("#adapters", DataTable).focus()
 
     def action_refresh(self) -> None:
         self.refresh_table()
 
     def action_cancel_job(self) -> None:
-        cancelled = self.workers.cancel_group(self, "job")
-        if cancelled:
-            self.notify("cancelling...")
+        job = self.job
+        if job is None or job.finished.is_set():
+            self.notify("no job is running")
+            return
+        job.cancel.set()
+        self.show_job(f"{job.name}: cancelling (it stops before writing anything)...")
+        self.notify(f"cancelling {job.name}...")
 
     def _maybe_build_example(self, yes: bool | None) -> None:
         if yes:
@@ -318,11 +456,9 @@ class LoradocApp(App[None]):
 
         self.start("example", job)
 
-    def action_open_detail(self) -> None:
-        r = self.selected()
-        if r is None:
-            return
-        m = self.registry.show(r.id)
+    def detail_data(self, adapter_id: str) -> tuple[Any, Any, list[str]]:
+        """(manifest, installed-compat, tensor keys of the current revision) for the detail screen."""
+        m = self.registry.show(adapter_id)
         keys: list[str] = []
         path = m.revision(None).path
         if path and Path(path).is_dir():
@@ -333,10 +469,16 @@ class LoradocApp(App[None]):
             except LoradocError:
                 keys = []
         try:
-            compat = self.registry.compat(r.id)
+            compat = self.registry.compat(adapter_id)
         except LoradocError:
             compat = None
-        self.push_screen(DetailScreen(m, compat, keys))
+        return m, compat, keys
+
+    def action_open_detail(self) -> None:
+        r = self.selected()
+        if r is None:
+            return
+        self.push_screen(DetailScreen(*self.detail_data(r.id)))
 
     def action_doctor(self) -> None:
         path = self.selected_path()
@@ -345,11 +487,12 @@ class LoradocApp(App[None]):
 
         def go(base: str) -> None:
             def job() -> None:
-                d = jobs.run_doctor(path, base, self.worker_registry())
+                d = jobs.run_doctor(path, base, self.worker_registry(), self.reporter("doctor"))
                 self.post_message(JobDone("doctor", d))
                 self.notify(f"doctor: {d.verdict}")
 
-            self.start("doctor", job)
+            # importing torch + transformers + peft takes seconds: an indeterminate bar and a word, at once
+            self.start("doctor", job, status=jobs.status_text("doctor", "diagnosing..."))
 
         self.with_base(path, go)
 
@@ -361,6 +504,7 @@ class LoradocApp(App[None]):
         def go(base: str) -> None:
             def job() -> None:
                 plan = jobs.plan_repair(path, base)
+                self.checkpoint()
                 self.call_from_thread(self._show_repair_plan, plan, path, base)
 
             self.start("repair plan", job)
@@ -393,9 +537,10 @@ class LoradocApp(App[None]):
         def go(base: str) -> None:
             def devices() -> None:
                 options = jobs.list_devices()
+                self.checkpoint()
                 self.call_from_thread(self._pick_device, options, path, base)
 
-            self.start("devices", devices)
+            self.start("devices", devices, status=jobs.status_text("devices", "listing..."))
 
         self.with_base(path, go)
 
@@ -405,7 +550,7 @@ class LoradocApp(App[None]):
                 return
 
             def job() -> None:
-                cert = jobs.run_check_load(path, base, device, self.worker_registry())
+                cert = jobs.run_check_load(path, base, device, self.worker_registry(), self.reporter("check-load"))
                 self.post_message(JobDone("check-load", cert))
                 self.call_from_thread(
                     self.push_screen,
@@ -416,7 +561,7 @@ class LoradocApp(App[None]):
                     ),
                 )
 
-            self.start("check-load", job)
+            self.start("check-load", job, status=jobs.status_text("check-load", "starting..."))
 
         self.push_screen(ChoiceDialog("Device", options), picked)
 
@@ -429,17 +574,11 @@ class LoradocApp(App[None]):
             def kind_picked(kind: str | None) -> None:
                 if not kind:
                     return
-                suffix = {"merged": "-merged", "gguf": ".gguf", "gguf-lora": "-lora.gguf"}[kind]
-                out = Path(path).with_name(Path(path).name + suffix)
-
-                def job() -> None:
-                    result = jobs.run_convert(
-                        kind, path, base, out, self.worker_registry(), self.reporter(f"convert {kind}")
-                    )
-                    self.post_message(JobDone("convert", result))
-                    self.notify(f"wrote {out}")
-
-                self.start(f"convert {kind}", job)
+                default = jobs.default_convert_out(kind, path, self.registry.path.parent)
+                self.push_screen(
+                    ConvertDialog(kind, str(default), jobs.CONVERSIONS[kind][1]),
+                    lambda values: self._convert_asked(kind, path, base, values),
+                )
 
             self.push_screen(
                 ChoiceDialog(
@@ -455,6 +594,50 @@ class LoradocApp(App[None]):
 
         self.with_base(path, go)
 
+    def _convert_asked(self, kind: str, path: str, base: str, values: dict[str, str] | None) -> None:
+        if not values or not values.get("out"):
+            return
+        out = Path(values["out"]).expanduser()
+        dtype = values.get("dtype") or jobs.CONVERSIONS[kind][1][0]
+        adapter_dir = Path(path).resolve()
+        if out.resolve() == adapter_dir or adapter_dir in out.resolve().parents:
+            self.notify(f"{out} is inside the adapter; choose another output path", severity="error")
+            return
+
+        def run(overwrite: bool) -> None:
+            def job() -> None:
+                result = jobs.run_convert(
+                    kind,
+                    path,
+                    base,
+                    out,
+                    self.worker_registry(),
+                    self.reporter(f"convert {kind}"),
+                    dtype=dtype,
+                    overwrite=overwrite,
+                )
+                self.post_message(JobDone("convert", result))
+                self.notify(f"wrote {out}")
+
+            self.start(f"convert {kind}", job, status=jobs.status_text(f"convert {kind}", "starting..."))
+
+        if out.exists():
+
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    run(True)
+
+            kind_of = "directory" if out.is_dir() else "file"
+            self.push_screen(
+                ConfirmDialog(
+                    f"{out} exists. Replace it? (the new {kind_of} is written first, then swapped in)",
+                    yes="Replace",
+                ),
+                confirmed,
+            )
+        else:
+            run(False)
+
     def action_publish(self) -> None:
         path = self.selected_path()
         if path is None:
@@ -466,7 +649,10 @@ class LoradocApp(App[None]):
             endpoint = values.get("endpoint") or self.endpoint
 
             def job() -> None:
-                plan = jobs.plan_publish(path, values["repo"], values.get("tag") or None, endpoint)
+                plan = jobs.plan_publish(
+                    path, values["repo"], values.get("tag") or None, endpoint, self.worker_registry()
+                )
+                self.checkpoint()
                 self.call_from_thread(self._show_publish_plan, plan, endpoint)
 
             self.start("publish plan", job)
@@ -491,7 +677,7 @@ class LoradocApp(App[None]):
                 return
 
             def job() -> None:
-                result = jobs.run_publish(plan, endpoint, self.worker_registry())
+                result = jobs.run_publish(plan, endpoint, self.worker_registry(), self.reporter("publish"))
                 self.post_message(JobDone("publish", result))
                 self.notify(f"pushed {result.commit_sha[:12]}")
 
@@ -501,4 +687,16 @@ class LoradocApp(App[None]):
 
 
 def run(registry_path: Path | None = None, endpoint: str | None = None) -> None:
-    LoradocApp(registry_path, endpoint=endpoint).run()
+    """Open the registry first (a corrupt or unreadable one is a one-line error before any screen is drawn), then
+    run the app; an error that stops it at startup is raised again once the terminal is restored."""
+    from ..registry import Registry
+
+    probe = Registry(registry_path)
+    try:
+        probe.sync()
+    finally:
+        probe.close()
+    app = LoradocApp(registry_path, endpoint=endpoint)
+    app.run()
+    if app.startup_error is not None:
+        raise app.startup_error

@@ -7,6 +7,8 @@ transformers, peft) are imported by the core functions these jobs call, i.e. onl
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +16,11 @@ from typing import Any
 
 from textual.message import Message
 
-from ..errors import LoradocError
+from ..errors import BadInputError, Cancelled
 
 
-class JobCancelled(LoradocError):
-    """The user cancelled a running job (nothing was written)."""
-
-    exit_code = 130
+class JobCancelled(Cancelled):
+    """The user cancelled a running job (raised from its progress callback: nothing was written or recorded)."""
 
 
 # ------------------------------------------------------------------------------------------------- messages
@@ -37,6 +37,32 @@ class JobDone(Message):
 
 
 # ------------------------------------------------------------------------------------------------- state
+@dataclass
+class RunningJob:
+    """One job's cooperative cancel: the UI sets ``cancel``; the worker checks it at every progress call (and
+    before anything is written or recorded) and stops with :class:`JobCancelled`. ``finished`` is set when the
+    worker thread has really returned (a Textual worker reads as cancelled while its thread still runs)."""
+
+    name: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise JobCancelled(f"{self.name} cancelled", hint="nothing was written; run it again when ready")
+
+
+HEAVY = ("torch", "transformers", "peft")
+
+
+def status_text(job: str, what: str) -> str:
+    """The first status line of a job that needs torch + transformers + peft: their import alone takes seconds
+    (about 8 s on a 2-core machine) the first time, so say so rather than show nothing."""
+    if all(m in sys.modules for m in HEAVY):
+        return f"{job}: {what}"
+    return f"{job}: loading torch + transformers + peft…"
+
+
 @dataclass
 class Workspace:
     """Which local base directory goes with which adapter (remembered across runs, next to the registry)."""
@@ -85,10 +111,11 @@ def build_example(root: Path, registry: Any, workspace: Workspace, report: Repor
     return [str(ex.adapters[n]) for n in names]
 
 
-def run_doctor(adapter: str, base: str, registry: Any) -> Any:
+def run_doctor(adapter: str, base: str, registry: Any, report: Report) -> Any:
     from ..repair.doctor import diagnose
 
     d = diagnose(adapter, base)
+    report(1, 1, "recording")  # the last point a cancel stops it: nothing recorded yet
     registry.add_from_diagnosis(d)
     return d
 
@@ -130,53 +157,80 @@ def list_devices() -> list[tuple[str, str]]:
     return out
 
 
-def run_check_load(adapter: str, base: str, device: str, registry: Any) -> Any:
+def run_check_load(adapter: str, base: str, device: str, registry: Any, report: Report) -> Any:
     from ..repair.checkload import check_load
 
-    cert = check_load(adapter, base, device=device)
+    cert = check_load(adapter, base, device=device, registry=registry.path, progress=report)
     registry.record_certificate(cert.data, path=cert.path)
     return cert
 
 
-def run_convert(kind: str, adapter: str, base: str, out: Path, registry: Any, report: Report) -> Any:
+# conversion kind -> (output name suffix, output dtypes offered, the first one being the default)
+CONVERSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "merged": ("-merged", ("bf16", "f16", "f32")),
+    "gguf": (".gguf", ("bf16", "f16", "f32", "q8_0")),
+    "gguf-lora": ("-lora.gguf", ("f32",)),
+}
+
+
+def default_convert_out(kind: str, adapter: str, data_dir: Path) -> Path:
+    """Where a conversion goes unless the user says otherwise: ``<data dir>/converted/<adapter><suffix>``, never
+    inside or beside the adapter (the adapters folder holds adapters only)."""
+    return data_dir / "converted" / (Path(adapter).name + CONVERSIONS[kind][0])
+
+
+def run_convert(
+    kind: str,
+    adapter: str,
+    base: str,
+    out: Path,
+    registry: Any,
+    report: Report,
+    *,
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> Any:
+    """Convert and record the artifact. An existing ``out`` is replaced only with ``overwrite``, and atomically (the
+    core functions write the new output under a temporary name beside it and rename it into place once complete):
+    a failed or cancelled conversion leaves ``out`` as it was."""
+    dtype = dtype or CONVERSIONS[kind][1][0]
+    if dtype not in CONVERSIONS[kind][1]:
+        raise BadInputError(f"{kind} cannot write {dtype}", hint=f"choose one of {', '.join(CONVERSIONS[kind][1])}")
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise BadInputError(f"{out} already exists", hint="choose another output path or confirm the overwrite")
     if kind == "merged":
         from ..convert.merge import merge_adapter
 
-        result = merge_adapter(adapter, base, out, progress=report)
+        result = merge_adapter(adapter, base, out, dtype=dtype, progress=report, overwrite=overwrite)
     elif kind == "gguf":
         from ..convert.gguf_model import convert_gguf
 
-        result = convert_gguf(adapter, base, out, progress=lambda name, done, total: report(done, total, name))
+        result = convert_gguf(adapter, base, out, outtype=dtype, progress=report, overwrite=overwrite)
     elif kind == "gguf-lora":
         from ..convert.gguf_lora import convert_gguf_lora
 
-        result = convert_gguf_lora(adapter, base, out)
+        result = convert_gguf_lora(adapter, base, out, progress=report, overwrite=overwrite)
     else:  # pragma: no cover - the dialog only offers the three
-        raise LoradocError(f"unknown conversion {kind}", hint="choose merged, gguf or gguf-lora")
-    registry.record_artifact(_adapter_id(registry, adapter), kind=kind, path=out, tool="loradoc")
+        raise BadInputError(f"unknown conversion {kind}", hint="choose merged, gguf or gguf-lora")
+    from ..workflows import record_convert
+
+    record_convert(registry, adapter, kind, out, dtype if kind != "gguf-lora" else None)
     return result
 
 
-def plan_publish(directory: str, repo: str, tag: str | None, endpoint: str | None) -> Any:
+def plan_publish(directory: str, repo: str, tag: str | None, endpoint: str | None, registry: Any = None) -> Any:
     from ..hub.publish import plan_publish as plan
 
-    return plan(Path(directory), repo, tag=tag, endpoint=endpoint)
+    return plan(Path(directory), repo, tag=tag, endpoint=endpoint, registry=registry.path if registry else None)
 
 
-def run_publish(plan: Any, endpoint: str | None, registry: Any) -> Any:
+def run_publish(plan: Any, endpoint: str | None, registry: Any, report: Report) -> Any:
     from ..hub.publish import publish
 
+    report(0, 1, "pushing")  # the last point a cancel stops it
     result = publish(plan, endpoint=endpoint)
-    registry.record_hub_revision(
-        _adapter_id(registry, str(plan.directory)),
-        commit=result.commit_sha,
-        pr=result.pr_num,
-        tag=result.tag,
-        repo_id=plan.repo_id,
-    )
+    from ..workflows import record_publish
+
+    record_publish(registry, plan.directory, result)
     return result
-
-
-def _adapter_id(registry: Any, path: str) -> str:
-    m = registry.show(path)
-    return str(m.id)

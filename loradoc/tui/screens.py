@@ -9,11 +9,55 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Footer, Header, Input, Label, OptionList, Static, TabbedContent, TabPane, Tree
+from textual.widgets import (
+    Button,
+    Footer,
+    Header,
+    Input,
+    Label,
+    OptionList,
+    ProgressBar,
+    Select,
+    Static,
+    TabbedContent,
+    TabPane,
+    Tree,
+)
 from textual.widgets.option_list import Option
 
 _SEV = {"error": "bold red", "warning": "yellow", "info": "dim"}
+
+
+class JobBar(Horizontal):
+    """The running job's status line and progress bar (the app paints every screen's copy)."""
+
+    def __init__(self) -> None:
+        super().__init__(id="job")
+
+    def compose(self) -> ComposeResult:
+        yield Label("ready", id="job-label")
+        yield ProgressBar(total=1, id="job-progress", show_eta=False)
+
+
+class SearchInput(Input):
+    """The search box: enter keeps the filter and escape clears it; both go back to the table (so that the
+    one-key bindings work again)."""
+
+    BINDINGS = [Binding("escape", "leave(True)", "Clear search", show=False)]
+
+    class Leave(Message):
+        def __init__(self, input: SearchInput, clear: bool) -> None:
+            super().__init__()
+            self.input, self.clear = input, clear
+
+    def action_leave(self, clear: bool) -> None:
+        self.post_message(self.Leave(self, clear))
+
+    async def action_submit(self) -> None:
+        await super().action_submit()
+        self.post_message(self.Leave(self, False))
 
 
 class ErrorDialog(ModalScreen[None]):
@@ -88,6 +132,42 @@ class InputDialog(ModalScreen[dict[str, str] | None]):
         self.dismiss(None)
 
 
+class ConvertDialog(ModalScreen[dict[str, str] | None]):
+    """Where a conversion goes and in which dtype. Dismisses {"out", "dtype"} or None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="convert-cancel")]
+
+    def __init__(self, kind: str, out: str, dtypes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.kind, self.out, self.dtypes = kind, out, dtypes
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(f"Convert: {self.kind}", id="dialog-title")
+            yield Label("output path")
+            yield Input(value=self.out, id="field-out")
+            yield Label("dtype" if self.kind == "merged" else "outtype")
+            yield Select([(d, d) for d in self.dtypes], value=self.dtypes[0], allow_blank=False, id="field-dtype")
+            with Horizontal(id="buttons"):
+                yield Button("Convert", variant="primary", id="ok")
+                yield Button("Cancel", id="cancel")
+
+    def values(self) -> dict[str, str]:
+        return {
+            "out": self.query_one("#field-out", Input).value.strip(),
+            "dtype": str(self.query_one("#field-dtype", Select).value),
+        }
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(self.values() if event.button.id == "ok" else None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(self.values())
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 class ChoiceDialog(ModalScreen[str | None]):
     """Pick one option (device picker, conversion kind)."""
 
@@ -155,6 +235,7 @@ class DetailScreen(Screen[None]):
     def __init__(self, manifest: Any, compat: Any | None, keys: list[str]) -> None:
         super().__init__()
         self.manifest, self.compat, self.keys = manifest, compat, keys
+        self.tab = ""
 
     def compose(self) -> ComposeResult:
         m = self.manifest
@@ -167,7 +248,7 @@ class DetailScreen(Screen[None]):
             f"[b]{name}[/b]  base {m.base.id}  status [b]{rev.status}[/b]  revision {rev.label} ({rev.revision})",
             id="detail-head",
         )
-        with TabbedContent(id="detail-tabs"):
+        with TabbedContent(id="detail-tabs", initial=self.tab):
             with TabPane("Findings", id="tab-findings"):
                 yield findings_tree(
                     [f.to_dict() for f in rev.findings], label=f"{name}: {rev.status}, base {m.base.id}"
@@ -178,7 +259,20 @@ class DetailScreen(Screen[None]):
                 yield Static(self._compat_text(rev), id="compat")
             with TabPane("Lineage", id="tab-lineage"), VerticalScroll():
                 yield Static(self._lineage_text(), id="lineage")
+        yield JobBar()
         yield Footer()
+
+    def on_mount(self) -> None:
+        paint = getattr(self.app, "paint_job", None)
+        if paint is not None:
+            paint(self)
+
+    async def reload(self, manifest: Any, compat: Any | None, keys: list[str]) -> None:
+        """Show the adapter as it is now (after a doctor or a repair), on the same tab."""
+        self.tab = self.query_one("#detail-tabs", TabbedContent).active
+        self.manifest, self.compat, self.keys = manifest, compat, keys
+        await self.recompose()
+        self.on_mount()
 
     def _compat_text(self, rev: Any) -> str:
         lines = []

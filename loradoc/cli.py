@@ -208,7 +208,8 @@ def repair(
     from pathlib import Path
 
     from .profiles import get_profile, resolve_base
-    from .repair.passes import build_plan
+    from .repair.doctor import spec_of
+    from .repair.passes import build_plan, dry_load_judge
 
     base = _base_for(adapter, base, registry_path)
     from .snapshot import open_snapshot
@@ -220,8 +221,12 @@ def repair(
         from .outputs import guard_outputs
 
         guard_outputs([("--out", out)], adapter=snap.directory, base=source.directory, overwrite=overwrite)
-    profile = get_profile(source)
-    plan = build_plan(snap, profile, only=list(only) or None, also=list(also) or None, peft_version=peft_version)
+    spec = spec_of(snap)
+    profile = get_profile(source, spec=spec)
+    judge = dry_load_judge(source, spec) if verify == "full" else None
+    plan = build_plan(
+        snap, profile, only=list(only) or None, also=list(also) or None, peft_version=peft_version, judge=judge
+    )
     if plan_only:
         if as_json:
             _emit_json({"plan": plan.to_json(), "written": False})

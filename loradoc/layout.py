@@ -45,7 +45,9 @@ _TOWER_MARKERS: tuple[tuple[str, str], ...] = (
     ("embed_audio", "projector"),
     ("multi_modal_projector", "projector"),
 )
-_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)\.(.+)$")
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.(.+)$")
+# an encoder-decoder's stacks (T5, BART, M2M100/NLLB, Florence-2's language model) are different addresses
+_STACKS = ("encoder", "decoder")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Address:
     tower: str
     layer: int | None
     local: str  # path inside the layer (or the module's tail when not in a layer), without a Clippable ".linear"
+    stack: str = ""  # "encoder" | "decoder" for an encoder-decoder's language model, else ""
 
 
 def address_of(module: str, towers: Towers | None = None) -> Address:
@@ -132,13 +135,17 @@ def address_of(module: str, towers: Towers | None = None) -> Address:
         parts = path.split(".")
         path = ".".join(parts[parts.index(marker) + 1 :]) if marker in parts else ""
     m = _LAYER_RE.search(path)
+    head = path[: m.start()] if m else path.rsplit(".", 1)[0] if "." in path else ""
+    stack = ""
+    if tower == "language":
+        stack = next((p for p in reversed(head.split(".")) if p in _STACKS), "")
     if m:
-        return Address(tower, int(m.group(1)), m.group(2))
+        return Address(tower, int(m.group(1)), m.group(2), stack)
     # Non-layer modules: the last component identifies them (embed_tokens, lm_head, norm, ...); an index
     # (``merger.mlp.0``) keeps its parent's name.
     parts = path.split(".") if path else [""]
     tail = ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
-    return Address(tower, None, tail)
+    return Address(tower, None, tail, stack)
 
 
 def format_key(module: str, param: str) -> str:

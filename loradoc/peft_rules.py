@@ -100,8 +100,18 @@ def _excluded(cfg: AdapterConfig, name: str, ex_set: frozenset[str] | None = Non
             names = ex_set if ex_set is not None else frozenset(ex)
             if name in names or _dotted_suffix_in(name, names):
                 return True
-    mts = cfg.modules_to_save or []
+    mts = list(cfg.modules_to_save or []) + task_heads(cfg)
     return any(_rx(_mts_regex(m)).match(name) for m in mts)
+
+
+def task_heads(cfg: AdapterConfig) -> list[str]:
+    """The heads peft's task-type model adds to ``modules_to_save`` (PeftModelForSequenceClassification etc.)."""
+    task = (cfg.task_type or "").upper()
+    if task in ("SEQ_CLS", "TOKEN_CLS"):
+        return ["classifier", "score"]
+    if task == "QUESTION_ANS":
+        return ["qa_outputs"]
+    return []
 
 
 def _layer_ok(cfg: AdapterConfig, name: str) -> bool:

@@ -100,6 +100,10 @@ class BaseProfile:
     format: int = PROFILE_FORMAT
     # transformers versions under which a fresh build gave this same content (shipped profiles)
     verified_transformers: list[str] = field(default_factory=list)
+    # the model class family the adapter's task type implies (None: config.json's architectures[0]) and the
+    # number of labels of a classification head (from the adapter's saved head)
+    task: str | None = None
+    num_labels: int | None = None
 
     # -- serialisation -------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -165,6 +169,7 @@ class BaseProfile:
         if cached is not None:
             return cached
         index: dict[Any, str] = {}
+        ambiguous: set[Any] = set()
         for name, info in self.modules.items():
             if info.kind == "other":
                 continue
@@ -172,9 +177,19 @@ class BaseProfile:
                 parent = self.modules.get(name[: -len(".linear")])
                 if parent is not None and parent.kind == "clippable":
                     continue  # the Clippable wrapper stands for its inner linear
-            index.setdefault(address_of(name, self.towers), name)
+            addr = address_of(name, self.towers)
+            if addr in index and index[addr] != name:
+                ambiguous.add(addr)
+            index.setdefault(addr, name)
         self.memo()["address_index"] = index
+        self.memo()["ambiguous_addresses"] = ambiguous
         return index
+
+    def ambiguous_addresses(self) -> set[Any]:
+        """Addresses that several modules share (e.g. ``classifier.dense`` / ``pooler.dense``): a key at such an
+        address cannot be re-rooted by its address alone."""
+        self.address_index()
+        return self.memo()["ambiguous_addresses"]
 
 
 _NOT_CONTENT = ("name", "transformers_version", "verified_transformers", "format")
@@ -325,6 +340,80 @@ def validate_base_config(cfg: dict[str, Any], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Which model class an adapter loads into (its task type), pure Python
+# ---------------------------------------------------------------------------------------------------------
+
+# peft task type -> the transformers auto class family peft's task-specific PeftModel expects
+TASK_AUTO_CLASS = {
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+}
+# module names of the heads peft's task models save through modules_to_save
+HEAD_NAMES = ("classifier", "score", "qa_outputs")
+_HEAD_WRAPPERS = (".modules_to_save.default", ".original_module", ".base_layer")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model class an adapter is loaded into: ``task`` (a key of TASK_AUTO_CLASS, None for config.json's
+    ``architectures[0]``) and ``num_labels`` of a classification head."""
+
+    task: str | None = None
+    num_labels: int | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self.task is None
+
+    def cache_suffix(self) -> str:
+        if self.task is None:
+            return ""
+        return f"-{self.task.lower()}" + (f"-{self.num_labels}" if self.num_labels else "")
+
+
+def head_module(key: str) -> str | None:
+    """The head (``classifier`` / ``score`` / ``qa_outputs``) a file key belongs to, else None."""
+    body = key
+    while body.startswith("base_model.model."):
+        body = body[len("base_model.model.") :]
+    root = body.split(".", 1)[0]
+    return root if root in HEAD_NAMES else None
+
+
+def num_labels_from_tensors(shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """The label count of a classification head saved with the adapter (its output projection's rows)."""
+    best: tuple[int, int] | None = None  # (preference, rows)
+    for key, shape in shapes.items():
+        head = head_module(key)
+        if head is None or not shape:
+            continue
+        module = key.rsplit(".", 1)[0]
+        for w in _HEAD_WRAPPERS:
+            module = module.replace(w, "")
+        tail = module.rsplit(".", 1)[-1]
+        if key.endswith(".lora_B.weight") and tail in ("lora_B",):
+            tail = module.rsplit(".", 2)[-2]
+        if not (key.endswith(".weight") or key.endswith(".bias")):
+            continue
+        pref = 2 if tail == "out_proj" else 1 if tail in HEAD_NAMES else 0
+        if pref and (best is None or pref > best[0]):
+            best = (pref, int(shape[0]))
+    return best[1] if best else None
+
+
+def spec_for_adapter(task_type: str | None, shapes: dict[str, tuple[int, ...]]) -> ModelSpec:
+    """The model class family ``task_type`` implies; classification heads take ``num_labels`` from the file."""
+    task = (task_type or "").upper() or None
+    if task not in TASK_AUTO_CLASS:
+        return ModelSpec()
+    labels = num_labels_from_tensors(shapes) if task in ("SEQ_CLS", "TOKEN_CLS") else None
+    return ModelSpec(task, labels)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Building a profile (imports torch + transformers)
 # ---------------------------------------------------------------------------------------------------------
 
@@ -353,26 +442,74 @@ def _module_kind(module: Any) -> tuple[str, int | None, int | None]:
     return "other", None, None
 
 
-def instantiate_meta(source: BaseSource) -> tuple[Any, Any, dict[str, Any], str]:
-    """Build the base model class from config.json on the meta device: (model, config, raw dict, sha256)."""
+def resolve_model_class(cfg_dict: dict[str, Any], config: Any, spec: ModelSpec | None) -> Any:
+    """The concrete transformers class for ``spec`` (None: config.json's ``architectures[0]``).
+
+    SEQ_CLS / TOKEN_CLS / QUESTION_ANS / FEATURE_EXTRACTION: the auto class's entry for this config type;
+    SEQ_2_SEQ_LM: ``architectures[0]`` when it is a seq2seq LM class, else the auto entry; CAUSAL_LM and no task
+    type: ``architectures[0]``, else AutoModelForCausalLM's entry."""
+    import transformers
+
+    archs = cfg_dict.get("architectures") or []
+    arch = archs[0] if archs else None
+    auto_name = TASK_AUTO_CLASS.get(spec.task) if spec and spec.task else None
+
+    def from_auto(name: str) -> Any:
+        auto = getattr(transformers, name)
+        try:
+            return auto._model_mapping[type(config)]
+        except KeyError:
+            if arch is not None and getattr(transformers, arch, None) is not None:
+                # no such task class for this model type: peft's task model wraps whatever it is given, and
+                # the class people load is config.json's own
+                return getattr(transformers, arch)
+            raise UnknownArchitectureError(
+                f"transformers {transformers.__version__} has no {name} class for model type "
+                f"{getattr(config, 'model_type', '?')!r} (the adapter's task_type is {spec.task if spec else None})",
+                hint="check the adapter's task_type and the base config",
+            ) from None
+
+    if auto_name is None:
+        if arch is None:
+            return from_auto("AutoModelForCausalLM")
+        cls = getattr(transformers, arch, None)
+        if cls is None:
+            raise UnknownArchitectureError(
+                f"architecture {arch!r} is unknown to transformers {transformers.__version__}",
+                hint="upgrade transformers (pip install -U transformers) or check config.json's architectures",
+            )
+        return cls
+    if arch is not None:
+        cls = getattr(transformers, arch, None)
+        mapping = getattr(transformers, auto_name)._model_mapping
+        try:
+            values = {c for v in mapping.values() for c in (v if isinstance(v, tuple | list) else (v,))}
+        except Exception:  # noqa: BLE001 - lazy mappings may fail on optional backends
+            values = set()
+        if cls is not None and cls in values:
+            return cls
+    return from_auto(auto_name)
+
+
+def instantiate_meta(source: BaseSource, spec: ModelSpec | None = None) -> tuple[Any, Any, dict[str, Any], str]:
+    """Build the base model class from config.json on the meta device: (model, config, raw dict, sha256).
+
+    ``spec``: the class family the adapter's task type implies (default: ``architectures[0]``)."""
     cfg_dict, sha = read_config(source.config_path)
     archs = cfg_dict.get("architectures") or []
-    if not archs:
+    if not archs and (spec is None or spec.is_default):
         raise UnknownArchitectureError(
             f"{source.config_path} has no 'architectures' entry",
             hint="add the model class name (e.g. Gemma4ForConditionalGeneration) to config.json",
         )
-    arch = archs[0]
     import torch
     import transformers
 
-    model_cls = getattr(transformers, arch, None)
-    if model_cls is None:
-        raise UnknownArchitectureError(
-            f"architecture {arch!r} is unknown to transformers {transformers.__version__}",
-            hint="upgrade transformers (pip install -U transformers) or check config.json's architectures",
-        )
     plain = {k: v for k, v in cfg_dict.items() if k != "quantization_config"}
+    if spec is not None and spec.num_labels:
+        plain.pop("id2label", None)
+        plain.pop("label2id", None)
+        plain["num_labels"] = spec.num_labels
     try:
         # a quantized checkpoint: the module tree on meta is that of the full-precision model
         config = transformers.AutoConfig.for_model(**plain)
@@ -381,12 +518,14 @@ def instantiate_meta(source: BaseSource) -> tuple[Any, Any, dict[str, Any], str]
             f"transformers {transformers.__version__} cannot read {source.config_path}: {str(e).splitlines()[0]}",
             hint="upgrade transformers or fix config.json",
         ) from None
+    model_cls = resolve_model_class(cfg_dict, config, spec)
     try:
         with torch.device("meta"):
             model = model_cls(config)
     except Exception as e:  # noqa: BLE001 - transformers raises many types here
         raise UnknownArchitectureError(
-            f"could not build {arch} from {source.config_path}: {e.__class__.__name__}: {str(e).splitlines()[0]}",
+            f"could not build {model_cls.__name__} from {source.config_path}: {e.__class__.__name__}: "
+            f"{str(e).splitlines()[0]}",
             hint="check that config.json matches the architecture and that transformers is recent enough",
         ) from None
     return model, config, cfg_dict, sha
@@ -400,12 +539,12 @@ def _safe_attr(cfg: Any, name: str) -> Any:
     return v if isinstance(v, int | float | str | type(None)) else None
 
 
-def build_profile(source: BaseSource) -> BaseProfile:
-    """Instantiate the base on the meta device and record its module inventory."""
+def build_profile(source: BaseSource, spec: ModelSpec | None = None) -> BaseProfile:
+    """Instantiate the base (the class ``spec`` implies) on the meta device and record its module inventory."""
     import transformers
 
-    model, config, cfg_dict, sha = instantiate_meta(source)
-    arch = cfg_dict["architectures"][0]
+    model, config, cfg_dict, sha = instantiate_meta(source, spec)
+    arch = type(model).__name__
     modules: dict[str, ModuleInfo] = {}
     for name, module in model.named_modules():
         if not name:
@@ -460,7 +599,7 @@ def build_profile(source: BaseSource) -> BaseProfile:
             "head_dim",
         )
     }
-    rewrites = _probe_load_rewrites(source, modules, towers, lm_path)
+    rewrites = _probe_load_rewrites(source, modules, towers, lm_path, spec)
     return BaseProfile(
         name=source.name,
         load_rewrites=rewrites,
@@ -479,6 +618,8 @@ def build_profile(source: BaseSource) -> BaseProfile:
         quantization=cfg_dict.get("quantization_config"),
         text_config=text_summary,
         verified_transformers=[transformers.__version__],
+        task=spec.task if spec else None,
+        num_labels=spec.num_labels if spec else None,
     )
 
 
@@ -686,7 +827,11 @@ def _widen(saved: str, root: str, canonical: str) -> tuple[str, str] | None:
 
 
 def _probe_load_rewrites(
-    source: BaseSource, modules: dict[str, ModuleInfo], towers: dict[str, str], lm_path: str | None
+    source: BaseSource,
+    modules: dict[str, ModuleInfo],
+    towers: dict[str, str],
+    lm_path: str | None,
+    spec: ModelSpec | None = None,
 ) -> list[tuple[str, str]]:
     """Learn which saved key prefixes peft's load (with transformers' conversion) maps onto this model's stacks.
 
@@ -703,7 +848,7 @@ def _probe_load_rewrites(
     stacks = _stacks(modules, towers, lm_path)
     if not stacks:
         return []
-    model, *_ = instantiate_meta(source)
+    model, *_ = instantiate_meta(source, spec)
     inverses = _inverse_renames(model)
     targets = [f"{c}{sep}{local}" for _, c, sep, local in stacks]
     # per stack, a plain linear of the same root outside the stack: where a rewrite of the stack's prefix is
@@ -771,8 +916,9 @@ def _probe_load_rewrites(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _cache_path(sha: str, tf_version: str) -> Path:
-    return cache_dir() / "profiles" / f"{sha[:24]}-transformers-{tf_version}.json"
+def _cache_path(sha: str, tf_version: str, spec: ModelSpec | None = None) -> Path:
+    suffix = spec.cache_suffix() if spec else ""
+    return cache_dir() / "profiles" / f"{sha[:24]}{suffix}-transformers-{tf_version}.json"
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -831,7 +977,7 @@ def _gap(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
-def get_profile(base: str | BaseSource, *, allow_build: bool = True) -> BaseProfile:
+def get_profile(base: str | BaseSource, *, allow_build: bool = True, spec: ModelSpec | None = None) -> BaseProfile:
     """The profile of ``base`` under the installed transformers.
 
     In order: a shipped profile verified under the installed version; one cached for it; a fresh meta-device build
@@ -840,19 +986,21 @@ def get_profile(base: str | BaseSource, *, allow_build: bool = True) -> BaseProf
     source = base if isinstance(base, BaseSource) else resolve_base(base)
     _, sha = read_config(source.config_path)
     tf_version = installed_version("transformers") or "none"
-    shipped = shipped_profiles(source) if source.shipped else []
+    if spec is not None and spec.is_default:
+        spec = None
+    shipped = shipped_profiles(source) if source.shipped and spec is None else []
     for prof in shipped:
         if tf_version in prof.verified_transformers:
             prof.name = source.name
             return prof
-    cached = _cache_path(sha, tf_version)
+    cached = _cache_path(sha, tf_version, spec)
     if cached.is_file():
         prof = _load_json_profile(cached)
         if prof is not None and not (allow_build and prof.memo().get("migrated")):
             prof.name = source.name
             return prof
     if allow_build:
-        prof = build_profile(source)
+        prof = build_profile(source, spec)
         _write_json_atomic(cached, prof.to_json())
         return prof
     if shipped:
@@ -865,8 +1013,16 @@ def get_profile(base: str | BaseSource, *, allow_build: bool = True) -> BaseProf
             f"{tf_version})"
         )
         return prof
+    if spec is not None:
+        # --fast for a task-type model whose profile was never built: predict with config.json's own class
+        prof = get_profile(source, allow_build=False)
+        prof.memo()["note"] = (
+            f"no cached profile of {source.name} as a {spec.task} model; predicted with its "
+            f"{prof.architecture} profile (heads may differ; run doctor without --fast to build the right one)"
+        )
+        return prof
     raise LoradocError(
-        f"no cached profile for base {source.name} under transformers {tf_version}",
+        f"no cached profile for base {source.name}{f' as {spec.task}' if spec else ''} under transformers {tf_version}",
         hint=f"run `loradoc base profile {source.name}` (or doctor without --fast) once to build it",
     )
 

@@ -48,6 +48,14 @@ def render_diagnosis(d: Diagnosis, *, adapter: str, base: str) -> None:
         load = f"loaded {p.loaded}, missing {p.missing}, unexpected {p.unexpected}, effective {p.effective}"
     console.print(f"peft ({'dry load on meta' if d.mode == 'full' else 'static prediction'}): {load}")
     console.print(f"verdict: [{_VERDICT[d.verdict]}]{d.verdict}[/]")
+    if d.mode == "static":
+        console.print(
+            "note: --fast gives a prediction from the static analysis, not peft's answer; "
+            "run doctor without --fast to have peft's own (dry) load decide",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
     cmd = repair_command(d, adapter, base)
     if cmd:
         console.print(f"fix: {cmd}", soft_wrap=True, highlight=False, markup=False)

@@ -95,3 +95,140 @@ def real_peft_load(adapter_dir: Path, base_dir: Path) -> RealLoad:
         base = probe_logits(pm)
     effective = bool(torch.max(torch.abs(adapted - base)) > 0)
     return RealLoad(loaded, len(missing), len(file) - loaded, effective, None, msgs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Open world: any base config, any peft task type (the yardstick for adapters published by others)
+# ---------------------------------------------------------------------------------------------------------------
+
+# the transformers auto class each peft task type's model expects (peft's docs / task models); CAUSAL_LM and no
+# task type: config.json's architectures[0]
+TASK_AUTO_CLASS = {
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+}
+
+
+@dataclass
+class Truth:
+    """What a real ``PeftModel.from_pretrained`` did, plus what a peft save of that model would have written."""
+
+    loaded: int | None
+    missing: int | None
+    unexpected: int | None
+    error: str | None
+    unsaved: list[str]  # non-LoRA keys peft's get_peft_model_state_dict writes that the file lacks (biases, heads)
+    nonfinite: int  # loaded LoRA parameters with NaN / Inf
+    all_b_zero: bool
+
+    @property
+    def healthy(self) -> bool:
+        return (
+            self.error is None
+            and self.missing == 0
+            and self.unexpected == 0
+            and not self.unsaved
+            and self.nonfinite == 0
+            and not self.all_b_zero
+        )
+
+
+def _adapter_json(adapter_dir: Path) -> dict[str, Any]:
+    p = Path(adapter_dir) / "adapter_config.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def head_rows(adapter_dir: Path) -> int | None:
+    """The label count of a classification head saved in the adapter file (rows of its output projection)."""
+    from safetensors import safe_open
+
+    rows: dict[str, int] = {}
+    with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), "pt") as fh:
+        for k in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+            body = k
+            while body.startswith("base_model.model."):
+                body = body[len("base_model.model.") :]
+            if body.split(".")[0] in ("classifier", "score") and body.endswith(".weight") and "lora_" not in body:
+                rows[body] = fh.get_slice(k).get_shape()[0]
+    for k, n in rows.items():
+        if ".out_proj." in k:
+            return n
+    return next(iter(rows.values()), None)
+
+
+def random_base(config_json: Path, adapter_dir: Path, *, fill: bool = False, meta: bool = False) -> Any:
+    """The base an adapter loads into, from its config.json, with uninitialised (``fill``: small random) weights.
+
+    Load behaviour does not depend on the values; ``fill`` is for forward passes."""
+    import torch
+    import transformers
+    from transformers.initialization import no_init_weights
+
+    cfg = json.loads(Path(config_json).read_text())
+    cfg.pop("quantization_config", None)
+    task = (_adapter_json(adapter_dir).get("task_type") or "").upper()
+    if task in ("SEQ_CLS", "TOKEN_CLS"):
+        n = head_rows(adapter_dir)
+        if n:
+            cfg.pop("id2label", None)
+            cfg.pop("label2id", None)
+            cfg["num_labels"] = n
+    config = transformers.AutoConfig.for_model(**cfg)
+    arch = (cfg.get("architectures") or [None])[0]
+    if task in TASK_AUTO_CLASS:
+        auto = getattr(transformers, TASK_AUTO_CLASS[task])
+        cls = auto._model_mapping[type(config)]
+        if task == "SEQ_2_SEQ_LM" and arch and getattr(transformers, arch, None) is not None:
+            cls = getattr(transformers, arch)
+    else:
+        cls = getattr(transformers, arch)
+    torch.manual_seed(0)
+    if meta:  # an unreadable adapter file: peft raises before the base's weights matter
+        with torch.device("meta"):
+            return cls._from_config(config, dtype=torch.bfloat16)
+    with no_init_weights():
+        model = cls._from_config(config, dtype=torch.bfloat16)
+    if fill:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.uniform_(-0.05, 0.05)
+    return model.eval()
+
+
+def real_truth(adapter_dir: Path, model: Any) -> Truth:
+    """``PeftModel.from_pretrained`` of ``adapter_dir`` on ``model`` (modified in place)."""
+    import torch
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+    from safetensors import safe_open
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            key_mapping = getattr(model, "_checkpoint_conversion_mapping", {}) or {}
+            pm = PeftModel.from_pretrained(model, str(adapter_dir))
+            # from_pretrained discards torch's load result; the same two peft calls it makes (load_peft_weights +
+            # set_peft_model_state_dict, same adapter name, same key mapping) return it: the unexpected keys
+            res = set_peft_model_state_dict(
+                pm, load_peft_weights(str(adapter_dir), key_mapping=key_mapping), adapter_name="default"
+            )
+        except Exception as e:  # noqa: BLE001 - we record what peft raises
+            return Truth(None, None, None, f"{e.__class__.__name__}: {str(e).splitlines()[0]}", [], 0, False)
+    with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), "pt") as fh:
+        file_keys = set(fh.keys())
+    missing: list[str] = []
+    for w in caught:
+        hit = re.search(r"Found missing adapter keys while loading the checkpoint: (\[.*\])", str(w.message), re.S)
+        if hit:
+            missing = ast.literal_eval(hit.group(1))
+    unexpected = [k for k in res.unexpected_keys]
+    would_save = set(get_peft_model_state_dict(pm, adapter_name="default", save_embedding_layers=False))
+    unsaved = sorted(k for k in would_save - file_keys if "lora_" not in k)
+    lora = {n: p for n, p in pm.named_parameters() if ".lora_" in n and ".default" in n}
+    nonfinite = sum(1 for p in lora.values() if not bool(torch.isfinite(p.float()).all()))
+    bs = [p for n, p in lora.items() if ".lora_B." in n or ".lora_embedding_B." in n]
+    all_zero = bool(bs) and all(not bool(torch.any(p != 0)) for p in bs)
+    return Truth(len(file_keys) - len(unexpected), len(missing), len(unexpected), None, unsaved, nonfinite, all_zero)

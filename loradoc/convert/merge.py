@@ -287,7 +287,9 @@ def merge_adapter(
     timings["open_s"] = time.perf_counter() - t_start
 
     t = time.perf_counter()
-    profile = get_profile(source)
+    from ..repair.doctor import spec_of
+
+    profile = get_profile(source, spec=spec_of(snap))
     if require_healthy:
         _require_healthy(snap, source, adapter, base)
     timings["doctor_s"] = time.perf_counter() - t
@@ -317,6 +319,15 @@ def merge_adapter(
             }
             files.append(_write_text(tmp / INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n"))
         new_cfg = _output_config(base_cfg, out_dtype, plan.untied)
+        if profile.task is not None and new_cfg.get("architectures") != [profile.architecture]:
+            # the merged model is the class the adapter's task type implies (e.g. a sequence classifier)
+            notes.append(f"config architectures set to {profile.architecture} (task type {profile.task})")
+            new_cfg["architectures"] = [profile.architecture]
+            if profile.num_labels:
+                new_cfg.pop("id2label", None)
+                new_cfg.pop("label2id", None)
+                new_cfg["id2label"] = {str(i): f"LABEL_{i}" for i in range(profile.num_labels)}
+                new_cfg["label2id"] = {f"LABEL_{i}": i for i in range(profile.num_labels)}
         files.append(_write_text(tmp / "config.json", json.dumps(new_cfg, indent=2, sort_keys=True) + "\n"))
         copied, tok_source = _copy_side_files(source.directory, snap.directory, tmp, notes)
         files.extend(copied)
@@ -750,7 +761,19 @@ def _build_plan(
             }
         )
 
+    # a task head saved whole with the adapter (modules_to_save of a SEQ_CLS / TOKEN_CLS / QA adapter) that the
+    # pretrained base checkpoint does not have (e.g. an MLM checkpoint): the merged model gets the adapter's head
+    from ..repair.analysis import wrapped_modules
+
+    heads = wrapped_modules(cfg, profile)
+    added: list[tuple[str, str]] = []  # (output tensor name, adapter key)
     for key, module, param, via in sorted(full):
+        in_head = any(module == h or module.startswith(h + ".") for h in heads)
+        if in_head and via != "base_layer" and f"{module}.{param}" not in ckpt.where:
+            # exact names only: a head's ``dense`` is not the pretraining head's ``lm_head.dense``
+            added.append((f"{module}.{param}", key))
+            replaced.append({"tensor": f"{module}.{param}", "key": key, "via": "modules_to_save (added)"})
+            continue
         name, table = target_tensor(key, module, param)
         a_info, w = reader.info(key), ckpt.info(name)
         if tuple(a_info.shape) != tuple(w.shape):
@@ -816,6 +839,13 @@ def _build_plan(
         assert in_emb_tensor is not None
         f = ckpt.where[in_emb_tensor]
         ops.append(_Op(lm_name, f, ckpt.info(in_emb_tensor), out_dtype, extra_op, primary=False))
+    for name, key in added:
+        a_info = reader.info(key)
+        if a_info.dtype not in FLOAT_DTYPES:
+            raise BadInputError(f"adapter tensor {key} is {a_info.dtype}, not a float", hint="re-export the adapter")
+        ops.append(_Op(name, ckpt.files[0], a_info, out_dtype, _Effect(replace=key, replace_via="modules_to_save")))
+    if added:
+        notes.append(f"{len(added)} head tensors the base checkpoint lacks come from the adapter (modules_to_save)")
     if cfg.init_lora_weights not in (True, False, None, "gaussian"):
         notes.append(
             f"init_lora_weights={cfg.init_lora_weights!r}: merged as saved; if the adapter was saved without "

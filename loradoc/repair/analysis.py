@@ -16,7 +16,7 @@ from typing import Any
 from ..adapter_config import AdapterConfig, fields_unsupported_by
 from ..layout import PEFT_PREFIX, LoraKey, format_key, parse_key
 from ..peft_rules import InjectionPlan, expected_params, plan_injection, rank_for
-from ..profiles import BaseProfile, installed_version
+from ..profiles import HEAD_NAMES, BaseProfile, installed_version
 from ..snapshot import AdapterSnapshot
 from . import findings as F
 from .findings import Finding
@@ -30,6 +30,11 @@ ORPHAN = "orphan"  # no base module at any known path (e.g. k/v of KV-shared lay
 UNTARGETED = "untargeted"  # the base module exists at this path, but the config does not inject it
 SHAPE = "shape-mismatch"
 RANK = "rank-mismatch"
+HEAD_COPY = "head-copy"  # ``X.original_module.*``: the untrained copy peft keeps beside a trained head
+
+# module-path infixes of peft's ModulesToSaveWrapper (older files saved them; peft >= 0.x saves the bare path)
+_SAVED_INFIX = re.compile(r"\.modules_to_save\.[A-Za-z0-9_\-]+(?=\.|$)")
+_ORIGINAL_INFIX = ".original_module"
 
 
 @dataclass
@@ -124,6 +129,7 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
                 expected[k] = shape
                 owner[k] = m
     index = profile.address_index()
+    saved_modules = wrapped_modules(cfg, profile)
     fates: dict[str, KeyFate] = {}
     provided: set[str] = set()
     targeted = set(plan.targeted)
@@ -147,6 +153,10 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
         if not p.is_lora and base_mod in profile.modules and p.param in ("weight", "bias"):
             fates[key] = KeyFate(key, LOADS_BASE, tower, base_mod, p.param, "full weight of a base module")
             continue
+        full = _full_weight_fate(p, profile, saved_modules)
+        if full is not None:
+            fates[key] = full
+            continue
         wrapped = base_mod[: -len(".base_layer")] if base_mod and base_mod.endswith(".base_layer") else None
         if not p.is_lora and wrapped in targeted and p.param in ("weight", "bias"):
             # peft saves the base weight of targeted embedding / lm_head layers (save_embedding_layers)
@@ -157,12 +167,17 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
     # peft's view
     missing_keys = sorted(k for k in expected if k not in provided)
     unexpected_keys = sorted(k for k, f in fates.items() if f.status not in (LOADS, LOADS_BASE, SHAPE, RANK))
+    # peft looks up every parameter of a ModulesToSaveWrapper in the file and raises KeyError without it
+    have = {f.target for f in fates.values() if f.status == LOADS_BASE and f.target}
+    unsaved_wrapped = [m for m in saved_modules if not any(h == m or h.startswith(m + ".") for h in have)]
     pairs: dict[str, set[str]] = defaultdict(set)
     for f in fates.values():
         if f.status == LOADS and f.target:
             pairs[f.target].add(f.param.split(".")[0].replace("lora_embedding_", "lora_"))
     effective_modules = sum(1 for s in pairs.values() if {"lora_A", "lora_B"} <= s)
     error = plan.error
+    if error is None and unsaved_wrapped:
+        error = f"KeyError: 'base_model.model.{unsaved_wrapped[0]}.weight'"
     if error is None and size_mismatch:
         error = f"RuntimeError: size mismatch for {len(size_mismatch)} adapter tensors while loading state_dict"
     if error is not None:
@@ -179,7 +194,112 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
             injected_modules=len(plan.targeted),
         )
     found = _findings(snapshot, profile, plan, fates, missing_keys, owner)
+    # a head saved under another path is mis-pathed (reroot-keys places it), not unsaved
+    placed = {f.target for f in fates.values() if f.status == MISPATHED and f.target}
+    absent = [m for m in unsaved_wrapped if not any(h == m or h.startswith(m + ".") for h in placed)]
+    found += trained_parts_findings(snapshot, profile, plan, fates, absent)
     return StaticResult(fates, plan, predicted, found)
+
+
+def trained_parts_findings(
+    snapshot: AdapterSnapshot,
+    profile: BaseProfile,
+    plan: InjectionPlan,
+    fates: dict[str, KeyFate],
+    unsaved_wrapped: list[str],
+    *,
+    unsaved_bias: list[str] | None = None,
+) -> list[Finding]:
+    """What loads is what was trained: parts the config declares trained that the file lacks.
+
+    ``unsaved_bias``: from the dry load (peft's own ``get_peft_model_state_dict`` of the injected model); without
+    it (``--fast``) the static side can only say that the file holds no bias at all (a warning: a base whose
+    targeted layers have no bias needs none)."""
+    cfg = snapshot.config
+    out: list[Finding] = []
+    if unsaved_wrapped:
+        out.append(
+            F.make(
+                "unsaved-modules",
+                F.ERROR,
+                len(unsaved_wrapped),
+                f"{len(unsaved_wrapped)} modules are trained and saved whole (modules_to_save / the task's head: "
+                f"{', '.join(unsaved_wrapped[:4])}) but the file has no tensors for them; peft raises KeyError "
+                "(older peft loaded the untrained module silently)",
+                keys=[f"{PEFT_PREFIX}{m}" for m in unsaved_wrapped],
+            )
+        )
+    bias = (cfg.bias or "none").lower()
+    if bias in ("lora_only", "all"):
+        if unsaved_bias is not None:
+            if unsaved_bias:
+                out.append(
+                    F.make(
+                        "unsaved-bias",
+                        F.ERROR,
+                        len(unsaved_bias),
+                        f'bias="{bias}" trains {len(unsaved_bias)} biases that the file does not contain; peft loads '
+                        "silently and the base's untrained biases stay (what loads is not what was trained)",
+                        keys=unsaved_bias,
+                    )
+                )
+        elif not any(f.param == "bias" and f.status == LOADS_BASE for f in fates.values()):
+            out.append(
+                F.make(
+                    "unsaved-bias",
+                    F.WARNING,
+                    0,
+                    f'bias="{bias}" declares trained biases and the file has none; whether the targeted layers have '
+                    "biases is for the dry load to say (run doctor without --fast)",
+                )
+            )
+    return out
+
+
+def wrapped_modules(cfg: AdapterConfig, profile: BaseProfile) -> list[str]:
+    """The modules peft wraps in ModulesToSaveWrapper (trained and saved whole): ``modules_to_save`` plus the heads
+    the task type adds (peft's PeftModelForSequenceClassification etc.), matched as peft does (name or suffix)."""
+    names = list(cfg.modules_to_save or [])
+    task = (cfg.task_type or "").upper()
+    if task in ("SEQ_CLS", "TOKEN_CLS"):
+        names += ["classifier", "score"]
+    elif task == "QUESTION_ANS":
+        names += ["qa_outputs"]
+    if not names:
+        return []
+    memo = profile.memo()
+    key = ("wrapped", tuple(sorted(set(names))))
+    if key not in memo:
+        # peft's _set_trainable: ``key.endswith(name)``, no dot (``pre_classifier`` matches ``classifier``)
+        out = [m for m in profile.modules if any(m.endswith(n) for n in names)]
+        # the outermost match only (a wrapped module's children are inside the wrapper)
+        memo[key] = [m for m in out if not any(m.startswith(o + ".") for o in out if o != m)]
+    return memo[key]
+
+
+def _full_weight_fate(p: LoraKey, profile: BaseProfile, saved: list[str]) -> KeyFate | None:
+    """A full (non-LoRA) weight peft would load if it were saved under the base's path: a head saved in an older
+    ``X.modules_to_save.default.*`` layout, or without the ``base_model.model.`` prefix; ``X.original_module.*``
+    is the untrained copy of a head."""
+    if p.is_lora or p.param not in ("weight", "bias"):
+        return None
+    module = p.module
+    while module.startswith(PEFT_PREFIX):
+        module = module[len(PEFT_PREFIX) :]
+    tower = profile.tower_of(module)
+    if _ORIGINAL_INFIX in module:
+        canon = module.replace(_ORIGINAL_INFIX, "")
+        if canon in profile.modules:
+            return KeyFate(
+                p.key, HEAD_COPY, tower, canon, p.param, "untrained copy of a trained module (original_module)"
+            )
+        return None
+    canon = _SAVED_INFIX.sub("", module)
+    if canon in profile.modules and (canon != p.module or not p.had_peft_prefix):
+        is_head = canon in saved or canon.split(".", 1)[0] in HEAD_NAMES
+        what = "trained head (modules_to_save)" if is_head else "full weight"
+        return KeyFate(p.key, MISPATHED, tower, canon, p.param, f"{what} saved as {p.module}")
+    return None
 
 
 def _shape_status(
@@ -219,6 +339,10 @@ def _classify_unexpected(
     addr = profile.address_of(p.module)
     target = index.get(addr)
     tower = addr.tower
+    if target is not None and addr in profile.ambiguous_addresses() and target != converted_path(p.module, profile):
+        return KeyFate(
+            p.key, ORPHAN, tower, None, p.param, f"several base modules share this key's address ({addr.local})"
+        )
     if tower != "language":
         if target is None:
             return KeyFate(p.key, ORPHAN, tower, None, p.param, "no such tower module in the base")
@@ -379,7 +503,7 @@ def _findings(
                 )
             )
 
-    orphans = by_status[ORPHAN]
+    orphans = by_status[ORPHAN] + by_status[HEAD_COPY]
     if orphans:
         reasons = Counter(f.reason for f in orphans)
         desc = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))

@@ -303,6 +303,8 @@ def _report(
         "proof": "each kept tensor's bytes were streamed from the source into the output (sha256 taken on the way), "
         "then the finished file was re-read and compared byte for byte with the source",
         "findings_before": [f.to_json(max_keys=0) for f in plan.before],
+        "plan_problems": [f.to_json(max_keys=10) for f in plan.problems],
+        "judged": plan.judged,
         "verification": after,
         "healthy": verdict == "healthy" if verdict is not None else None,
     }

@@ -31,7 +31,7 @@ from ..profiles import get_profile, installed_version, resolve_base
 from ..progress import Progress, report
 from ..safetensors_io import sha256_file, write_file_atomic
 from ..snapshot import PICKLE_NAME, SAFETENSORS_NAME, AdapterSnapshot, open_snapshot
-from .analysis import converted_module
+from .analysis import converted_module, wrapped_modules
 from .apply import CERTIFICATE_NAME
 from .dryload import capture_warnings
 
@@ -154,11 +154,40 @@ def _probe_ids(model: Any, device: str) -> Any:
     return (torch.arange(16, device=device) * 7 + 2).remainder(vocab).unsqueeze(0)
 
 
+def probe_inputs(model: Any, ids: Any) -> dict[str, Any]:
+    """A probe forward's inputs: encoder-decoders (T5, BART, M2M100/NLLB, ...) also get decoder inputs (the
+    model's decoder start token, then the probe ids shifted by one)."""
+    cfg = model.config
+    inputs: dict[str, Any] = {"input_ids": ids}
+    if getattr(cfg, "is_encoder_decoder", False):
+        start = getattr(cfg, "decoder_start_token_id", None)
+        if start is None:
+            start = getattr(cfg, "pad_token_id", None) or 0
+        dec = ids.clone()
+        dec[:, 1:] = ids[:, :-1]
+        dec[:, 0] = int(start)
+        inputs["decoder_input_ids"] = dec
+    return inputs
+
+
 def _logits(model: Any, ids: Any) -> Any:
+    """The output the probe compares: the last position's LM logits, a classification head's logits, or the
+    last hidden state (feature extraction / models without a head)."""
     import torch
 
     with torch.no_grad():
-        return model(input_ids=ids).logits[0, -1].float().cpu()
+        out = model(**probe_inputs(model, ids))
+    for name in ("logits", "start_logits", "last_hidden_state"):
+        t = getattr(out, name, None)
+        if t is not None:
+            break
+    else:
+        t = out[0]
+    if t.dim() == 3:  # (batch, seq, vocab | labels | hidden)
+        t = t[0, -1]
+    elif t.dim() == 2:  # (batch, labels | seq)
+        t = t[0]
+    return t.float().cpu()
 
 
 def check_load(
@@ -204,7 +233,10 @@ def check_load(
         else:
             path = stored_certificate_path(hashes, registry)
             guard_outputs([("certificate", path)], adapter=snap.directory, base=source.directory, may_exist=[path])
-    profile = get_profile(source)
+    from .doctor import spec_of
+
+    spec = spec_of(snap)
+    profile = get_profile(source, spec=spec)
 
     import torch
     import transformers
@@ -218,16 +250,43 @@ def check_load(
     captured: list[str] = []
     arch = profile.architecture
     model_cls = getattr(transformers, arch)
+    kwargs: dict[str, Any] = {}
+    if spec.num_labels:
+        # a base checkpoint saved as a classifier with another label count: its head is replaced by the adapter's
+        kwargs["num_labels"] = spec.num_labels
+        kwargs["ignore_mismatched_sizes"] = True
     from ..safetensors_io import read_header
 
     for weights in sorted(source.directory.glob("*.safetensors")):
         read_header(weights)  # a truncated or malformed base file is bad input (exit 2), not a crash in transformers
     with capture_warnings() as (logs, caught):
-        model, info = model_cls.from_pretrained(source.directory, dtype=dtype, output_loading_info=True)
+        model, info = model_cls.from_pretrained(source.directory, dtype=dtype, output_loading_info=True, **kwargs)
     captured += [str(w.message) for w in caught] + list(logs)
-    base_missing = list(info.get("missing_keys", []))
-    base_bad = base_missing + list(info.get("unexpected_keys", [])) + [str(m) for m in info.get("mismatched_keys", [])]
-    checks.append(Check("base-load", not base_bad, {"missing": len(base_missing), "problems": base_bad[:20]}))
+    # a task head (classifier / score) is not in a pretrained base checkpoint: the adapter brings it
+    heads = tuple(f"{m}." for m in wrapped_modules(snap.config, profile))
+    base_missing = [k for k in info.get("missing_keys", []) if not k.startswith(heads)]
+    from_adapter = [k for k in info.get("missing_keys", []) if k.startswith(heads)]
+    unexpected = list(info.get("unexpected_keys", []))
+    # a task model (classifier, seq2seq, ...) built from a checkpoint saved by another head's class: that
+    # class's own head (e.g. an MLM's lm_head.*) is unused, not a loading problem
+    unused = unexpected if profile.task is not None else []
+    unexpected = [k for k in unexpected if k not in unused]
+    mismatched = [str(m) for m in info.get("mismatched_keys", [])]
+    from_adapter += [m for m in mismatched if any(m.lstrip("('\"").startswith(h) for h in heads)]
+    mismatched = [m for m in mismatched if m not in from_adapter]
+    base_bad = base_missing + unexpected + mismatched
+    checks.append(
+        Check(
+            "base-load",
+            not base_bad,
+            {
+                "missing": len(base_missing),
+                "head_from_adapter": len(from_adapter),
+                "unused_other_head": len(unused),
+                "problems": base_bad[:20],
+            },
+        )
+    )
     model = model.to(dev).eval()
     ids = _probe_ids(model, dev)
     base_logits = _logits(model, ids)
@@ -298,9 +357,16 @@ def _adapter_checks(
     matched: set[str] = set()
     unexpected: list[str] = []
     not_exact: list[str] = []
+    wrapped = wrapped_modules(snap.config, profile)
     for key, t in file_tensors.items():
         name = model_param_name(key, profile)
         p = params.get(name)
+        if p is None:  # a module saved whole (modules_to_save / task head) loads into the wrapper's trained copy
+            body = name[len("base_model.model.") :]
+            m = next((w for w in wrapped if body.startswith(w + ".")), None)
+            if m is not None:
+                p = params.get(f"base_model.model.{m}.modules_to_save.default.{body[len(m) + 1 :]}")
+                name = f"base_model.model.{m}.modules_to_save.default.{body[len(m) + 1 :]}"
         if p is None:
             unexpected.append(key)
             continue

@@ -8,7 +8,15 @@ from typing import Any
 
 from ..adapter_config import PEFT_VERSION_KNOWN
 from ..errors import MalformedConfigError
-from ..profiles import BaseProfile, BaseSource, get_profile, installed_version, resolve_base
+from ..profiles import (
+    BaseProfile,
+    BaseSource,
+    ModelSpec,
+    get_profile,
+    installed_version,
+    resolve_base,
+    spec_for_adapter,
+)
 from ..snapshot import AdapterSnapshot, open_snapshot
 from . import findings as F
 from .analysis import LOADS, LOADS_BASE, PeftCounts, StaticResult, analyze
@@ -16,7 +24,26 @@ from .findings import Finding
 
 HEALTHY, REPAIRABLE, BROKEN = "healthy", "repairable", "broken"
 # Findings whose error explains why peft raises (so the exception is not reported twice).
-_RAISE_EXPLAINERS = {"tower-injection", "shape-mismatch", "rank-mismatch", "regex-too-expensive"}
+_RAISE_EXPLAINERS = {
+    "tower-injection",
+    "shape-mismatch",
+    "rank-mismatch",
+    "unsaved-modules",
+    "mispathed-keys",
+    "regex-too-expensive",
+}
+# Static findings about where keys load: the real dry load decides whether they hold.
+_LOAD_CODES = {
+    "mispathed-keys",
+    "orphan-keys",
+    "untargeted-keys",
+    "missing-keys",
+    "tower-lora",
+    "tower-injection",
+    "shape-mismatch",
+    "rank-mismatch",
+    "unsaved-modules",
+}
 # Repair passes that throw away tensors the base *can* use: a verdict needing them is not "repairable".
 _LOSSY = {"drop-tower-loras-usable"}
 
@@ -46,6 +73,7 @@ class Diagnosis:
             "findings": [f.to_json() for f in self.findings],
             "peft": self.peft.to_json(),
             "mode": self.mode,
+            "prediction": self.mode == "static",
             "adapter": {
                 "path": str(self.snapshot.directory),
                 "source": self.snapshot.source,
@@ -64,6 +92,8 @@ class Diagnosis:
             "base": {
                 "name": self.profile.name,
                 "architecture": self.profile.architecture,
+                "task": self.profile.task,
+                "num_labels": self.profile.num_labels,
                 "model_type": self.profile.model_type,
                 "layers": self.profile.num_layers,
                 "kv_shared_layers": self.profile.kv_shared_layers,
@@ -143,8 +173,6 @@ def verdict_of(findings: list[Finding], peft: PeftCounts) -> str:
         return HEALTHY
     if errors and all(f.repair and f.repair not in _LOSSY for f in errors):
         return REPAIRABLE
-    if not errors and not clean_load:
-        return BROKEN
     return BROKEN
 
 
@@ -159,25 +187,90 @@ def _loads_nonfinite(findings: list[Finding], st: StaticResult) -> bool:
 def _explain_error(findings: list[Finding], peft: PeftCounts, static: PeftCounts) -> list[Finding]:
     if peft.error is None:
         return []
-    if any(f.code in _RAISE_EXPLAINERS and f.severity == F.ERROR for f in findings):
+    same_kind = static.error is not None and static.error.split(":")[0] == peft.error.split(":")[0]
+    if same_kind and any(f.code in _RAISE_EXPLAINERS and f.severity == F.ERROR for f in findings):
         return []
     return [F.make("peft-load-error", F.ERROR, 1, f"peft raises while loading: {peft.error}")]
 
 
-def _disagreement(real: PeftCounts, static: PeftCounts) -> Finding | None:
+def _disagreement(real: PeftCounts, static: PeftCounts, demoted: list[str] | None = None) -> Finding | None:
     same = (real.error is None) == (static.error is None) and (
         real.error is not None
         or (real.loaded, real.missing, real.unexpected) == (static.loaded, static.missing, static.unexpected)
     )
-    if same:
+    if same and not demoted:
+        return None
+    msg = (
+        f"static prediction (loaded {static.loaded}, missing {static.missing}, unexpected {static.unexpected}, "
+        f"error {static.error}) differs from the real dry load (loaded {real.loaded}, missing {real.missing}, "
+        f"unexpected {real.unexpected}, error {real.error}); the dry load decides"
+    )
+    if demoted:
+        msg += f"; static errors not borne out by peft: {', '.join(demoted)}"
+    return F.make("static-disagrees", F.INFO, 1, msg, repair=None)
+
+
+def reconcile(findings: list[Finding], real: PeftCounts, static: PeftCounts) -> list[Finding]:
+    """The real dry load decides; static findings explain it and never flip healthy <-> unhealthy on their own.
+
+    - peft loads every tensor and nothing is missing: static load errors are demoted to info (named in a
+      ``static-disagrees`` finding);
+    - peft leaves keys missing / unexpected (or raises) and no static error explains it: a ``load-mismatch``
+      error (no repair pass: the static side cannot plan one)."""
+    clean = real.error is None and real.missing == 0 and real.unexpected == 0
+    out: list[Finding] = []
+    demoted: list[str] = []
+    for f in findings:
+        if clean and f.severity == F.ERROR and f.code in _LOAD_CODES:
+            demoted.append(f.code)
+            out.append(
+                Finding(f.code, F.INFO, f.count, f"(static only; peft loads it) {f.message}", None, f.tower, f.keys)
+            )
+        else:
+            out.append(f)
+    load_errors = [f for f in out if f.severity == F.ERROR and f.code in _LOAD_CODES]
+    if not clean and real.error is None and not load_errors:
+        out.append(
+            F.make(
+                "load-mismatch",
+                F.ERROR,
+                (real.missing or 0) + (real.unexpected or 0),
+                f"peft's dry load leaves {real.missing} keys missing and {real.unexpected} unexpected, which the "
+                "static analysis does not explain (no repair can be planned)",
+                keys=(real.missing_keys + real.unexpected_keys),
+                repair=None,
+            )
+        )
+    dis = _disagreement(real, static, demoted)
+    if dis:
+        out.append(dis)
+    return out
+
+
+def spec_of(snapshot: AdapterSnapshot) -> ModelSpec:
+    """The model class the adapter's task type implies (and a classification head's label count)."""
+    return spec_for_adapter(snapshot.config.task_type, {k: tuple(r.shape) for k, r in snapshot.tensors.items()})
+
+
+def _verify_repair(snap: AdapterSnapshot, profile: BaseProfile, source: BaseSource, spec: ModelSpec) -> Finding | None:
+    """A 'repairable' verdict holds only if the repair plan's output gives a clean real dry load."""
+    from .dryload import dry_load
+    from .passes import build_plan, dry_load_judge
+
+    try:
+        plan = build_plan(snap, profile, judge=dry_load_judge(source, spec))
+        dl = dry_load(plan.virtual_snapshot(), source, spec)
+    except Exception as e:  # noqa: BLE001 - a plan that cannot be built is not a repair
+        return F.make("repair-unverified", F.ERROR, 1, f"the repair plan fails: {e.__class__.__name__}: {e}")
+    c = dl.counts
+    if c.error is None and c.missing == 0 and c.unexpected == 0 and not dl.unsaved_bias:
         return None
     return F.make(
-        "static-disagrees",
-        F.INFO,
+        "repair-unverified",
+        F.ERROR,
         1,
-        f"static prediction (loaded {static.loaded}, missing {static.missing}, unexpected {static.unexpected}, "
-        f"error {static.error}) differs from the real dry load; the dry load is authoritative",
-        repair=None,
+        f"the repair plan ({', '.join(plan.passes) or 'no passes'}) does not give a clean peft dry load "
+        f"(missing {c.missing}, unexpected {c.unexpected}, error {c.error})",
     )
 
 
@@ -211,13 +304,12 @@ def diagnose(
     snap = snapshot or open_snapshot(adapter, endpoint=endpoint, allow_pickle=allow_pickle)
     _require_loadable_peft_type(snap)
     source = base if isinstance(base, BaseSource) else resolve_base(base)
-    profile = get_profile(source, allow_build=not fast)
+    spec = spec_of(snap)
+    profile = get_profile(source, allow_build=not fast, spec=spec)
     st: StaticResult = analyze(snap, profile)
     findings = list(st.findings)
     if profile.note:
         findings.append(F.make("profile-version-gap", F.INFO, 0, profile.note, repair=None))
-    if read_data:
-        findings.extend(data_findings(snap))
     warnings_: list[str] = []
     if fast or st.plan.regex_problem is not None:
         # a regex peft would hang on is never handed to peft: the static verdict stands
@@ -226,24 +318,36 @@ def diagnose(
     else:
         from .dryload import dry_load
 
-        dl = dry_load(snap, source)
+        dl = dry_load(snap, source, spec)
         peft = dl.counts
         warnings_ = dl.warnings
         mode = "full"
-        dis = _disagreement(peft, st.predicted)
-        if dis:
-            findings.append(dis)
+        # what loads is what was trained: the dry load knows which biases peft would save for this config
+        findings = [f for f in findings if f.code != "unsaved-bias"]
+        if dl.unsaved_bias:
+            from .analysis import trained_parts_findings
+
+            findings += trained_parts_findings(snap, profile, st.plan, st.fates, [], unsaved_bias=dl.unsaved_bias)
+        findings = reconcile(findings, peft, st.predicted)
+    if read_data:
+        findings.extend(data_findings(snap))
     untrained = any(f.code == "untrained-lora" and f.severity == F.ERROR for f in findings)
     if untrained or _loads_nonfinite(findings, st):
         peft.effective = False
     findings.extend(_explain_error(findings, peft, st.predicted))
+    verdict = verdict_of(findings, peft)
+    if verdict == REPAIRABLE and not fast and st.plan.regex_problem is None:
+        bad = _verify_repair(snap, profile, source, spec)
+        if bad is not None:
+            findings.append(bad)
+            verdict = BROKEN
     order = {F.ERROR: 0, F.WARNING: 1, F.INFO: 2}
     findings.sort(key=lambda f: (order[f.severity], f.tower or "", f.code))
     return Diagnosis(
         adapter=snap.label,
         base=profile.name,
         mode=mode,
-        verdict=verdict_of(findings, peft),
+        verdict=verdict,
         findings=findings,
         peft=peft,
         static=st.predicted,

@@ -21,7 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..profiles import BaseSource, instantiate_meta
+from ..profiles import BaseSource, ModelSpec, instantiate_meta
 from ..snapshot import AdapterSnapshot
 from .analysis import PeftCounts
 
@@ -46,6 +46,12 @@ class DryLoad:
     counts: PeftCounts
     warnings: list[str] = field(default_factory=list)
     injected: list[str] = field(default_factory=list)
+    # keys a peft save of this config writes (peft's own get_peft_model_state_dict) that the file lacks, outside
+    # the LoRA tensors peft warns about: trained biases (bias="lora_only"/"all") and modules_to_save weights.
+    # peft loads silently without them (the base's untrained values stay).
+    unsaved_bias: list[str] = field(default_factory=list)
+    unsaved_modules: list[str] = field(default_factory=list)
+    modules_to_save: list[str] = field(default_factory=list)  # wrapped (trained, saved whole) module paths
 
 
 class _Capture(logging.Handler):
@@ -103,19 +109,35 @@ def _first_line(e: BaseException) -> str:
     return f"{e.__class__.__name__}: {text}"
 
 
-def dry_load(snapshot: AdapterSnapshot, base: BaseSource) -> DryLoad:
-    import torch
-    from peft import PeftConfig, PeftModel
-    from peft.auto import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING
-    from peft.utils import set_peft_model_state_dict
+def _peft_config(config_dict: dict[str, Any]) -> Any:
+    """peft's own config classes read the adapter config (``PeftConfig.from_pretrained`` on a private copy, so a
+    planned config is judged exactly like a saved one)."""
+    import json
+    import tempfile
 
-    model, _config, _raw, _sha = instantiate_meta(base)
-    adapter_dir = str(snapshot.directory)
+    from peft import PeftConfig
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    with tempfile.TemporaryDirectory(prefix="loradoc-dryload-") as d:
+        with open(f"{d}/adapter_config.json", "w") as fh:
+            json.dump(config_dict, fh)
+        peft_type = PeftConfig._get_peft_type(d)
+        return PEFT_TYPE_TO_CONFIG_MAPPING[peft_type].from_pretrained(d)
+
+
+def dry_load(snapshot: AdapterSnapshot, base: BaseSource, spec: ModelSpec | None = None) -> DryLoad:
+    """peft's load of ``snapshot`` (its header and its config, which may be a planned one) into the base class
+    ``spec`` implies, on the meta device."""
+    import torch
+    from peft import PeftModel
+    from peft.auto import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
+    from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    model, _config, _raw, _sha = instantiate_meta(base, spec)
     with capture_warnings() as (logs, caught):
         try:
-            peft_type = PeftConfig._get_peft_type(adapter_dir)
-            config = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type].from_pretrained(adapter_dir)
+            config = _peft_config(snapshot.config.raw)
             config.inference_mode = True
             key_mapping = {}
             if not config.is_prompt_learning:
@@ -130,6 +152,7 @@ def dry_load(snapshot: AdapterSnapshot, base: BaseSource) -> DryLoad:
                 for name, rec in snapshot.tensors.items()
             }
             state = _remap_like_load_peft_weights(state, key_mapping)
+            would_save = set(get_peft_model_state_dict(pm, adapter_name="default", save_embedding_layers=False))
             result = set_peft_model_state_dict(pm, state, adapter_name="default")
         except Exception as e:  # noqa: BLE001 - we report whatever peft would raise
             msgs = [str(w.message) for w in caught] + logs
@@ -144,6 +167,13 @@ def dry_load(snapshot: AdapterSnapshot, base: BaseSource) -> DryLoad:
             for n in injected
             if not any(k.startswith(f"{n}.lora_") or k.startswith(f"base_model.model.{n}.lora_") for k in missing_set)
         )
+        wrapped = sorted(
+            n.removeprefix("base_model.model.")
+            for n, m in pm.named_modules()
+            if type(m).__name__ == "ModulesToSaveWrapper"
+        )
+    unsaved = sorted(k for k in would_save - set(state) if tuner_prefix not in k)
+    in_wrapped = [k for k in unsaved if any(k.startswith(f"base_model.model.{w}.") for w in wrapped)]
     msgs = [str(w.message) for w in caught] + logs
     counts = PeftCounts(
         loaded=len(state) - len(unexpected),
@@ -155,4 +185,11 @@ def dry_load(snapshot: AdapterSnapshot, base: BaseSource) -> DryLoad:
         effective_modules=effective_modules,
         injected_modules=len(injected),
     )
-    return DryLoad(counts, msgs, injected)
+    return DryLoad(
+        counts,
+        msgs,
+        injected,
+        unsaved_bias=[k for k in unsaved if k not in in_wrapped],
+        unsaved_modules=in_wrapped,
+        modules_to_save=wrapped,
+    )

@@ -41,6 +41,11 @@ CODES: dict[str, CodeInfo] = {
         CodeInfo("bad-scaling", "lora_alpha / r give a zero, negative or non-finite scaling", None),
         CodeInfo("not-lora", "not a LoRA adapter: analysed only partly", None),
         CodeInfo("static-disagrees", "the static prediction differs from the real dry load", None),
+        CodeInfo("unsaved-bias", "bias='lora_only'/'all' without the trained bias tensors (peft is silent)", None),
+        CodeInfo("unsaved-modules", "modules_to_save / task heads with no saved tensors", None),
+        CodeInfo("load-mismatch", "peft's dry load leaves keys missing/unexpected that nothing explains", None),
+        CodeInfo("repair-unverified", "the repair plan does not give a clean peft dry load", None),
+        CodeInfo("plan-collision", "a repair plan mapped several keys onto one module (a bug in the plan)", None),
         CodeInfo(
             "profile-version-gap",
             "the base profile was verified under another transformers version (a prediction)",

@@ -17,7 +17,7 @@ from typing import Any
 from ..adapter_config import AdapterConfig, fields_unsupported_by, parse_adapter_config
 from ..errors import BadInputError
 from ..layout import PEFT_PREFIX, parse_key
-from ..profiles import BaseProfile
+from ..profiles import BaseProfile, head_module
 from ..snapshot import AdapterSnapshot, TensorRecord
 from . import analysis as A
 from .findings import ERROR, Finding
@@ -62,6 +62,10 @@ class RepairPlan:
     before: list[Finding] = field(default_factory=list)
     after: list[Finding] = field(default_factory=list)
     predicted: A.PeftCounts | None = None
+    # per pass: the real (meta) peft dry load of the plan's output after it, when the plan was judged
+    judged: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # bugs in the plan that were caught and undone (e.g. two keys renamed onto one module)
+    problems: list[Finding] = field(default_factory=list)
 
     # -- views -----------------------------------------------------------------------------------------------
     def kept(self) -> list[TensorAction]:
@@ -139,6 +143,8 @@ class RepairPlan:
             "findings_before": [f.to_json(max_keys=0) for f in self.before],
             "findings_after": [f.to_json(max_keys=0) for f in self.after],
             "predicted_load": self.predicted.to_json(max_keys=20) if self.predicted else None,
+            "judged": self.judged,
+            "problems": [f.to_json(max_keys=10) for f in self.problems],
         }
 
 
@@ -182,10 +188,37 @@ def _reroot(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
             plan.rename(key, f"{PEFT_PREFIX}{fate.target}.{fate.param}", "reroot-keys", fate.reason)
 
 
+def is_trained_head(plan: RepairPlan, key: str) -> bool:
+    """A full weight saved through modules_to_save (a task head such as ``classifier`` / ``score``, or a module
+    the config names): trained, and never dropped by a repair."""
+    p = parse_key(key)
+    if p.is_lora:
+        return False
+    if head_module(key) is not None:
+        return True
+    module = p.module
+    while module.startswith(PEFT_PREFIX):
+        module = module[len(PEFT_PREFIX) :]
+    names = list(plan.source.config.modules_to_save or [])
+    parts = module.split(".")
+    # peft wraps a module whose name ends with a modules_to_save entry (``key.endswith(name)``); its weights are
+    # the wrapped module's or its children's
+    ancestors = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(a.endswith(n) for a in ancestors for n in names)
+
+
 @register_pass("drop-orphans", ("orphan-keys",), "drop tensors for modules the base does not have")
 def _drop_orphans(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
+    targets = {a.target for a in plan.kept()}
     for key, fate in st.fates.items():
+        if fate.status == A.HEAD_COPY:
+            trained = f"{PEFT_PREFIX}{fate.target}.{fate.param}"
+            if trained in targets:
+                plan.drop(key, "drop-orphans", "untrained copy (original_module) of a head saved beside it")
+            continue
         if fate.status == A.ORPHAN:
+            if is_trained_head(plan, key):
+                continue  # trained heads are never dropped: they stay for a person to place
             plan.drop(key, "drop-orphans", fate.reason)
 
 
@@ -201,6 +234,8 @@ def _drop_towers(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> 
             continue
         if only_dead and fate.status == A.LOADS:
             continue  # tower LoRAs that load are only dropped when the pass is named
+        if is_trained_head(plan, key):
+            continue
         plan.drop(key, "drop-tower-loras", f"{fate.tower} tower LoRA: the text model never uses it")
 
 
@@ -382,6 +417,56 @@ def passes_for(findings: list[Finding], *, errors_only: bool = True) -> list[str
     return [n for n in PASSES if n in wanted]
 
 
+Judge = Callable[[AdapterSnapshot], A.PeftCounts]
+
+
+def _badness(c: A.PeftCounts) -> tuple[int, int]:
+    return (1 if c.error is not None else 0, (c.missing or 0) + (c.unexpected or 0))
+
+
+def _undo_collisions(plan: RepairPlan, pass_name: str) -> None:
+    """Two source keys planned onto one target is a bug in the plan, not bad input: report it and leave those keys
+    as they were (a key that was never renamed keeps its own name)."""
+    by_target: dict[str, list[TensorAction]] = {}
+    for a in plan.kept():
+        by_target.setdefault(str(a.target), []).append(a)
+    clashes = {t: acts for t, acts in by_target.items() if len(acts) > 1}
+    if not clashes:
+        return
+    undone: list[str] = []
+    for acts in clashes.values():
+        for a in acts:
+            if a.renamed:
+                a.target, a.pass_name, a.reason = a.source, None, ""
+                undone.append(a.source)
+    plan.problems.append(
+        Finding(
+            "plan-collision",
+            ERROR,
+            len(undone),
+            f"bug in the {pass_name} plan: {len(clashes)} modules were the target of several keys "
+            f"(e.g. {next(iter(clashes))}); those {len(undone)} keys are left as they were",
+            None,
+            None,
+            undone,
+        )
+    )
+
+
+def _state(plan: RepairPlan) -> Any:
+    return copy.deepcopy((plan.actions, plan.config, plan.changes, plan.counts, plan.passes))
+
+
+def dry_load_judge(base: Any, spec: Any = None) -> Judge:
+    """Judge a planned output by peft's real dry load (meta device) on ``base``."""
+    from .dryload import dry_load
+
+    def judge(snap: AdapterSnapshot) -> A.PeftCounts:
+        return dry_load(snap, base, spec).counts
+
+    return judge
+
+
 def build_plan(
     snapshot: AdapterSnapshot,
     profile: BaseProfile,
@@ -390,8 +475,12 @@ def build_plan(
     also: list[str] | None = None,
     peft_version: str | None = None,
     max_rounds: int = 4,
+    judge: Judge | None = None,
 ) -> RepairPlan:
-    """Choose passes and plan every tensor's fate. ``only``: exactly these passes; ``also``: defaults + these."""
+    """Choose passes and plan every tensor's fate. ``only``: exactly these passes; ``also``: defaults + these.
+
+    ``judge``: the real load of each pass's output (``dry_load_judge``); a pass that makes it worse (peft raises
+    where it did not, or more keys are missing / unexpected) is undone and reported."""
     for name in [*(only or []), *(also or [])]:
         if name not in PASSES:
             raise BadInputError(f"unknown repair pass {name!r}", hint="choose from: " + ", ".join(PASSES))
@@ -406,6 +495,13 @@ def build_plan(
     st = A.analyze(snapshot, profile)
     plan.before = list(st.findings)
     explicit = set(only or []) | set(also or [])
+    current = judge(snapshot) if judge else None
+    # (badness, state) after each judged step: a plan ends at its best judged state (a later pass that leaves the
+    # real load worse than an earlier state is undone, and reported)
+    best: tuple[tuple[int, int], Any] | None = None
+    if current is not None:
+        plan.judged["(input)"] = current.to_json(max_keys=5)
+        best = (_badness(current), _state(plan))
     for _ in range(max_rounds):
         if only is not None:
             names = [n for n in PASSES if n in only and n not in plan.passes]
@@ -419,10 +515,29 @@ def build_plan(
         for name in names:
             opts = {"explicit": name in explicit, "peft_version": peft_version}
             PASSES[name].run(plan, st, opts)
+            _undo_collisions(plan, name)
             plan.passes.append(name)
-            st = A.analyze(plan.virtual_snapshot(), profile)
+            out = plan.virtual_snapshot()
+            if judge is not None and best is not None:
+                after = judge(out)
+                plan.judged[name] = after.to_json(max_keys=5)
+                if _badness(after) <= best[0]:
+                    best = (_badness(after), _state(plan))
+            st = A.analyze(out, profile)
         if only is not None:
             break
+    if judge is not None and best is not None and plan.passes and best[1][4] != plan.passes:
+        undone = plan.passes[len(best[1][4]) :]
+        plan.actions, plan.config, plan.changes, plan.counts, plan.passes = copy.deepcopy(best[1])
+        plan.problems.append(
+            Finding(
+                "repair-unverified",
+                ERROR,
+                len(undone),
+                f"passes {', '.join(undone)} left peft's dry load worse than before them; they were undone",
+            )
+        )
+        st = A.analyze(plan.virtual_snapshot(), profile)
     plan.after = list(st.findings)
     plan.predicted = st.predicted
     return plan

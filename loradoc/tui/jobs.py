@@ -122,10 +122,12 @@ def run_doctor(adapter: str, base: str, registry: Any, report: Report) -> Any:
 
 def plan_repair(adapter: str, base: str) -> Any:
     from ..profiles import get_profile, resolve_base
+    from ..repair.doctor import spec_of
     from ..repair.passes import build_plan
     from ..snapshot import open_snapshot
 
-    return build_plan(open_snapshot(adapter), get_profile(resolve_base(base)))
+    snap = open_snapshot(adapter)
+    return build_plan(snap, get_profile(resolve_base(base), spec=spec_of(snap)))
 
 
 def apply_repair(plan: Any, base: str, out: Path, registry: Any, report: Report) -> Any:

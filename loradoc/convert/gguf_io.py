@@ -109,57 +109,6 @@ def open_base(base: str | os.PathLike[str]) -> BaseCheckpoint:
     return BaseCheckpoint(d, config, tensors)
 
 
-def raw_text_config(base: BaseCheckpoint) -> dict[str, Any]:
-    """config.json's text section as written (no transformers import)."""
-    raw = base.config
-    text = raw.get("text_config")
-    out = dict(raw)
-    if isinstance(text, dict):
-        out.update(text)
-    if not isinstance(out.get("num_hidden_layers"), int):
-        raise MalformedConfigError(
-            f"{base.directory / 'config.json'} has no num_hidden_layers", hint="restore the base's config.json"
-        )
-    return out
-
-
-_COMMON_KEYS = (
-    "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-    "head_dim", "rms_norm_eps", "max_position_embeddings", "vocab_size", "layer_types", "rope_parameters",
-    "sliding_window", "final_logit_softcapping",
-)  # fmt: skip
-_ARCH_KEYS = {
-    "gemma3": _COMMON_KEYS,
-    "gemma4": (*_COMMON_KEYS, "num_kv_shared_layers", "hidden_size_per_layer_input", "use_double_wide_mlp"),
-}
-
-
-def text_hparams(base: BaseCheckpoint, arch: str) -> dict[str, Any]:
-    """The text model's hyper-parameters as transformers runs them.
-
-    A config.json saved by transformers 5 names every field the converter needs: it is used as written (no
-    transformers import). Older Hub configs omit defaults (e.g. Gemma 3's head counts, layer_types): then
-    transformers' config class fills them in, and the raw fields (e.g. ``global_head_dim``) are laid over it."""
-    raw = raw_text_config(base)
-    rope = raw.get("rope_parameters")
-    if all(k in raw for k in _ARCH_KEYS[arch]) and isinstance(rope, dict) and "full_attention" in rope:
-        return raw
-    merged: dict[str, Any] = {}
-    try:
-        import transformers
-
-        cfg = transformers.AutoConfig.from_pretrained(str(base.directory))
-        merged.update(cfg.get_text_config().to_dict())
-    except (ValueError, KeyError, TypeError, OSError) as e:
-        raise MalformedConfigError(
-            f"transformers cannot read {base.directory / 'config.json'}: {str(e).splitlines()[0] if str(e) else e}",
-            hint="upgrade transformers or fix config.json",
-        ) from None
-    keep = {"rope_parameters", "layer_types"}  # transformers' standardised forms win over legacy raw fields
-    merged.update({k: v for k, v in raw.items() if k not in merged or (v is not None and k not in keep)})
-    return merged
-
-
 # ----------------------------------------------------------------------------------------------------------
 # reading rows as float32
 

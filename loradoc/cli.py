@@ -557,7 +557,13 @@ def _size(text: str) -> int:
 @click.argument("adapter")
 @click.option("--base", "base", default=None, help="Local base directory with weights and tokenizer. " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output .gguf file.")
-@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="bf16", show_default=True)
+@click.option(
+    "--outtype",
+    type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q3_k_m", "q6_k", "q4_0"]),
+    default="bf16",
+    show_default=True,
+    help="q4_k_m and the other quantizations: llama.cpp's quantizer (needs llama-cpp-python)",
+)
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)

@@ -75,8 +75,9 @@ def available(name: str) -> bool:
     return (TOKENIZERS / FAMILIES[name].tokenizer).is_dir()
 
 
-def build_base(name: str, out: Path, seed: int = 0) -> Path:
-    """Save a tiny random ``name`` base (float32 safetensors) with its tokenizer files at ``out``."""
+def build_base(name: str, out: Path, seed: int = 0, **overrides: Any) -> Path:
+    """Save a tiny random ``name`` base (float32 safetensors) with its tokenizer files at ``out``
+    (``overrides``: config fields, e.g. hidden_size=256 so that K-quant blocks fit the rows)."""
     import torch
     import transformers
 
@@ -84,7 +85,7 @@ def build_base(name: str, out: Path, seed: int = 0) -> Path:
     if (out / "config.json").is_file():
         return out
     torch.manual_seed(seed)
-    cfg = getattr(transformers, fam.config_class)(**{**_COMMON, "vocab_size": fam.vocab_size, **fam.extra})
+    cfg = getattr(transformers, fam.config_class)(**{**_COMMON, "vocab_size": fam.vocab_size, **fam.extra, **overrides})
     model = getattr(transformers, fam.model_class)(cfg).eval()
     with torch.no_grad():  # larger weights than the init default: logits that differ visibly between tokens
         for p in model.parameters():

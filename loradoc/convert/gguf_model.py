@@ -38,7 +38,7 @@ from .gguf_io import (
     rows_and_cols,
     write_gguf,
 )
-from .gguf_names import check_outtype, is_tower_tensor
+from .gguf_names import QUANTIZED, check_outtype, is_tower_tensor
 
 _IGNORED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 
@@ -106,7 +106,9 @@ def convert_gguf(
 
     The architecture knowledge (names, hyper-parameters, tokenizer, per-tensor transforms) is llama.cpp's own
     converter class for the base (``gguf_llama``); loradoc supplies the merged tensors and writes the file.
-    ``outtype``: f32 | f16 | bf16 | q8_0. The adapter must be healthy (``loradoc doctor``) unless
+    ``outtype``: f32 | f16 | bf16 | q8_0 (written directly), or a llama.cpp quantization (q4_k_m, q5_k_m, q3_k_m,
+    q6_k, q4_0, ...: the fused bf16 GGUF, then llama.cpp's own quantizer, ``llama_model_quantize`` from
+    llama-cpp-python; the intermediate file is removed). The adapter must be healthy (``loradoc doctor``) unless
     ``check_health`` is False. ``progress(done, total, tensor_name)`` is called after each tensor."""
     from ..layout import address_of
     from .gguf_llama import MergedSource, converter_class, planned, prepare
@@ -114,6 +116,8 @@ def convert_gguf(
     t0 = time.perf_counter()
     outtype = check_outtype(outtype)
     out = Path(out)
+    if outtype in QUANTIZED:
+        return _quantized(adapter, base, out, outtype, check_health, progress, t0)
     if mmproj is not None:
         raise BadInputError(
             "--mmproj is not supported yet: loradoc writes the text model only",
@@ -286,3 +290,61 @@ def _untied_head(
     out = list(plan)
     out.insert(plan.index(emb) + 1, PlannedTensor("output.weight", emb.shape, qtype, chunks, embed_key))
     return out
+
+
+def _quantized(
+    adapter: str | None,
+    base: str,
+    out: Path,
+    outtype: str,
+    check_health: bool,
+    progress: Progress | None,
+    t0: float,
+) -> GgufResult:
+    """The fused bf16 GGUF in a hidden temporary file beside ``out``, quantized by llama.cpp into ``out``
+    (atomically: the output appears complete or not at all; the intermediate is always removed)."""
+    import tempfile
+
+    from ..errors import EnvironmentProblem
+
+    try:
+        import llama_cpp
+    except ImportError:
+        raise EnvironmentProblem(
+            f"--outtype {outtype} uses llama.cpp's quantizer, which needs llama-cpp-python",
+            hint="pip install 'loradoc[quantize]' (llama-cpp-python), or write --outtype bf16 and run llama-quantize",
+        ) from None
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{outtype.upper()}")
+    if out.exists() and out.is_dir():
+        raise BadInputError(f"{out} is a directory", hint="pass the path of the .gguf file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".bf16.tmp", dir=out.parent)
+    os.close(fd)
+    mid = Path(name)
+    try:
+
+        def step(done: int, total: int, what: str) -> None:
+            if progress is not None:
+                progress(done, total + 1, what)
+
+        res = convert_gguf(adapter, base, mid, outtype="bf16", check_health=check_health, progress=step)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.nthread = max(1, min(os.cpu_count() or 1, 8))
+        with atomic_output(out) as tmp:
+            rc = llama_cpp.llama_model_quantize(str(mid).encode(), str(tmp).encode(), params)
+            if rc != 0:
+                raise BadInputError(
+                    f"llama.cpp's quantizer failed on the fused GGUF (code {rc})",
+                    hint="write --outtype bf16 and run llama-quantize to see llama.cpp's message",
+                )
+        if progress is not None:
+            progress(res.tensors + 1, res.tensors + 1, f"quantize {outtype}")
+    finally:
+        mid.unlink(missing_ok=True)
+    res.out = out
+    res.outtype = outtype
+    res.bytes = out.stat().st_size
+    res.seconds = time.perf_counter() - t0
+    res.notes.append(f"quantized to {outtype} by llama.cpp (llama_model_quantize) from the fused bf16 GGUF")
+    return res

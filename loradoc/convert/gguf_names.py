@@ -19,12 +19,18 @@ OUTTYPES: dict[str, tuple[str, str]] = {
 }
 
 
+#: --outtype values made by llama.cpp's own quantizer (llama_model_quantize) from the fused bf16 GGUF
+QUANTIZED: tuple[str, ...] = (
+    "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m",
+    "q6_k",
+)  # fmt: skip
+ALL_OUTTYPES: tuple[str, ...] = (*OUTTYPES, *QUANTIZED)
+
+
 def check_outtype(outtype: str) -> str:
     key = outtype.lower()
-    if key not in OUTTYPES:
-        raise BadInputError(
-            f"unknown --outtype {outtype!r}", hint=f"use one of {', '.join(OUTTYPES)} (K-quants: llama-quantize)"
-        )
+    if key not in ALL_OUTTYPES:
+        raise BadInputError(f"unknown --outtype {outtype!r}", hint=f"use one of {', '.join(ALL_OUTTYPES)}")
     return key
 
 

@@ -564,6 +564,12 @@ def _size(text: str) -> int:
     show_default=True,
     help="q4_k_m and the other quantizations: llama.cpp's quantizer (needs llama-cpp-python)",
 )
+@click.option(
+    "--mmproj",
+    "mmproj",
+    default=None,
+    help="Also write the vision/audio towers, tower LoRAs merged, as llama.cpp's projector GGUF (mtmd) here.",
+)
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
 @click.option("--json", "as_json", is_flag=True)
@@ -572,6 +578,7 @@ def convert_gguf_cmd(
     base: str,
     out: str,
     outtype: str,
+    mmproj: str | None,
     record: bool,
     registry_path: str | None,
     as_json: bool,
@@ -581,7 +588,7 @@ def convert_gguf_cmd(
 
     base = _base_for(adapter, base, registry_path, weights=True)
     with _progress_bar("gguf", as_json) as progress:
-        result = convert_gguf(adapter, base, out, outtype=outtype, progress=progress)
+        result = convert_gguf(adapter, base, out, outtype=outtype, mmproj=mmproj, progress=progress)
     _finish_convert(result, "gguf", f"gguf-{outtype}", adapter, out, record, registry_path, as_json)
 
 

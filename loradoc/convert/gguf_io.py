@@ -292,12 +292,12 @@ class AdapterLoras:
     #: layers in target_modules make peft save them, and loading the adapter puts them into the model)
     full_weights: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tower_pairs: list[LoraPair] = field(default_factory=list)  # with collect_loras(towers=True)
 
 
-def collect_loras(snapshot: AdapterSnapshot) -> AdapterLoras:
-    """Group the adapter's tensors into LoRA pairs with peft's scaling; refuse what a GGUF cannot carry."""
-    from ..peft_rules import alpha_for, rank_for
-
+def collect_loras(snapshot: AdapterSnapshot, *, towers: bool = False) -> AdapterLoras:
+    """Group the adapter's tensors into LoRA pairs with peft's scaling; refuse what a GGUF cannot carry.
+    ``towers``: also group the vision / audio / projector LoRAs (``tower_pairs``, for an mmproj GGUF)."""
     cfg = snapshot.config
     if cfg.peft_type != "LORA":
         raise BadInputError(
@@ -310,6 +310,7 @@ def collect_loras(snapshot: AdapterSnapshot) -> AdapterLoras:
             hint="merge it with peft (merge_and_unload + save_pretrained) and convert the merged checkpoint",
         )
     by_module: dict[str, dict[str, str]] = {}
+    tower_modules: dict[str, dict[str, str]] = {}
     tower_keys: list[str] = []
     extra: list[str] = []
     full_weights: dict[str, str] = {}
@@ -317,6 +318,8 @@ def collect_loras(snapshot: AdapterSnapshot) -> AdapterLoras:
         p = parse_key(key)
         if tower_of(p.module) != "language":
             tower_keys.append(key)
+            if towers and p.kind in ("lora_A", "lora_B"):
+                tower_modules.setdefault(p.module, {})[p.kind] = key
             continue
         if p.kind in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):
             by_module.setdefault(p.module, {})[p.kind] = key
@@ -335,6 +338,14 @@ def collect_loras(snapshot: AdapterSnapshot) -> AdapterLoras:
             "(modules_to_save / trainable tokens); GGUF conversion supports LoRA pairs only",
             hint="merge it with peft (merge_and_unload) and convert the merged checkpoint",
         )
+    pairs = _pairs(snapshot, by_module)
+    return AdapterLoras(pairs, tower_keys, full_weights, tower_pairs=_pairs(snapshot, tower_modules))
+
+
+def _pairs(snapshot: AdapterSnapshot, by_module: dict[str, dict[str, str]]) -> list[LoraPair]:
+    from ..peft_rules import alpha_for, rank_for
+
+    cfg = snapshot.config
     pairs: list[LoraPair] = []
     for module, kinds in by_module.items():
         emb = "lora_embedding_A" in kinds or "lora_embedding_B" in kinds
@@ -362,7 +373,7 @@ def collect_loras(snapshot: AdapterSnapshot) -> AdapterLoras:
             )
         scale = alpha / math.sqrt(r) if cfg.use_rslora else alpha / r
         pairs.append(LoraPair(module, a_key, b_key, r, alpha, scale, embedding=emb))
-    return AdapterLoras(pairs, tower_keys, full_weights)
+    return pairs
 
 
 def read_adapter_f32(snapshot: AdapterSnapshot, key: str, fh: Any) -> np.ndarray:

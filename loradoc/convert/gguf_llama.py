@@ -211,7 +211,37 @@ def _hparams(cls: Any, ckpt: BaseCheckpoint) -> dict[str, Any]:
                 dst[k] = v
 
     lay(hp, ckpt.config)
+    for sec in (hp, hp.get("text_config")):
+        if isinstance(sec, dict):
+            _full_attention_fields(sec)
     return hp
+
+
+def _full_attention_fields(hp: dict[str, Any]) -> None:
+    """transformers 5.25 saves Gemma 4's full-attention head dim / KV heads as ``per_layer_config`` (layer index ->
+    overrides) instead of ``global_head_dim`` / ``num_global_key_value_heads``, which llama.cpp's converter reads."""
+    per_layer, types = hp.get("per_layer_config"), hp.get("layer_types") or []
+    if not isinstance(per_layer, dict):
+        return
+    for idx, over in per_layer.items():
+        i = int(idx)
+        if i < len(types) and types[i] == "full_attention" and isinstance(over, dict):
+            if hp.get("global_head_dim") is None and "head_dim" in over:
+                hp["global_head_dim"] = over["head_dim"]
+            if hp.get("num_global_key_value_heads") is None and "num_key_value_heads" in over:
+                hp["num_global_key_value_heads"] = over["num_key_value_heads"]
+
+
+def _tower_layout(model: Any, name: str) -> str:
+    """A SigLIP tower saved without its ``vision_model.`` level (``vision_tower.encoder...``, as some Gemma 3
+    checkpoints are) under the name llama.cpp's tensor map knows (``vision_tower.vision_model.encoder...``)."""
+    tmap = getattr(model, "tensor_map", None)
+    if tmap is None or not name.startswith("vision_tower.") or name.startswith("vision_tower.vision_model."):
+        return name
+    if tmap.get_name(name, try_suffixes=(".weight", ".bias")) is not None:
+        return name
+    alt = "vision_tower.vision_model." + name[len("vision_tower.") :]
+    return alt if tmap.get_name(alt, try_suffixes=(".weight", ".bias")) is not None else name
 
 
 def _passthrough_rows(out: Any, src: Any) -> int | None:
@@ -256,6 +286,8 @@ def prepare(
             return {k: (lambda g=g: source.wrap(g())) for k, g in tensors.items()}
 
         def modify_tensors(self, data_torch: Any, name: str, bid: int | None) -> Any:
+            if mmproj:
+                name = _tower_layout(self, name)
             outs = list(super().modify_tensors(data_torch, name, bid))
             src = source.origin.get(id(data_torch))
             if src is not None:

@@ -9,8 +9,10 @@ the safetensors file (memory does not grow with the largest tensor; untouched te
 byte for byte); the others are computed by llama.cpp's code one tensor at a time. No merged checkpoint touches the
 disk; the output appears atomically.
 
-Vision / audio towers are not written (``mmproj`` is not supported yet) and tower LoRAs are reported as not
-included. A tied base whose embedding or head the adapter changes is written untied, as the PeftModel computes it.
+With ``mmproj``, the vision / audio towers and projector (tower LoRAs merged) are written as llama.cpp's
+projector GGUF by llama.cpp's own mmproj class (Gemma 3, Gemma 4, Qwen2-VL, ...), the same way; without it, tower
+LoRAs are reported as not included. A tied base whose embedding or head the adapter changes is written untied,
+as the PeftModel computes it.
 """
 
 from __future__ import annotations
@@ -58,9 +60,11 @@ class GgufResult:
     vocab_size: int = 0
     tokenizer: str = ""
     notes: list[str] = field(default_factory=list)
+    mmproj: str | None = None  # the projector GGUF written beside the text model (--mmproj)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "mmproj": self.mmproj,
             "out": str(self.out),
             "arch": self.arch,
             "outtype": self.outtype,
@@ -117,13 +121,10 @@ def convert_gguf(
     outtype = check_outtype(outtype)
     out = Path(out)
     if outtype in QUANTIZED:
-        return _quantized(adapter, base, out, outtype, check_health, progress, t0)
-    if mmproj is not None:
-        raise BadInputError(
-            "--mmproj is not supported yet: loradoc writes the text model only",
-            hint="for the vision/audio projector run llama.cpp's convert_hf_to_gguf.py --mmproj on the base "
-            "(tower LoRAs need a merged checkpoint: `loradoc convert merged`)",
-        )
+        return _quantized(adapter, base, out, outtype, check_health, progress, t0, mmproj)
+    mm_out = Path(mmproj) if mmproj is not None else None
+    if mm_out is not None and mm_out.resolve() == out.resolve():
+        raise BadInputError("--mmproj names the same file as --out", hint="write the projector to its own .gguf")
     ckpt = open_base(base)
     if out.exists() and out.is_dir():
         raise BadInputError(f"{out} is a directory", hint="pass the path of the .gguf file to write")
@@ -143,7 +144,7 @@ def convert_gguf(
         from ..snapshot import open_snapshot
 
         snapshot = require_healthy(adapter, base).snapshot if check_health else open_snapshot(adapter)
-        loras = collect_loras(snapshot)
+        loras = collect_loras(snapshot, towers=mm_out is not None)
 
     weights = _text_weights(ckpt)
     has_head = any(n.endswith("lm_head.weight") for n in ckpt.tensors)
@@ -198,6 +199,7 @@ def convert_gguf(
             check_float(key, info, header.path)
     name = ckpt.directory.name if snapshot is None else f"{ckpt.directory.name} + {snapshot.directory.name}"
     source = MergedSource(ckpt, lora_for, load_lora, replace)
+    sources = [source]
     try:
         prep = prepare(ckpt, source, outtype, model_name=name)
         missing = sorted(k for k in (*lora_for, *replace) if k not in prep.used)
@@ -215,10 +217,36 @@ def convert_gguf(
         if snapshot is not None:
             w.add_string("loradoc.adapter", snapshot.label)
             w.add_uint32("loradoc.merged_modules", len(loras.pairs))
+        mm_plan: list[PlannedTensor] = []
+        if mm_out is not None:  # planned before anything is written: a refusal leaves no file behind
+            mm_lora = _lora_map(ckpt, loras.tower_pairs, snapshot, towers=True)
+            mm_source = MergedSource(ckpt, mm_lora, load_lora)
+            sources.append(mm_source)
+            mm_prep = prepare(ckpt, mm_source, _MMPROJ_TYPE.get(outtype, "f16"), model_name=name, mmproj=True)
+            missing = sorted(k for k in mm_lora if k not in mm_prep.used)
+            if missing:
+                raise BadInputError(
+                    f"the adapter changes {missing[0]}, which llama.cpp's mmproj ({mm_prep.arch}) does not read",
+                    hint="a LoRA on a tensor llama.cpp drops cannot be converted; `loradoc convert merged` can",
+                )
+            mm_plan = planned(mm_prep, mm_source)
+            if snapshot is not None:
+                mm_prep.writer.add_string("loradoc.adapter", snapshot.label)
+                mm_prep.writer.add_uint32("loradoc.merged_modules", len(loras.tower_pairs))
+        total = len(plan) + len(mm_plan)
+
+        def step(done: int, _total: int, what: str, offset: int = 0) -> None:
+            if progress is not None:
+                progress(offset + done, total, what)
+
         with atomic_output(out) as tmp:
-            size = write_gguf(w, tmp, plan, progress)
+            size = write_gguf(w, tmp, plan, step)
+        if mm_out is not None:
+            with atomic_output(mm_out) as tmp:
+                write_gguf(mm_prep.writer, tmp, mm_plan, lambda d, t, what: step(d, t, what, len(plan)))
     finally:
-        source.close()
+        for src in sources:
+            src.close()
         if adapter_fh is not None:
             adapter_fh.close()
     notes: list[str] = list(prep.notes)
@@ -227,9 +255,18 @@ def convert_gguf(
             "the adapter changes the tied embedding / output head: written untied (token_embd.weight and "
             "output.weight), as the PeftModel computes it (peft's merge_and_unload would change both)"
         )
-    if loras.tower_keys:
+    not_included = list(loras.tower_keys)
+    if mm_out is not None:
+        merged_keys = {k for p in loras.tower_pairs for k in (p.a_key, p.b_key)}
+        not_included = [k for k in not_included if k not in merged_keys]
         notes.append(
-            f"{len(loras.tower_keys)} tower LoRA tensors are not included: a text GGUF has no vision/audio tower"
+            f"mmproj {mm_out}: {len(mm_plan)} tensors, {len(loras.tower_pairs)} tower LoRAs merged "
+            f"({_MMPROJ_TYPE.get(outtype, 'f16')})"
+        )
+    if not_included:
+        notes.append(
+            f"{len(not_included)} tower LoRA tensors are not included: a text GGUF has no vision/audio tower"
+            + ("" if mm_out is not None else " (--mmproj writes them into the projector GGUF)")
         )
     tok_model = _kv(w, "tokenizer.ggml.model")
     tokens = _kv(w, "tokenizer.ggml.tokens")
@@ -242,12 +279,39 @@ def convert_gguf(
         seconds=time.perf_counter() - t0,
         adapter=snapshot.label if snapshot is not None else None,
         merged_modules=len(loras.pairs),
-        not_included=list(loras.tower_keys),
+        not_included=not_included,
+        mmproj=str(mm_out) if mm_out is not None else None,
         skipped_base_tensors=sum(1 for n in ckpt.tensors if is_tower_tensor(n)),
         vocab_size=len(tokens) if isinstance(tokens, list) else 0,
         tokenizer=str(tok_model or ""),
         notes=notes,
     )
+
+
+#: --outtype -> the mmproj's type (llama.cpp's --mmproj default is f16; K-quants are for the text model)
+_MMPROJ_TYPE = {"f32": "f32", "f16": "f16", "q8_0": "q8_0"}
+
+
+def _lora_map(ckpt: Any, pairs: list[LoraPair], snapshot: Any, *, towers: bool) -> dict[str, LoraPair]:
+    """Checkpoint key of the weight each LoRA adapts (any layout: by module address)."""
+    from ..layout import address_of
+
+    weights: dict[Any, str] = {}
+    for key in ckpt.tensors:
+        if key.endswith(".weight") and (towers or not is_tower_tensor(key)):
+            weights.setdefault(address_of(key[: -len(".weight")]), key)
+    out: dict[str, LoraPair] = {}
+    for pair in pairs:
+        key = weights.get(address_of(pair.module))
+        if key is None:
+            raise BadInputError(
+                f"adapter module {pair.module} has no weight in the base checkpoint",
+                hint="the adapter was trained on a different base: run `loradoc doctor`",
+            )
+        _check_lora(snapshot, pair, key, ckpt.tensors[key][1])
+        check_float(key, ckpt.tensors[key][1], ckpt.tensors[key][0].path)
+        out[key] = pair
+    return out
 
 
 def _kv(writer: Any, key: str) -> Any:
@@ -300,6 +364,7 @@ def _quantized(
     check_health: bool,
     progress: Progress | None,
     t0: float,
+    mmproj: str | os.PathLike[str] | None = None,
 ) -> GgufResult:
     """The fused bf16 GGUF in a hidden temporary file beside ``out``, quantized by llama.cpp into ``out``
     (atomically: the output appears complete or not at all; the intermediate is always removed)."""
@@ -327,7 +392,7 @@ def _quantized(
             if progress is not None:
                 progress(done, total + 1, what)
 
-        res = convert_gguf(adapter, base, mid, outtype="bf16", check_health=check_health, progress=step)
+        res = convert_gguf(adapter, base, mid, outtype="bf16", mmproj=mmproj, check_health=check_health, progress=step)
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = ftype
         params.nthread = max(1, min(os.cpu_count() or 1, 8))

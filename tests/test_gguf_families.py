@@ -166,3 +166,35 @@ def test_quantized_outtype_runs_in_llama_cpp(
     assert np.corrcoef(got, adapted)[0, 1] > min_corr
     assert int(np.argmax(adapted)) in np.argsort(got)[-5:]
     assert float(np.sqrt(np.mean((got - adapted) ** 2))) < 0.75 * float(adapted.std())
+
+
+@pytest.mark.parametrize("fam", ["llama", "phi3", "qwen3"])
+def test_lora_gguf_identical_to_llama_cpp_converter(fam_dir: Path, fam: str, llama_cpp_src: Path) -> None:
+    """Byte for byte what llama.cpp's own convert_lora_to_gguf.py writes: for Llama its LoraTorchTensor permutes
+    lora_b of Q/K; loradoc gets the same bytes by applying LlamaModel's transform to B and checking it factors."""
+    import os
+    import subprocess
+    import sys
+
+    import gguf
+
+    base, adapter = _pair(fam_dir, fam)
+    ours, ref = fam_dir / f"{fam}-lora-ours.gguf", fam_dir / f"{fam}-lora-ref.gguf"
+    convert_gguf_lora(str(adapter), str(base), ours, check_health=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_LOCAL_GGUF", "PYTHONPATH")}
+    env["HF_HUB_OFFLINE"] = "1"
+    proc = subprocess.run(
+        [sys.executable, str(llama_cpp_src / "convert_lora_to_gguf.py"), str(adapter), "--base", str(base),
+         "--outfile", str(ref)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a = {t.name: t for t in gguf.GGUFReader(ours).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(ref).tensors}
+    assert sorted(a) == sorted(b) and a
+    for name in a:
+        assert a[name].tensor_type == b[name].tensor_type and list(a[name].shape) == list(b[name].shape)
+        assert a[name].data.tobytes() == b[name].data.tobytes(), name
+    ra, rb = gguf.GGUFReader(ours), gguf.GGUFReader(ref)
+    for key in ("general.architecture", "general.type", "adapter.type", "adapter.lora.alpha"):
+        assert ra.fields[key].contents() == rb.fields[key].contents()

@@ -75,7 +75,7 @@ def available(name: str) -> bool:
     return (TOKENIZERS / FAMILIES[name].tokenizer).is_dir()
 
 
-def build_base(name: str, out: Path, seed: int = 0, **overrides: Any) -> Path:
+def build_base(name: str, out: Path, seed: int | None = None, **overrides: Any) -> Path:
     """Save a tiny random ``name`` base (float32 safetensors) with its tokenizer files at ``out``
     (``overrides``: config fields, e.g. hidden_size=256 so that K-quant blocks fit the rows)."""
     import torch
@@ -84,7 +84,7 @@ def build_base(name: str, out: Path, seed: int = 0, **overrides: Any) -> Path:
     fam = FAMILIES[name]
     if (out / "config.json").is_file():
         return out
-    torch.manual_seed(seed)
+    torch.manual_seed(list(FAMILIES).index(name) if seed is None else seed)  # Llama and Mistral differ
     cfg = getattr(transformers, fam.config_class)(**{**_COMMON, "vocab_size": fam.vocab_size, **fam.extra, **overrides})
     model = getattr(transformers, fam.model_class)(cfg).eval()
     with torch.no_grad():  # larger weights than the init default: logits that differ visibly between tokens

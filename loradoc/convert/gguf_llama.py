@@ -32,6 +32,8 @@ from typing import Any
 from ..errors import BadInputError, EnvironmentProblem, UnknownArchitectureError
 from .gguf_io import BaseCheckpoint, LoraPair, PlannedTensor, iter_row_chunks, quantize_chunk, rows_and_cols
 
+_SRC = "_loradoc_source"
+
 #: --outtype -> llama.cpp LlamaFileType name (what convert_hf_to_gguf.py's --outtype maps to)
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
 
@@ -116,9 +118,12 @@ class MergedSource:
         self.by_range: dict[tuple[str, int], str] = {}
         for name, (header, info) in ckpt.tensors.items():
             self.by_range[(str(Path(header.path).resolve()), header.data_start + info.begin)] = name
-        self.origin: dict[int, str] = {}  # id(lazy source) -> HF name
-        self._keep: list[Any] = []
         self._fds: dict[str, int] = {}
+
+    @staticmethod
+    def origin(t: Any) -> str | None:
+        """The HF tensor a lazy merged source stands for (None for anything else)."""
+        return getattr(t, "__dict__", {}).get(_SRC)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -171,8 +176,12 @@ class MergedSource:
         import torch
 
         _, info = self.location(hf_name)
-        parts = list(self.chunks(hf_name, None, None))
-        arr = np.concatenate(parts, axis=0) if len(parts) != 1 else parts[0]
+        rows, cols = rows_and_cols(tuple(info.shape))
+        arr = np.empty((rows, cols), dtype=np.float32)
+        r0 = 0
+        for chunk in self.chunks(hf_name, None, None):
+            arr[r0 : r0 + chunk.shape[0]] = chunk
+            r0 += chunk.shape[0]
         return torch.from_numpy(arr.reshape(info.shape))
 
     def wrap(self, lazy: Any) -> Any:
@@ -193,8 +202,7 @@ class MergedSource:
             return lazy  # llama.cpp's own handling (integer / quantized tensors)
         meta = LazyTorchTensor.meta_with_dtype_and_shape(torch.float32, tuple(info.shape))
         out = LazyTorchTensor(meta=meta, args=(hf_name,), func=self.whole)
-        self.origin[id(out)] = hf_name
-        self._keep.append(out)  # keeps id() unique while the mapping is in use
+        out.__dict__[_SRC] = hf_name  # the tag survives only as long as llama.cpp's graph holds the tensor
         return out
 
 
@@ -289,7 +297,7 @@ def prepare(
             if mmproj:
                 name = _tower_layout(self, name)
             outs = list(super().modify_tensors(data_torch, name, bid))
-            src = source.origin.get(id(data_torch))
+            src = source.origin(data_torch)
             if src is not None:
                 for new_name, t in outs:
                     gguf_of.setdefault(src, []).append(new_name)

@@ -259,7 +259,7 @@ def make_writer(arch: str) -> Any:
                         parts[0::2] = [lens[8 * i : 8 * i + 8] for i in range(len(enc))]
                         parts[1::2] = enc
                         return head + b"".join(parts)
-                    if ltype in numeric and kinds <= {int, float}:
+                    if ltype in numeric and all(issubclass(k, int | float) and k is not bool for k in kinds):
                         return head + np.asarray(val, dtype=numeric[ltype]).tobytes()
             return super()._pack_val(val, vtype, add_vtype, sub_type)
 

@@ -581,7 +581,19 @@ def _size(text: str) -> int:
 @click.argument("adapter")
 @click.option("--base", "base", default=None, help="Local base directory with weights and tokenizer. " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output .gguf file.")
-@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="bf16", show_default=True)
+@click.option(
+    "--outtype",
+    type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q3_k_m", "q6_k", "q4_0"]),
+    default="bf16",
+    show_default=True,
+    help="q4_k_m and the other quantizations: llama.cpp's quantizer (needs llama-cpp-python)",
+)
+@click.option(
+    "--mmproj",
+    "mmproj",
+    default=None,
+    help="Also write the vision/audio towers, tower LoRAs merged, as llama.cpp's projector GGUF (mtmd) here.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
@@ -591,6 +603,7 @@ def convert_gguf_cmd(
     base: str,
     out: str,
     outtype: str,
+    mmproj: str | None,
     overwrite: bool,
     record: bool,
     registry_path: str | None,
@@ -601,7 +614,9 @@ def convert_gguf_cmd(
 
     base = _base_for(adapter, base, registry_path, weights=True)
     with _progress_bar("gguf", as_json) as progress:
-        result = convert_gguf(adapter, base, out, outtype=outtype, progress=progress, overwrite=overwrite)
+        result = convert_gguf(
+            adapter, base, out, outtype=outtype, mmproj=mmproj, progress=progress, overwrite=overwrite
+        )
     _finish_convert(result, "gguf", outtype, adapter, out, record, registry_path, as_json)
 
 

@@ -305,7 +305,7 @@ def test_hub_style_config_gets_transformers_defaults(ex: ExampleSet, out_dir: Pa
     ra, rb = gguf.GGUFReader(a), gguf.GGUFReader(b)
     kv = {k: f.contents() for k, f in ra.fields.items() if not k.startswith(("GGUF.", "general.name"))}
     assert kv == {k: f.contents() for k, f in rb.fields.items() if not k.startswith(("GGUF.", "general.name"))}
-    assert kv["gemma3.rope.freq_base_swa"] == 10000.0 and kv["gemma3.attention.sliding_window_pattern"] == [True] * 4
+    assert kv["gemma3.rope.freq_base_swa"] == 10000.0 and kv["gemma3.attention.sliding_window"] == 32
     assert [t.data.tobytes() for t in ra.tensors] == [t.data.tobytes() for t in rb.tensors]
 
 
@@ -330,7 +330,8 @@ def _spm_model(pieces: list[tuple[str, float, int]]) -> bytes:
         if ptype != 1:
             body += varint(3 << 3) + varint(ptype)
         blob += field(1, body)
-    return blob + field(2, field(1, b"trainer.txt") + varint(3 << 3) + varint(8000))
+    trainer = field(1, b"trainer.txt") + varint(3 << 3) + varint(8000) + varint(35 << 3) + varint(1)  # byte_fallback
+    return blob + field(2, trainer)
 
 
 def test_gemma3_sentencepiece_tokenizer(ex: ExampleSet, tmp_path: Path) -> None:
@@ -410,9 +411,9 @@ def test_refuses_dora_and_bad_inputs(ex: ExampleSet, tmp_path: Path) -> None:
     odd = tmp_path / "odd-base"
     odd.mkdir()
     cfg = json.loads((base / "config.json").read_text())
-    (odd / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForCausalLM"]}))
+    (odd / "config.json").write_text(json.dumps({**cfg, "architectures": ["NoSuchModelForCausalLM"]}))
     (odd / "model.safetensors").symlink_to(base / "model.safetensors")
-    with pytest.raises(UnknownArchitectureError, match="LlamaForCausalLM"):
+    with pytest.raises(UnknownArchitectureError, match="NoSuchModelForCausalLM"):
         convert_gguf(None, str(odd), tmp_path / "a.gguf")
     (odd / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(MissingFileError, match="no tokenizer") as err:

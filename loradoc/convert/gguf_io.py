@@ -110,57 +110,6 @@ def open_base(base: str | os.PathLike[str]) -> BaseCheckpoint:
     return BaseCheckpoint(d, config, tensors)
 
 
-def raw_text_config(base: BaseCheckpoint) -> dict[str, Any]:
-    """config.json's text section as written (no transformers import)."""
-    raw = base.config
-    text = raw.get("text_config")
-    out = dict(raw)
-    if isinstance(text, dict):
-        out.update(text)
-    if not isinstance(out.get("num_hidden_layers"), int):
-        raise MalformedConfigError(
-            f"{base.directory / 'config.json'} has no num_hidden_layers", hint="restore the base's config.json"
-        )
-    return out
-
-
-_COMMON_KEYS = (
-    "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-    "head_dim", "rms_norm_eps", "max_position_embeddings", "vocab_size", "layer_types", "rope_parameters",
-    "sliding_window", "final_logit_softcapping",
-)  # fmt: skip
-_ARCH_KEYS = {
-    "gemma3": _COMMON_KEYS,
-    "gemma4": (*_COMMON_KEYS, "num_kv_shared_layers", "hidden_size_per_layer_input", "use_double_wide_mlp"),
-}
-
-
-def text_hparams(base: BaseCheckpoint, arch: str) -> dict[str, Any]:
-    """The text model's hyper-parameters as transformers runs them.
-
-    A config.json saved by transformers 5 names every field the converter needs: it is used as written (no
-    transformers import). Older Hub configs omit defaults (e.g. Gemma 3's head counts, layer_types): then
-    transformers' config class fills them in, and the raw fields (e.g. ``global_head_dim``) are laid over it."""
-    raw = raw_text_config(base)
-    rope = raw.get("rope_parameters")
-    if all(k in raw for k in _ARCH_KEYS[arch]) and isinstance(rope, dict) and "full_attention" in rope:
-        return raw
-    merged: dict[str, Any] = {}
-    try:
-        import transformers
-
-        cfg = transformers.AutoConfig.from_pretrained(str(base.directory))
-        merged.update(cfg.get_text_config().to_dict())
-    except (ValueError, KeyError, TypeError, OSError) as e:
-        raise MalformedConfigError(
-            f"transformers cannot read {base.directory / 'config.json'}: {str(e).splitlines()[0] if str(e) else e}",
-            hint="upgrade transformers or fix config.json",
-        ) from None
-    keep = {"rope_parameters", "layer_types"}  # transformers' standardised forms win over legacy raw fields
-    merged.update({k: v for k, v in raw.items() if k not in merged or (v is not None and k not in keep)})
-    return merged
-
-
 # ----------------------------------------------------------------------------------------------------------
 # reading rows as float32
 
@@ -311,7 +260,7 @@ def make_writer(arch: str) -> Any:
                         parts[0::2] = [lens[8 * i : 8 * i + 8] for i in range(len(enc))]
                         parts[1::2] = enc
                         return head + b"".join(parts)
-                    if ltype in numeric and kinds <= {int, float}:
+                    if ltype in numeric and all(issubclass(k, int | float) and k is not bool for k in kinds):
                         return head + np.asarray(val, dtype=numeric[ltype]).tobytes()
             return super()._pack_val(val, vtype, add_vtype, sub_type)
 
@@ -344,12 +293,12 @@ class AdapterLoras:
     #: layers in target_modules make peft save them, and loading the adapter puts them into the model)
     full_weights: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tower_pairs: list[LoraPair] = field(default_factory=list)  # with collect_loras(towers=True)
 
 
-def collect_loras(snapshot: AdapterSnapshot) -> AdapterLoras:
-    """Group the adapter's tensors into LoRA pairs with peft's scaling; refuse what a GGUF cannot carry."""
-    from ..peft_rules import alpha_for, rank_for
-
+def collect_loras(snapshot: AdapterSnapshot, *, towers: bool = False) -> AdapterLoras:
+    """Group the adapter's tensors into LoRA pairs with peft's scaling; refuse what a GGUF cannot carry.
+    ``towers``: also group the vision / audio / projector LoRAs (``tower_pairs``, for an mmproj GGUF)."""
     cfg = snapshot.config
     if cfg.peft_type != "LORA":
         raise BadInputError(
@@ -362,6 +311,7 @@ def collect_loras(snapshot: AdapterSnapshot) -> AdapterLoras:
             hint="merge it with peft (merge_and_unload + save_pretrained) and convert the merged checkpoint",
         )
     by_module: dict[str, dict[str, str]] = {}
+    tower_modules: dict[str, dict[str, str]] = {}
     tower_keys: list[str] = []
     extra: list[str] = []
     full_weights: dict[str, str] = {}
@@ -369,6 +319,8 @@ def collect_loras(snapshot: AdapterSnapshot) -> AdapterLoras:
         p = parse_key(key)
         if tower_of(p.module) != "language":
             tower_keys.append(key)
+            if towers and p.kind in ("lora_A", "lora_B"):
+                tower_modules.setdefault(p.module, {})[p.kind] = key
             continue
         if p.kind in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):
             by_module.setdefault(p.module, {})[p.kind] = key
@@ -387,6 +339,14 @@ def collect_loras(snapshot: AdapterSnapshot) -> AdapterLoras:
             "(modules_to_save / trainable tokens); GGUF conversion supports LoRA pairs only",
             hint="merge it with peft (merge_and_unload) and convert the merged checkpoint",
         )
+    pairs = _pairs(snapshot, by_module)
+    return AdapterLoras(pairs, tower_keys, full_weights, tower_pairs=_pairs(snapshot, tower_modules))
+
+
+def _pairs(snapshot: AdapterSnapshot, by_module: dict[str, dict[str, str]]) -> list[LoraPair]:
+    from ..peft_rules import alpha_for, rank_for
+
+    cfg = snapshot.config
     pairs: list[LoraPair] = []
     for module, kinds in by_module.items():
         emb = "lora_embedding_A" in kinds or "lora_embedding_B" in kinds
@@ -414,7 +374,7 @@ def collect_loras(snapshot: AdapterSnapshot) -> AdapterLoras:
             )
         scale = alpha / math.sqrt(r) if cfg.use_rslora else alpha / r
         pairs.append(LoraPair(module, a_key, b_key, r, alpha, scale, embedding=emb))
-    return AdapterLoras(pairs, tower_keys, full_weights)
+    return pairs
 
 
 def read_adapter_f32(snapshot: AdapterSnapshot, key: str, fh: Any) -> np.ndarray:

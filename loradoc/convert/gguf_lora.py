@@ -11,6 +11,13 @@ llama.cpp has no such rules, so for every module whose peft scale differs from `
 into lora_b (B * s_peft * r / alpha), which makes llama.cpp's rule give exactly peft's scale. Plain adapters
 are written unchanged (float32), tensor for tensor what llama.cpp's ``convert_lora_to_gguf.py`` writes.
 
+Names and per-tensor transforms are llama.cpp's: the converter class llama.cpp registered for the base's
+architecture (``gguf_llama``) runs ``modify_tensors`` on each adapted weight. A tensor it passes through unchanged
+keeps A and B as they are; one it transforms by rows (the Q/K permutes of Llama-style RoPE, vocabulary slices,
+splits of fused projections) gets llama.cpp's transform applied to B (to A transposed for an embedding), and
+loradoc checks, tensor by tensor, that the factored result equals llama.cpp's transform of the full ``B @ A``;
+a transform that does not factor that way is refused with the module named.
+
 Tower LoRAs (vision / audio / projector) cannot go into a text model's adapter: they are listed in the result
 (``not_included``), never dropped silently.
 """
@@ -27,17 +34,16 @@ from ..errors import BadInputError
 from ..outputs import guard_outputs
 from ..progress import Progress
 from .gguf_io import (
+    BaseCheckpoint,
     PlannedTensor,
     atomic_output,
     collect_loras,
     make_writer,
     open_base,
-    raw_text_config,
     read_adapter_f32,
     require_healthy,
     write_gguf,
 )
-from .gguf_names import TensorNamer, gguf_arch_for
 
 
 @dataclass
@@ -70,16 +76,13 @@ class GgufLoraResult:
         }
 
 
-def _same_as_base(snapshot: Any, key: str, ckpt: Any, namer: TensorNamer, gguf_name: str | None) -> bool:
+def _same_as_base(snapshot: Any, key: str, ckpt: BaseCheckpoint, base_name: str | None) -> bool:
     """Whether a full weight saved with the adapter equals the base's tensor (value for value, any float dtype)."""
     import numpy as np
 
     from .gguf_io import check_float, iter_row_chunks
 
-    if gguf_name is None or snapshot.header is None:
-        return False
-    base_name = next((n for n in ckpt.tensors if namer.gguf_name(n) == gguf_name), None)
-    if base_name is None:
+    if base_name is None or snapshot.header is None or base_name not in ckpt.tensors:
         return False
     bh, bi = ckpt.tensors[base_name]
     ah, ai = snapshot.header, snapshot.header.tensors[key]
@@ -98,6 +101,79 @@ def _same_as_base(snapshot: Any, key: str, ckpt: Any, namer: TensorNamer, gguf_n
     return True
 
 
+class _LoraMapper:
+    """llama.cpp's converter class for the base, run on one adapted weight at a time."""
+
+    def __init__(self, ckpt: BaseCheckpoint) -> None:
+        import torch
+
+        from .gguf_llama import _hparams, converter_class, load_converter
+
+        _, self.gguf = load_converter()
+        cls = converter_class(ckpt.config, str(ckpt.directory / "config.json"))
+
+        class Mapper(cls):  # type: ignore[misc, valid-type]
+            model_arch = cls.model_arch
+
+            def index_tensors(self, remote_hf_model_id: str | None = None) -> dict[str, Any]:
+                return {}  # the base's weights are not needed (as convert_lora_to_gguf.py --base)
+
+        Mapper.__name__ = cls.__name__
+        try:
+            with torch.inference_mode():
+                self.model = Mapper(ckpt.directory, self.gguf.LlamaFileType.ALL_F32, ckpt.directory / "x.gguf",
+                                    hparams=_hparams(cls, ckpt))  # fmt: skip
+        except (NotImplementedError, KeyError, ValueError, AssertionError) as e:
+            raise BadInputError(
+                f"llama.cpp's converter ({cls.__name__}) refused {ckpt.directory}: {type(e).__name__}: {e}",
+                hint="check the base's config.json",
+            ) from None
+        self.arch = self.gguf.MODEL_ARCH_NAMES[self.model.model_arch]
+
+    def outputs(self, hf_name: str, w: Any) -> list[tuple[str, Any]]:
+        """llama.cpp's (GGUF name, tensor) outputs for the weight ``hf_name`` with value ``w`` (eager)."""
+        import torch
+
+        item = self.model.filter_tensors((hf_name, lambda: w))
+        if item is None:
+            return []
+        name, gen = item
+        bid = next((int(p) for p in name.split(".") if p.isdecimal()), None)
+        with torch.inference_mode():
+            return list(self.model.modify_tensors(gen(), name, bid))
+
+
+def _factor(mapper: _LoraMapper, hf_name: str, left: Any, right: Any) -> list[tuple[str, Any, Any]] | str:
+    """llama.cpp's outputs for W = left @ right as (name, left', right) with the transform applied to ``left``
+    (rows), checked against llama.cpp's transform of the full W. A string says why it does not factor."""
+    import torch
+
+    out_rows, r = left.shape
+    cols = right.shape[1]
+    probe = torch.zeros(1, dtype=torch.float32).expand(out_rows, cols)  # no memory for the shape probe
+    full = mapper.outputs(hf_name, probe)  # names and shapes only: transforms of zeros are cheap and exact
+    if all(t is probe for _, t in full):
+        return [(n, left, right) for n, _ in full]
+    w = left @ right
+    want = mapper.outputs(hf_name, w)
+    padded = torch.zeros((out_rows, max(cols, r)), dtype=torch.float32)
+    padded[:, :r] = left
+    got = mapper.outputs(hf_name, padded if cols >= r else left)
+    if len(got) != len(want) or [n for n, _ in got] != [n for n, _ in want]:
+        return "llama.cpp's transform changes the tensor's columns"
+    res = []
+    for (name, t_w), (_, t_l) in zip(want, got, strict=True):
+        t_l = t_l[..., :r] if cols >= r else t_l
+        if t_l.dim() != 2 or tuple(t_w.shape) != (t_l.shape[0], cols):
+            return f"llama.cpp reshapes {name} to {list(t_w.shape)}"
+        approx = t_l @ right
+        tol = 1e-5 * max(float(t_w.abs().max()), 1e-12)
+        if not torch.allclose(approx, t_w, rtol=0, atol=tol):
+            return f"llama.cpp's transform of {name} mixes rows and columns"
+        res.append((name, t_l.contiguous(), right))
+    return res
+
+
 def convert_gguf_lora(
     adapter: str,
     base: str,
@@ -108,19 +184,22 @@ def convert_gguf_lora(
     overwrite: bool = False,
 ) -> GgufLoraResult:
     """Write ``adapter`` as a llama.cpp LoRA GGUF for the text model of ``base`` (a local directory whose
-    config.json names the architecture; weights are not read) at ``out``."""
+    config.json names the architecture; weights are not needed) at ``out``."""
     import gguf
     import numpy as np
+    import torch
 
     from ..layout import address_of
     from ..snapshot import open_snapshot
+    from .gguf_model import _text_weights
 
     t0 = time.perf_counter()
     out = Path(out)
     if out.exists() and out.is_dir():
         raise BadInputError(f"{out} is a directory", hint="pass the path of the .gguf file to write")
     ckpt = open_base(base)
-    arch = gguf_arch_for(ckpt.config, str(ckpt.directory / "config.json"))
+    mapper = _LoraMapper(ckpt)
+    arch = mapper.arch
     snapshot = open_snapshot(adapter)
     guard_outputs([("--out", out)], adapter=snapshot.directory, base=ckpt.directory, overwrite=overwrite)
     if check_health:
@@ -131,19 +210,19 @@ def convert_gguf_lora(
             f"{snapshot.label} has no LoRA on the text model ({len(loras.tower_keys)} tower tensors only)",
             hint="a llama.cpp LoRA adapts the text model; tower LoRAs need a merged checkpoint",
         )
-    hp = raw_text_config(ckpt)
-    namer = TensorNamer(arch, int(hp["num_hidden_layers"]))
     cfg = snapshot.config
     alpha = float(cfg.lora_alpha) if cfg.lora_alpha is not None else 8.0
-    n_vocab = None
-    if any(p.embedding for p in loras.pairs):
-        from .gguf_tokenizer import read_tokenizer
+    weights = _text_weights(ckpt)
+    tied = bool(ckpt.tensors) and not any(n.endswith("lm_head.weight") for n in ckpt.tensors)
+    if not ckpt.tensors:
+        tied = bool((ckpt.config.get("text_config") or ckpt.config).get("tie_word_embeddings", False))
 
-        n_vocab = len(read_tokenizer(ckpt.directory, arch, int(hp["vocab_size"]) if hp.get("vocab_size") else None))
+    def hf_weight(module: str) -> str:
+        return weights.get(address_of(module)) or f"{module}.weight"
 
     notes: list[str] = []
     for module, key in loras.full_weights.items():
-        if not _same_as_base(snapshot, key, ckpt, namer, namer.name_for_address(address_of(module))):
+        if not _same_as_base(snapshot, key, ckpt, weights.get(address_of(module))):
             raise BadInputError(
                 f"the adapter replaces {module}'s weight ({key} differs from the base): a llama.cpp LoRA adapter "
                 "cannot carry full weights",
@@ -156,47 +235,47 @@ def convert_gguf_lora(
     fh = open(snapshot.weights_path, "rb")  # noqa: SIM115 - closed below
     try:
         for pair in loras.pairs:
-            g = namer.name_for_address(address_of(pair.module))
-            if g is None:
-                raise BadInputError(
-                    f"adapter module {pair.module} has no tensor in llama.cpp's {arch} text model",
-                    hint="run `loradoc doctor` on the adapter",
-                )
-            tied = not any(n.endswith("lm_head.weight") for n in ckpt.tensors)
-            if tied and g in ("output.weight", "token_embd.weight"):
-                what = "the output head" if g == "output.weight" else "the token embedding"
-                raise BadInputError(
-                    f"adapter module {pair.module} adapts {what} of a tied-embedding base; llama.cpp shares "
-                    "token_embd with the output head and cannot load such a LoRA adapter",
-                    hint="write a merged GGUF instead: `loradoc convert gguf`",
-                )
+            hf = hf_weight(pair.module)
+            a = torch.from_numpy(read_adapter_f32(snapshot, pair.a_key, fh))
+            b = torch.from_numpy(read_adapter_f32(snapshot, pair.b_key, fh))
             # llama.cpp: scale = alpha / r; peft: pair.scale. Fold the ratio into B.
             llama_scale = alpha / pair.rank if alpha else 1.0
             factor = pair.scale / llama_scale
             if abs(factor - 1.0) > 1e-12:
-                rescaled[g] = factor
-
-            def a_chunks(p=pair, emb=pair.embedding) -> Any:
-                a = read_adapter_f32(snapshot, p.a_key, fh)
-                if emb:
-                    a = np.ascontiguousarray(a.T[:n_vocab] if n_vocab else a.T)
-                yield a
-
-            def b_chunks(p=pair, f=factor) -> Any:
-                b = read_adapter_f32(snapshot, p.b_key, fh)
-                if abs(f - 1.0) > 1e-12:
-                    b = b * np.float32(f)
-                yield b
-
-            a_shape = snapshot.tensors[pair.a_key].shape
-            b_shape = snapshot.tensors[pair.b_key].shape
-            if pair.embedding:
-                rows = min(a_shape[1], n_vocab) if n_vocab else a_shape[1]
-                a_out = (rows, a_shape[0])
-            else:
-                a_out = tuple(a_shape)
-            plan.append(PlannedTensor(g + ".lora_a", a_out, "F32", a_chunks, pair.a_key))
-            plan.append(PlannedTensor(g + ".lora_b", tuple(b_shape), "F32", b_chunks, pair.b_key))
+                b = b * np.float32(factor)
+            # W = left @ right: rows of W come from B (linear) or from A transposed (embedding)
+            left, right = (a.T.contiguous(), b.T.contiguous()) if pair.embedding else (b, a)
+            parts = _factor(mapper, hf, left, right)
+            if isinstance(parts, str):
+                raise BadInputError(
+                    f"adapter module {pair.module}: {parts}; it cannot be written as a llama.cpp LoRA",
+                    hint="write a merged GGUF instead: `loradoc convert gguf`",
+                )
+            if not parts:
+                raise BadInputError(
+                    f"adapter module {pair.module} has no tensor in llama.cpp's {arch} model",
+                    hint="run `loradoc doctor` on the adapter",
+                )
+            for g, lft, rgt in parts:
+                if tied and g in ("output.weight", "token_embd.weight"):
+                    what = "the output head" if g == "output.weight" else "the token embedding"
+                    raise BadInputError(
+                        f"adapter module {pair.module} adapts {what} of a tied-embedding base; llama.cpp shares "
+                        "token_embd with the output head and cannot load such a LoRA adapter",
+                        hint="write a merged GGUF instead: `loradoc convert gguf`",
+                    )
+                if abs(factor - 1.0) > 1e-12:
+                    rescaled[g] = factor
+                base_name = g.removesuffix(".weight") + ".weight"
+                if pair.embedding:  # lora_a = (A^T)' (vocab, r), lora_b = B (dim, r)
+                    lora_a, lora_b = lft, rgt.T
+                else:  # lora_a = A (r, in), lora_b = B' (out, r)
+                    lora_a, lora_b = rgt, lft
+                for suffix, arr in ((".lora_a", lora_a), (".lora_b", lora_b)):
+                    data = np.ascontiguousarray(arr.numpy(), dtype=np.float32)
+                    plan.append(
+                        PlannedTensor(base_name + suffix, tuple(data.shape), "F32", lambda d=data: iter([d]), hf)
+                    )
         names = [t.name for t in plan]
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)

@@ -1,32 +1,33 @@
 """``loradoc convert gguf``: base + LoRA adapter -> the merged *text* model as one GGUF file, in one fused pass.
 
-For every text tensor of the base checkpoint, in row chunks: read, upcast to float32, add ``scale * B @ A`` when
-the adapter adapts it (the same float32 arithmetic as peft's ``merge_and_unload``, with ``B @ A`` rounded once from
-its exact value as in ``convert merged``: :class:`~loradoc.convert.delta.ExactDelta`), apply llama.cpp's per-tensor
-rules (Gemma 3 norm +1, vocabulary rows, F32 for norms and vectors) and convert to the output type with gguf-py's
-own routines; then write it. No merged checkpoint ever touches the disk and memory stays bounded by the chunk size.
-Tensors that the adapter does not touch and whose type does not change are copied byte for byte.
+Every architecture llama.cpp's converter supports: the architecture knowledge (tensor names, hyper-parameters,
+tokenizer, per-tensor transforms such as Q/K permutes, norm offsets, vocabulary slices, splits and fusions) is
+llama.cpp's own converter class for the base (``gguf_llama``), run on lazy tensors whose data is the merged weight
+``W + scale * B @ A`` computed in float32 (the same arithmetic as peft's ``merge_and_unload``) and cast once to the
+output type. Tensors llama.cpp passes through unchanged are merged, cast and written in row chunks straight from
+the safetensors file (memory does not grow with the largest tensor; untouched tensors of unchanged type are copied
+byte for byte); the others are computed by llama.cpp's code one tensor at a time. No merged checkpoint touches the
+disk; the output appears atomically.
 
-The metadata (architecture keys, tokenizer) is what llama.cpp's ``convert_hf_to_gguf.py`` writes for
-Gemma4ForConditionalGeneration / Gemma4ForCausalLM (``gemma4``) and Gemma3ForConditionalGeneration /
-Gemma3ForCausalLM (``gemma3``): the text model only. Vision / audio towers are not written (``mmproj`` is not
-supported yet) and tower LoRAs are reported as not included.
+With ``mmproj``, the vision / audio towers and projector (tower LoRAs merged) are written as llama.cpp's
+projector GGUF by llama.cpp's own mmproj class (Gemma 3, Gemma 4, Qwen2-VL, ...), the same way; without it, tower
+LoRAs are reported as not included. A tied base whose embedding or head the adapter changes is written untied,
+as the PeftModel computes it.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError
+from ..errors import BadInputError, MissingFileError
 from ..outputs import guard_outputs
 from ..progress import Progress
-from ..safetensors_io import SafetensorsHeader, TensorInfo
-from .delta import ExactDelta
+from ..safetensors_io import TensorInfo
 from .gguf_io import (
     AdapterLoras,
     LoraPair,
@@ -34,18 +35,13 @@ from .gguf_io import (
     atomic_output,
     check_float,
     collect_loras,
-    iter_row_chunks,
-    make_writer,
     open_base,
-    quantize_chunk,
     read_adapter_f32,
     require_healthy,
     rows_and_cols,
-    text_hparams,
     write_gguf,
 )
-from .gguf_names import OUTTYPES, TensorNamer, check_outtype, gguf_arch_for, is_tower_tensor, output_qtype
-from .gguf_tokenizer import add_tokenizer, read_tokenizer
+from .gguf_names import QUANTIZED, check_outtype, is_tower_tensor
 
 _IGNORED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 
@@ -65,9 +61,11 @@ class GgufResult:
     vocab_size: int = 0
     tokenizer: str = ""
     notes: list[str] = field(default_factory=list)
+    mmproj: str | None = None  # the projector GGUF written beside the text model (--mmproj)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "mmproj": self.mmproj,
             "out": str(self.out),
             "arch": self.arch,
             "outtype": self.outtype,
@@ -85,169 +83,18 @@ class GgufResult:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# architecture metadata (what llama.cpp's Gemma3Model / Gemma4Model.set_gguf_parameters write)
-
-
-def _rope(hp: dict[str, Any]) -> dict[str, Any]:
-    rp = hp.get("rope_parameters") or hp.get("rope_scaling") or {}
-    return rp if isinstance(rp, dict) else {}
-
-
-def _full_head_dim(hp: dict[str, Any]) -> int:
-    hd = hp.get("global_head_dim")
-    if hd is None:
-        per_layer = hp.get("per_layer_config") or {}
-        types = hp.get("layer_types") or []
-        for idx, lc in per_layer.items():
-            i = int(idx)
-            if i < len(types) and types[i] == "full_attention" and isinstance(lc, dict) and "head_dim" in lc:
-                hd = lc["head_dim"]
-                break
-    return int(hd if hd is not None else hp["head_dim"])
-
-
-def _full_kv_heads(hp: dict[str, Any]) -> int | None:
-    n = hp.get("num_global_key_value_heads")
-    if n is None:
-        per_layer = hp.get("per_layer_config") or {}
-        types = hp.get("layer_types") or []
-        for idx, lc in per_layer.items():
-            i = int(idx)
-            if i < len(types) and types[i] == "full_attention" and isinstance(lc, dict) and "num_key_value_heads" in lc:
-                n = lc["num_key_value_heads"]
-                break
-    return n
-
-
-def add_arch_metadata(w: Any, arch: str, hp: dict[str, Any], file_type: Any) -> None:
-    import gguf
-
-    n_layers = int(hp["num_hidden_layers"])
-    rope = _rope(hp)
-    full = rope.get("full_attention", rope) if isinstance(rope.get("full_attention", rope), dict) else {}
-    sliding = rope.get("sliding_attention") or {}
-
-    w.add_block_count(n_layers)
-    w.add_context_length(int(hp.get("max_position_embeddings", 131072)))
-    w.add_embedding_length(int(hp["hidden_size"]))
-    if not (arch == "gemma4" and hp.get("use_double_wide_mlp")):  # gemma4 double-wide: a per-layer array below
-        w.add_feed_forward_length(int(hp["intermediate_size"]))
-    w.add_head_count(int(hp.get("num_attention_heads", 8)))
-    w.add_head_count_kv(int(hp.get("num_key_value_heads", 4)))
-    rope_type = full.get("rope_type") or full.get("type")
-    factor = full.get("factor")
-    if rope_type == "linear" and factor is not None:
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(float(factor))
-    elif rope_type == "yarn" and factor is not None:
-        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        w.add_rope_scaling_factor(float(factor))
-        w.add_rope_scaling_orig_ctx_len(int(full["original_max_position_embeddings"]))
-    theta = full.get("rope_theta", hp.get("rope_theta", 1_000_000.0))
-    w.add_rope_freq_base(float(theta))
-    swa_theta = sliding.get("rope_theta", hp.get("rope_local_base_freq"))
-    if swa_theta is not None:
-        w.add_rope_freq_base_swa(float(swa_theta))
-    w.add_layer_norm_rms_eps(float(hp.get("rms_norm_eps", 1e-6)))
-    if hp.get("final_logit_softcapping"):
-        w.add_final_logit_softcapping(float(hp["final_logit_softcapping"]))
-    if hp.get("sliding_window") and hp.get("sliding_window_pattern") != 1:
-        w.add_sliding_window(int(hp["sliding_window"]))
-    layer_types = list(hp.get("layer_types") or [])
-    swa = [t == "sliding_attention" for t in layer_types]
-    w.add_file_type(file_type)
-
-    if arch == "gemma3":
-        head_dim = int(hp.get("head_dim", 256))
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
-        if len(swa) == n_layers:  # llama.cpp would otherwise assume the 5:1 pattern
-            w.add_sliding_window_pattern(swa)
-        return
-
-    # gemma4
-    if hp.get("enable_moe_block") or hp.get("num_experts"):
-        raise BadInputError(
-            "Gemma 4 mixture-of-experts bases (26B-A4B) are not supported by loradoc's GGUF converter yet",
-            hint="merge with `loradoc convert merged` and convert with llama.cpp's convert_hf_to_gguf.py",
-        )
-    n_shared = int(hp.get("num_kv_shared_layers") or 0)
-    w.add_shared_kv_layers(n_shared)
-    w.add_embedding_length_per_layer_input(int(hp.get("hidden_size_per_layer_input") or 0))
-    w.add_sliding_window_pattern(swa)
-    hd_full = _full_head_dim(hp)
-    hd_swa = int(hp["head_dim"])
-    w.add_key_length(hd_full)
-    w.add_value_length(hd_full)
-    w.add_key_length_swa(hd_swa)
-    w.add_value_length_swa(hd_swa)
-    if hp.get("use_double_wide_mlp"):
-        n_ff = int(hp["intermediate_size"])
-        first_shared = n_layers - n_shared
-        w.add_feed_forward_length([n_ff if i < first_shared else 2 * n_ff for i in range(n_layers)])
-    kv_full = _full_kv_heads(hp)
-    kv_swa = hp.get("num_key_value_heads")
-    if kv_full is not None and kv_swa is not None:
-        w.add_head_count_kv([int(kv_swa) if s else int(kv_full) for s in swa])
-    prf_swa = float(rope.get("partial_rotary_factor", 1.0)) if "full_attention" in rope else 1.0
-    w.add_rope_dimension_count(hd_full)
-    w.add_rope_dimension_count_swa(int(hd_swa * prf_swa))
-
-
-def gemma4_rope_freqs(hp: dict[str, Any]) -> Any:
-    """llama.cpp's generated ``rope_freqs.weight`` for Gemma 4's proportional RoPE on full-attention layers."""
-    import numpy as np
-
-    full = _rope(hp).get("full_attention") or {}
-    hd = _full_head_dim(hp)
-    prf = float(full.get("partial_rotary_factor", 1.0))
-    n_rot = int(hd * prf / 2)
-    n_unrot = int(hd / 2) - n_rot
-    return np.array([1.0] * n_rot + [1e30] * n_unrot, dtype=np.float32)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # the fused pass
 
 
-def _producer(
-    fd: int,
-    header: SafetensorsHeader,
-    info: TensorInfo,
-    rows: int,
-    qtype: str,
-    shift: float,
-    lora: LoraPair | None,
-    load_lora: Callable[[LoraPair], tuple[Any, Any]],
-) -> Callable[[], Iterator[Any]]:
-    raw_ok = lora is None and shift == 0.0 and qtype == info.dtype
+def _text_weights(ckpt: Any) -> dict[Any, str]:
+    """Layout-independent module address -> checkpoint key of its weight (text model only)."""
+    from ..layout import address_of
 
-    def chunks() -> Iterator[Any]:
-        if raw_ok:
-            for _, data in iter_row_chunks(fd, header, info, rows=rows, raw=True):
-                yield data
-            return
-        import numpy as np
-
-        product = None
-        scale = np.float32(0.0)
-        if lora is not None:
-            a_np, b_np = load_lora(lora)
-            # embedding LoRA: delta = (B @ A).T, so the embedding's rows are columns of A: rows of A.T @ B.T
-            product = ExactDelta(a_np.T, b_np.T) if lora.embedding else ExactDelta(b_np, a_np)
-            scale = np.float32(lora.scale)
-        for r0, chunk in iter_row_chunks(fd, header, info, rows=rows):
-            if shift:
-                chunk += shift
-            if product is not None:
-                n = chunk.shape[0]
-                delta = product.rows(slice(r0, r0 + n)).reshape(chunk.shape)
-                np.multiply(delta, scale, out=delta)
-                np.add(chunk, delta, out=chunk)
-                del delta
-            yield quantize_chunk(chunk, qtype)
-
-    return chunks
+    out: dict[Any, str] = {}
+    for name in ckpt.tensors:
+        if name.endswith(".weight") and not is_tower_tensor(name):
+            out.setdefault(address_of(name[: -len(".weight")]), name)
+    return out
 
 
 def convert_gguf(
@@ -263,218 +110,322 @@ def convert_gguf(
 ) -> GgufResult:
     """Write the merged text model of ``base`` + ``adapter`` (None: the base alone) as a GGUF file at ``out``.
 
-    ``outtype``: f32 | f16 | bf16 | q8_0. The adapter must be healthy (``loradoc doctor``) unless
+    The architecture knowledge (names, hyper-parameters, tokenizer, per-tensor transforms) is llama.cpp's own
+    converter class for the base (``gguf_llama``); loradoc supplies the merged tensors and writes the file.
+    ``outtype``: f32 | f16 | bf16 | q8_0 (written directly), or a llama.cpp quantization (q4_k_m, q5_k_m, q3_k_m,
+    q6_k, q4_0, ...: the fused bf16 GGUF, then llama.cpp's own quantizer, ``llama_model_quantize`` from
+    llama-cpp-python; the intermediate file is removed). The adapter must be healthy (``loradoc doctor``) unless
     ``check_health`` is False. ``progress(done, total, tensor_name)`` is called after each tensor."""
-    import gguf
+    from ..layout import address_of
+    from .gguf_llama import MergedSource, converter_class, planned, prepare
 
     t0 = time.perf_counter()
     outtype = check_outtype(outtype)
     out = Path(out)
-    if mmproj is not None:
-        raise BadInputError(
-            "--mmproj is not supported yet: loradoc writes the text model only",
-            hint="for the vision/audio projector run llama.cpp's convert_hf_to_gguf.py --mmproj on the base "
-            "(tower LoRAs need a merged checkpoint: `loradoc convert merged`)",
-        )
+    if outtype in QUANTIZED:
+        return _quantized(adapter, base, out, outtype, check_health, progress, t0, mmproj, overwrite)
+    mm_out = Path(mmproj) if mmproj is not None else None
+    if mm_out is not None and mm_out.resolve() == out.resolve():
+        raise BadInputError("--mmproj names the same file as --out", hint="write the projector to its own .gguf")
     ckpt = open_base(base)
-    arch = gguf_arch_for(ckpt.config, str(ckpt.directory / "config.json"))
     if out.exists() and out.is_dir():
         raise BadInputError(f"{out} is a directory", hint="pass the path of the .gguf file to write")
-    for f in ckpt.files:
-        if out.resolve() == f.resolve():
-            raise BadInputError(f"{out} is an input file", hint="write the GGUF somewhere else")
+    adapter_dir = None
+    if adapter is not None:
+        from ..snapshot import open_snapshot
 
+        adapter_dir = open_snapshot(adapter).directory
+    outputs = [("--out", out)] + ([("--mmproj", mm_out)] if mm_out is not None else [])
+    guard_outputs(outputs, adapter=adapter_dir, base=ckpt.directory, overwrite=overwrite)
+
+    converter_class(ckpt.config, str(ckpt.directory / "config.json"))  # refuse what llama.cpp cannot convert
+    if not any((ckpt.directory / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise MissingFileError(
+            f"base directory {ckpt.directory} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)",
+            hint="copy the tokenizer files of the base model into the base directory (a GGUF embeds its tokenizer)",
+        )
     snapshot = None
     loras = AdapterLoras([])
     if adapter is not None:
         from ..snapshot import open_snapshot
 
-        snapshot = open_snapshot(adapter)
-    guard_outputs(
-        [("--out", out)],
-        adapter=snapshot.directory if snapshot else None,
-        base=ckpt.directory,
-        overwrite=overwrite,
-    )
-    if adapter is not None:
-        if check_health:
-            snapshot = require_healthy(adapter, base).snapshot
-        assert snapshot is not None
-        loras = collect_loras(snapshot)
+        snapshot = require_healthy(adapter, base).snapshot if check_health else open_snapshot(adapter)
+        loras = collect_loras(snapshot, towers=mm_out is not None)
 
-    hp = text_hparams(ckpt, arch)
-    n_layers = int(hp["num_hidden_layers"])
-    namer = TensorNamer(arch, n_layers)
-    tok = read_tokenizer(ckpt.directory, arch, int(hp["vocab_size"]) if hp.get("vocab_size") else None)
-    n_vocab = len(tok)
-
-    # which base tensor each LoRA adapts
-    from ..layout import address_of
-
+    weights = _text_weights(ckpt)
+    has_head = any(n.endswith("lm_head.weight") for n in ckpt.tensors)
+    embed_key = next((k for a, k in weights.items() if a.layer is None and a.local == "embed_tokens"), None)
     lora_for: dict[str, LoraPair] = {}
+    head_lora: LoraPair | None = None
     for pair in loras.pairs:
-        g = namer.name_for_address(address_of(pair.module))
-        if g is None:
+        addr = address_of(pair.module)
+        key = weights.get(addr)
+        if key is None and addr.layer is None and addr.local == "lm_head" and not has_head and embed_key:
+            head_lora = pair  # the output head of a tied base: written untied below
+            continue
+        if key is None:
             raise BadInputError(
-                f"adapter module {pair.module} has no tensor in llama.cpp's {arch} text model",
-                hint="run `loradoc doctor` on the adapter; LoRAs on the output head of tied-embedding bases "
-                "cannot be converted",
+                f"adapter module {pair.module} has no weight in the base checkpoint",
+                hint="the adapter was trained on a different base: run `loradoc doctor`",
             )
-        pair.gguf_name = g
-        lora_for[g] = pair
+        _check_lora(snapshot, pair, key, ckpt.tensors[key][1])
+        lora_for[key] = pair
 
     # full weights saved with the adapter (peft's save_embedding_layers) replace the base's, as a peft load does
-    replace: dict[str, str] = {}
+    replace: dict[str, tuple[Any, Any]] = {}
     if loras.full_weights and (snapshot is None or snapshot.header is None):
         raise BadInputError(
             "the adapter carries full weights in a pickle file", hint="convert it to safetensors first (loradoc repair)"
         )
-    for module, key in loras.full_weights.items():
-        g = namer.name_for_address(address_of(module))
-        if g is None:
+    for module, akey in loras.full_weights.items():
+        key = weights.get(address_of(module))
+        if key is None:
             raise BadInputError(
-                f"adapter weight {key} has no tensor in llama.cpp's {arch} text model", hint="run `loradoc doctor`"
+                f"adapter weight {akey} has no tensor in the base checkpoint", hint="run `loradoc doctor`"
             )
-        replace[g] = key
+        assert snapshot is not None and snapshot.header is not None
+        sub = snapshot.header.tensors[akey]
+        if sub.shape != ckpt.tensors[key][1].shape:
+            raise BadInputError(
+                f"the adapter's {akey} has shape {list(sub.shape)} but the base's {key} is "
+                f"{list(ckpt.tensors[key][1].shape)} (a resized vocabulary?)",
+                hint="merge it with peft and convert the merged checkpoint together with its tokenizer",
+            )
+        check_float(akey, sub, snapshot.weights_path)
+        replace[key] = (snapshot.header, sub)
 
-    plan: list[PlannedTensor] = []
-    fds: dict[Path, int] = {}
-    skipped = 0
-    unmapped: list[str] = []
     adapter_fh = open(snapshot.weights_path, "rb") if snapshot is not None else None  # noqa: SIM115
 
     def load_lora(pair: LoraPair) -> tuple[Any, Any]:
         assert snapshot is not None
         return read_adapter_f32(snapshot, pair.a_key, adapter_fh), read_adapter_f32(snapshot, pair.b_key, adapter_fh)
 
+    for key, (header, info) in ckpt.tensors.items():
+        if key in lora_for:
+            check_float(key, info, header.path)
+    name = ckpt.directory.name if snapshot is None else f"{ckpt.directory.name} + {snapshot.directory.name}"
+    source = MergedSource(ckpt, lora_for, load_lora, replace)
+    sources = [source]
     try:
-        if arch == "gemma4":
-            freqs = gemma4_rope_freqs(hp)
-            plan.append(PlannedTensor("rope_freqs.weight", freqs.shape, "F32", lambda f=freqs: iter([f]), "generated"))
-        used: set[str] = set()
-        used_full: set[str] = set()
-        # A tied base (no lm_head tensor) whose embedding or output head the adapter changes is written untied,
-        # as the PeftModel computes it: token_embd gets the embedding LoRA, output.weight the lm_head LoRA.
-        untie = not any(n.endswith("lm_head.weight") for n in ckpt.tensors) and (
-            "token_embd.weight" in lora_for or "output.weight" in lora_for
-        )
-
-        def check_lora(lora: LoraPair, hf_name: str, info: TensorInfo) -> None:
-            assert snapshot is not None
-            a_shape = snapshot.tensors[lora.a_key].shape
-            b_shape = snapshot.tensors[lora.b_key].shape
-            have = (a_shape[1], b_shape[0]) if lora.embedding else (b_shape[0], a_shape[1])
-            if len(info.shape) != 2 or tuple(info.shape) != have:
-                raise BadInputError(
-                    f"LoRA on {lora.module} has shape {list(have)} but the base tensor {hf_name} is {list(info.shape)}",
-                    hint="the adapter was trained on a different base: run `loradoc doctor`",
-                )
-
-        for hf_name, (header, info) in ckpt.tensors.items():
-            if is_tower_tensor(hf_name):
-                skipped += 1
-                continue
-            if hf_name.endswith(_IGNORED_SUFFIXES):
-                continue
-            g = namer.gguf_name(hf_name)
-            if g is None:
-                unmapped.append(hf_name)
-                continue
-            check_float(hf_name, info, header.path)
-            shape = info.shape
-            rows = rows_and_cols(info.shape)[0]
-            if g in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight"):
-                if shape[0] < n_vocab:
-                    raise BadInputError(
-                        f"{hf_name} has {shape[0]} rows but the tokenizer has {n_vocab} tokens",
-                        hint="the tokenizer files do not belong to this checkpoint",
-                    )
-                rows = n_vocab
-                shape = (n_vocab, *shape[1:])
-            if g in replace:
-                assert snapshot is not None and snapshot.header is not None
-                sub = snapshot.header.tensors[replace[g]]
-                if sub.shape != info.shape:
-                    raise BadInputError(
-                        f"the adapter's {replace[g]} has shape {list(sub.shape)} but the base's {hf_name} is "
-                        f"{list(info.shape)} (a resized vocabulary?)",
-                        hint="merge it with peft and convert the merged checkpoint together with its tokenizer",
-                    )
-                check_float(replace[g], sub, snapshot.weights_path)
-                header, info = snapshot.header, sub
-                used_full.add(g)
-            if header.path not in fds:
-                fds[header.path] = os.open(header.path, os.O_RDONLY)
-            shift = namer.norm_shift(hf_name)
-            targets = [g, "output.weight"] if (untie and g == "token_embd.weight") else [g]
-            for name in targets:
-                lora = lora_for.get(name)
-                if lora is not None:
-                    used.add(name)
-                    check_lora(lora, hf_name, info)
-                qtype = output_qtype(name, shape, outtype)
-                producer = _producer(fds[header.path], header, info, rows, qtype, shift, lora, load_lora)
-                plan.append(PlannedTensor(name, shape, qtype, producer, hf_name))
-        if unmapped:
-            raise BadInputError(
-                f"{len(unmapped)} text tensors of the base have no llama.cpp {arch} name, e.g. {unmapped[0]}",
-                hint="this checkpoint variant is not supported by loradoc's GGUF converter",
-            )
-        missing = sorted((set(lora_for) - used) | (set(replace) - used_full))
+        prep = prepare(ckpt, source, outtype, model_name=name)
+        missing = sorted(k for k in (*lora_for, *replace) if k not in prep.used)
         if missing:
             raise BadInputError(
-                f"the adapter adapts {missing[0]} but the base checkpoint has no such tensor",
-                hint="the adapter was trained on a different base: run `loradoc doctor`",
+                f"the adapter changes {missing[0]}, which llama.cpp's {prep.arch} model does not read",
+                hint="a LoRA on a tensor llama.cpp drops cannot be converted; `loradoc convert merged` can",
             )
-        names = [t.name for t in plan]
-        dupes = {n for n in names if names.count(n) > 1}
-        if dupes:
-            raise BadInputError(
-                f"two checkpoint tensors map to {sorted(dupes)[0]}", hint="the checkpoint mixes two layouts"
-            )
+        plan = planned(prep, source)
+        untie = head_lora is not None or (embed_key is not None and not has_head and embed_key in (*lora_for, *replace))
+        if untie:
+            assert embed_key is not None
+            plan = _untied_head(plan, prep, source, embed_key, head_lora)
+        w = prep.writer
+        if snapshot is not None:
+            w.add_string("loradoc.adapter", snapshot.label)
+            w.add_uint32("loradoc.merged_modules", len(loras.pairs))
+        mm_plan: list[PlannedTensor] = []
+        if mm_out is not None:  # planned before anything is written: a refusal leaves no file behind
+            mm_lora = _lora_map(ckpt, loras.tower_pairs, snapshot, towers=True)
+            mm_source = MergedSource(ckpt, mm_lora, load_lora)
+            sources.append(mm_source)
+            mm_prep = prepare(ckpt, mm_source, _MMPROJ_TYPE.get(outtype, "f16"), model_name=name, mmproj=True)
+            missing = sorted(k for k in mm_lora if k not in mm_prep.used)
+            if missing:
+                raise BadInputError(
+                    f"the adapter changes {missing[0]}, which llama.cpp's mmproj ({mm_prep.arch}) does not read",
+                    hint="a LoRA on a tensor llama.cpp drops cannot be converted; `loradoc convert merged` can",
+                )
+            mm_plan = planned(mm_prep, mm_source)
+            if snapshot is not None:
+                mm_prep.writer.add_string("loradoc.adapter", snapshot.label)
+                mm_prep.writer.add_uint32("loradoc.merged_modules", len(loras.tower_pairs))
+        total = len(plan) + len(mm_plan)
 
-        ftype = getattr(gguf.LlamaFileType, OUTTYPES[outtype][0])
+        def step(done: int, _total: int, what: str, offset: int = 0) -> None:
+            if progress is not None:
+                progress(offset + done, total, what)
+
         with atomic_output(out, overwrite=overwrite) as tmp:
-            w = make_writer(arch)
-            w.add_type(gguf.GGUFType.MODEL)
-            name = ckpt.directory.name
-            if snapshot is not None:
-                name = f"{name} + {snapshot.directory.name}"
-            w.add_name(name)
-            add_arch_metadata(w, arch, hp, ftype)
-            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-            add_tokenizer(w, ckpt.directory, tok)
-            if snapshot is not None:
-                w.add_string("loradoc.adapter", snapshot.label)
-                w.add_uint32("loradoc.merged_modules", len(loras.pairs))
-            size = write_gguf(w, tmp, plan, progress)
+            size = write_gguf(w, tmp, plan, step)
+        if mm_out is not None:
+            with atomic_output(mm_out, overwrite=overwrite) as tmp:
+                write_gguf(mm_prep.writer, tmp, mm_plan, lambda d, t, what: step(d, t, what, len(plan)))
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        for src in sources:
+            src.close()
         if adapter_fh is not None:
             adapter_fh.close()
-    notes = list(tok.notes)
+    notes: list[str] = list(prep.notes)
     if untie:
         notes.append(
             "the adapter changes the tied embedding / output head: written untied (token_embd.weight and "
             "output.weight), as the PeftModel computes it (peft's merge_and_unload would change both)"
         )
-    if loras.tower_keys:
+    not_included = list(loras.tower_keys)
+    if mm_out is not None:
+        merged_keys = {k for p in loras.tower_pairs for k in (p.a_key, p.b_key)}
+        not_included = [k for k in not_included if k not in merged_keys]
         notes.append(
-            f"{len(loras.tower_keys)} tower LoRA tensors are not included: a text GGUF has no vision/audio tower"
+            f"mmproj {mm_out}: {len(mm_plan)} tensors, {len(loras.tower_pairs)} tower LoRAs merged "
+            f"({_MMPROJ_TYPE.get(outtype, 'f16')})"
         )
+    if not_included:
+        notes.append(
+            f"{len(not_included)} tower LoRA tensors are not included: a text GGUF has no vision/audio tower"
+            + ("" if mm_out is not None else " (--mmproj writes them into the projector GGUF)")
+        )
+    tok_model = _kv(w, "tokenizer.ggml.model")
+    tokens = _kv(w, "tokenizer.ggml.tokens")
     return GgufResult(
         out=out,
-        arch=arch,
+        arch=prep.arch,
         outtype=outtype,
         tensors=len(plan),
         bytes=size,
         seconds=time.perf_counter() - t0,
         adapter=snapshot.label if snapshot is not None else None,
         merged_modules=len(loras.pairs),
-        not_included=list(loras.tower_keys),
-        skipped_base_tensors=skipped,
-        vocab_size=n_vocab,
-        tokenizer=tok.model,
+        not_included=not_included,
+        mmproj=str(mm_out) if mm_out is not None else None,
+        skipped_base_tensors=sum(1 for n in ckpt.tensors if is_tower_tensor(n)),
+        vocab_size=len(tokens) if isinstance(tokens, list) else 0,
+        tokenizer=str(tok_model or ""),
         notes=notes,
     )
+
+
+#: --outtype -> the mmproj's type (llama.cpp's --mmproj default is f16; K-quants are for the text model)
+_MMPROJ_TYPE = {"f32": "f32", "f16": "f16", "q8_0": "q8_0"}
+
+
+def _lora_map(ckpt: Any, pairs: list[LoraPair], snapshot: Any, *, towers: bool) -> dict[str, LoraPair]:
+    """Checkpoint key of the weight each LoRA adapts (any layout: by module address)."""
+    from ..layout import address_of
+
+    weights: dict[Any, str] = {}
+    for key in ckpt.tensors:
+        if key.endswith(".weight") and (towers or not is_tower_tensor(key)):
+            weights.setdefault(address_of(key[: -len(".weight")]), key)
+    out: dict[str, LoraPair] = {}
+    for pair in pairs:
+        key = weights.get(address_of(pair.module))
+        if key is None:
+            raise BadInputError(
+                f"adapter module {pair.module} has no weight in the base checkpoint",
+                hint="the adapter was trained on a different base: run `loradoc doctor`",
+            )
+        _check_lora(snapshot, pair, key, ckpt.tensors[key][1])
+        check_float(key, ckpt.tensors[key][1], ckpt.tensors[key][0].path)
+        out[key] = pair
+    return out
+
+
+def _kv(writer: Any, key: str) -> Any:
+    for kv in writer.kv_data:
+        if key in kv:
+            return kv[key].value
+    return None
+
+
+def _check_lora(snapshot: Any, lora: LoraPair, hf_name: str, info: TensorInfo) -> None:
+    assert snapshot is not None
+    a_shape = snapshot.tensors[lora.a_key].shape
+    b_shape = snapshot.tensors[lora.b_key].shape
+    have = (a_shape[1], b_shape[0]) if lora.embedding else (b_shape[0], a_shape[1])
+    if len(info.shape) != 2 or tuple(info.shape) != have:
+        raise BadInputError(
+            f"LoRA on {lora.module} has shape {list(have)} but the base tensor {hf_name} is {list(info.shape)}",
+            hint="the adapter was trained on a different base: run `loradoc doctor`",
+        )
+
+
+def _untied_head(
+    plan: list[PlannedTensor], prep: Any, source: Any, embed_key: str, head_lora: LoraPair | None
+) -> list[PlannedTensor]:
+    """A tied base whose embedding or head the adapter changes, written untied as the PeftModel computes it:
+    token_embd keeps the embedding's LoRA, a new output.weight = the base embedding (+ the lm_head LoRA)."""
+    if any(t.name == "output.weight" for t in plan):
+        raise BadInputError(
+            "the base is tied but llama.cpp's converter writes an output head already", hint="convert it untied"
+        )
+    emb = next((t for t in plan if t.name == "token_embd.weight"), None)
+    if emb is None:
+        raise BadInputError("llama.cpp's model has no token_embd.weight to untie", hint="`loradoc convert merged`")
+    qtype = emb.qtype
+    rows = rows_and_cols(emb.shape)[0]
+
+    def chunks() -> Iterator[Any]:  # the base's embedding (not the adapter's full weight) + the head's LoRA
+        yield from source.chunks(embed_key, rows, qtype, lora=head_lora, base_only=True)
+
+    out = list(plan)
+    out.insert(plan.index(emb) + 1, PlannedTensor("output.weight", emb.shape, qtype, chunks, embed_key))
+    return out
+
+
+def _quantized(
+    adapter: str | None,
+    base: str,
+    out: Path,
+    outtype: str,
+    check_health: bool,
+    progress: Progress | None,
+    t0: float,
+    mmproj: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> GgufResult:
+    """The fused bf16 GGUF in a hidden temporary file beside ``out``, quantized by llama.cpp into ``out``
+    (atomically: the output appears complete or not at all; the intermediate is always removed)."""
+    import tempfile
+
+    adapter_dir = None
+    if adapter is not None:
+        from ..snapshot import open_snapshot
+
+        adapter_dir = open_snapshot(adapter).directory
+    guard_outputs([("--out", out)], adapter=adapter_dir, base=Path(base).expanduser(), overwrite=overwrite)
+
+    from ..errors import EnvironmentProblem
+
+    try:
+        import llama_cpp
+    except ImportError:
+        raise EnvironmentProblem(
+            f"--outtype {outtype} uses llama.cpp's quantizer, which needs llama-cpp-python",
+            hint="pip install 'loradoc[quantize]' (llama-cpp-python), or write --outtype bf16 and run llama-quantize",
+        ) from None
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{outtype.upper()}")
+    if out.exists() and out.is_dir():
+        raise BadInputError(f"{out} is a directory", hint="pass the path of the .gguf file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".bf16.tmp", dir=out.parent)
+    os.close(fd)
+    mid = Path(name)
+    try:
+
+        def step(done: int, total: int, what: str) -> None:
+            if progress is not None:
+                progress(done, total + 1, what)
+
+        res = convert_gguf(
+            adapter, base, mid, outtype="bf16", mmproj=mmproj, check_health=check_health, progress=step, overwrite=True
+        )
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.nthread = max(1, min(os.cpu_count() or 1, 8))
+        with atomic_output(out, overwrite=overwrite) as tmp:
+            rc = llama_cpp.llama_model_quantize(str(mid).encode(), str(tmp).encode(), params)
+            if rc != 0:
+                raise BadInputError(
+                    f"llama.cpp's quantizer failed on the fused GGUF (code {rc})",
+                    hint="write --outtype bf16 and run llama-quantize to see llama.cpp's message",
+                )
+        if progress is not None:
+            progress(res.tensors + 1, res.tensors + 1, f"quantize {outtype}")
+    finally:
+        mid.unlink(missing_ok=True)
+    res.out = out
+    res.outtype = outtype
+    res.bytes = out.stat().st_size
+    res.seconds = time.perf_counter() - t0
+    res.notes.append(f"quantized to {outtype} by llama.cpp (llama_model_quantize) from the fused bf16 GGUF")
+    return res

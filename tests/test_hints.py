@@ -82,7 +82,7 @@ def test_every_named_command_exists(where: str, command: str) -> None:
 
 def test_the_checker_catches_what_does_not_exist() -> None:
     assert check("loradoc inspect ADAPTER") == "loradoc has no subcommand 'inspect'"
-    assert check("loradoc convert gguf A --base B --out X --mmproj Y") == "loradoc convert gguf has no option --mmproj"
+    assert check("loradoc convert gguf A --base B --out X --token Y") == "loradoc convert gguf has no option --token"
     assert check("loradoc publish DIR --repo R --token T") == "loradoc publish has no option --token"
     assert check("loradoc repair --list-passes") is None
     assert check("loradoc base profile {source.name}") is None

@@ -68,6 +68,19 @@ def workspace(example_root: ExampleSet) -> Path:
     return WORK
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _manifests_env_is_restored() -> Iterator[None]:
+    """make_app points LORADOC_MANIFESTS at the TUI workspace; later modules must not inherit it."""
+    import os
+
+    old = os.environ.get("LORADOC_MANIFESTS")
+    yield
+    if old is None:
+        os.environ.pop("LORADOC_MANIFESTS", None)
+    else:
+        os.environ["LORADOC_MANIFESTS"] = old
+
+
 def make_app(**kw: Any) -> LoradocApp:
     import os
 
@@ -367,6 +380,24 @@ def test_cancel_stops_the_job_before_it_writes_or_records(workspace: Path) -> No
     adapter = str(WORK / "example" / "adapters" / "healthy-gemma3")
     before = _files(WORK)
     certs_before = len(Registry(WORK / "registry.sqlite").show(adapter).revision(None).certificates)
+    # on a tiny base a check-load can finish before the key press lands: hold the job at its first progress
+    # point until the user's cancel arrives (at most 30 s), so the test exercises the cancel, not a race
+    real_reporter = app.reporter
+
+    def held_reporter(job: str) -> Any:
+        report, running = real_reporter(job), app.job
+
+        def held(done: int, total: int, what: str = "") -> None:
+            import time
+
+            deadline = time.monotonic() + 30
+            while running is not None and not running.cancel.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            report(done, total, what)
+
+        return held
+
+    app.reporter = held_reporter  # type: ignore[method-assign]
 
     async def go() -> None:
         async with app.run_test(size=(80, 24)) as pilot:

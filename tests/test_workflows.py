@@ -13,6 +13,12 @@ from loradoc.registry import Registry
 from loradoc.tui import jobs
 
 
+@pytest.fixture(autouse=True)
+def _manifests_beside_each_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each registry keeps its manifests beside its own index (no shared LORADOC_MANIFESTS)."""
+    monkeypatch.delenv("LORADOC_MANIFESTS", raising=False)
+
+
 def _cli(args: list[str]) -> int:
     with pytest.raises(SystemExit) as exc:
         main(args)

@@ -1,6 +1,6 @@
 """llama.cpp (rules.toml [runtimes.llama_cpp]): a LoRA adapter is read only as GGUF; what llama.cpp's own
 convert_lora_to_gguf.py and llama_adapter_lora_init refuse; which architectures its converters know
-(tables.json) and which of those ``loradoc convert gguf-lora`` writes."""
+(tables.json): ``loradoc convert gguf-lora`` writes every one of them (it runs llama.cpp's converter classes)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,6 @@ from ..layout import parse_key, tower_of
 from ._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, hit, settle, tables
 
 RUNTIME = "llama_cpp"
-
-
-def loradoc_architectures() -> dict[str, str]:
-    from ..convert.gguf_names import ARCHITECTURES
-
-    return ARCHITECTURES
 
 
 def not_lora_tensors(a: AdapterFacts) -> list[str]:
@@ -36,14 +30,9 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
         return settle(RUNTIME, [hit("llama_cpp.gguf", fix="")], [a.config_problem or ""])
     cfg = a.config
     fix = "loradoc convert gguf-lora ADAPTER --base BASE --out ADAPTER.gguf"
-    if base is not None and base.known:
-        if base.architecture not in tables()["llama_cpp"]["converter_architectures"]:
-            hits.append(hit("llama_cpp.architecture", architecture=base.architecture))
-            fix = ""
-        elif base.architecture not in loradoc_architectures():
-            fix = "python convert_lora_to_gguf.py --base BASE ADAPTER (llama.cpp's own converter)"
-            notes.append(f"`loradoc convert gguf-lora` writes {', '.join(sorted(set(loradoc_architectures())))} "
-                         f"only; llama.cpp's own convert_lora_to_gguf.py knows {base.architecture}")  # fmt: skip
+    if base is not None and base.known and base.architecture not in tables()["llama_cpp"]["converter_architectures"]:
+        hits.append(hit("llama_cpp.architecture", architecture=base.architecture))
+        fix = ""
     if a.keys_known:
         bad = not_lora_tensors(a)
         if bad:

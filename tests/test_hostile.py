@@ -689,7 +689,11 @@ def _print_figures(request: pytest.FixtureRequest):  # noqa: ANN202
         f"{sum(1 for o in FIGURES.values() if o.code == 2)} one-line bad-input errors, "
         f"{sum(1 for o in FIGURES.values() if o.code == 1)} not-healthy verdicts, "
         f"{sum(1 for o in FIGURES.values() if o.code == 3)} environment errors; "
-        f"slowest {worst_t[0]} {worst_t[1].seconds:.1f} s; worst peak RSS {worst_m[0]} {worst_m[1].peak_mb:.0f} MB"
+        f"slowest {worst_t[0]} {worst_t[1].seconds:.1f} s; worst peak RSS {worst_m[0]} {worst_m[1].peak_mb:.0f} MB "
+        f"(smallest {min(o.peak_mb for o in FIGURES.values()):.0f} MB: a child's peak includes the test process it "
+        "was forked from)"
     )
-    if reporter is not None:
-        reporter.write_line(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("\n" + line)

@@ -16,9 +16,20 @@ _VERDICT = {"healthy": "bold green", "repairable": "bold yellow", "broken": "bol
 
 
 def repair_command(d: Diagnosis, adapter: str, base: str) -> str | None:
+    from pathlib import Path
+
     if d.verdict != "repairable":
         return None
-    out = adapter.rstrip("/") + "-fixed"
+    path = Path(adapter.rstrip("/"))
+    parts = path.parts
+    if "snapshots" in parts and any(x.startswith("models--") for x in parts):
+        # an HF cache snapshot: never suggest writing into the cache; the repo's name, fixed, in the current folder
+        repo = next(x for x in parts if x.startswith("models--")).split("--")[-1]
+        out = f"./{repo}-fixed"
+    elif not path.exists() and "/" in adapter and not adapter.startswith((".", "/", "~")):
+        out = "./" + adapter.split("@")[0].rsplit("/", 1)[-1] + "-fixed"  # REPO@REV
+    else:
+        out = adapter.rstrip("/") + "-fixed"
     return f"loradoc repair {shlex.quote(adapter)} --base {shlex.quote(base)} --out {shlex.quote(out)}"
 
 

@@ -86,3 +86,19 @@ def test_the_checker_catches_what_does_not_exist() -> None:
     assert check("loradoc publish DIR --repo R --token T") == "loradoc publish has no option --token"
     assert check("loradoc repair --list-passes") is None
     assert check("loradoc base profile {source.name}") is None
+
+
+def test_the_repair_hint_never_points_into_the_hf_cache(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from loradoc.render import repair_command
+
+    d = SimpleNamespace(verdict="repairable")
+    snap = tmp_path / "hub" / "models--alice--clinical" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    cmd = repair_command(d, str(snap), "BASE")  # type: ignore[arg-type]
+    assert cmd is not None and cmd.endswith("--out ./clinical-fixed") and check(cmd) is None
+    assert repair_command(d, "alice/clinical@main", "BASE").endswith("--out ./clinical-fixed")  # type: ignore[arg-type]
+    local = tmp_path / "mine"
+    local.mkdir()
+    assert repair_command(d, str(local), "BASE").endswith(f"--out {local}-fixed")  # type: ignore[arg-type]

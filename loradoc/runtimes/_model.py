@@ -142,6 +142,13 @@ class RuntimeResult:
         }
 
 
+def config_missing(runtime: str, a: AdapterFacts) -> RuntimeResult:
+    """The refusal of a runtime that opens adapter_config.json with Python's open() (vLLM, SGLang) when the file is
+    missing or unreadable: the ``<runtime>.config-missing`` rule with the FileNotFoundError text it raises."""
+    msg = f"[Errno 2] No such file or directory: '{a.directory / 'adapter_config.json'}'"
+    return settle(runtime, [hit(f"{runtime}.config-missing", msg)], [a.config_problem or ""])
+
+
 def settle(runtime: str, hits: list[Hit], notes: list[str], *, base_flags: tuple[str, ...] = ()) -> RuntimeResult:
     """The verdict from the hits: a refusal (or a needed conversion) refuses, with the fix when every refusal
     has one; else an unknown makes it unknown; else flags give loads-with-flags; else loads."""

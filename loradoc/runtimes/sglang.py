@@ -4,7 +4,7 @@ tower LoRAs (tables.json)."""
 
 from __future__ import annotations
 
-from ._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, hit, runtime_info, settle, tables
+from ._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, config_missing, hit, runtime_info, settle, tables
 
 RUNTIME = "sglang"
 BASE_FLAGS = ("--enable-lora",)
@@ -25,8 +25,7 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
     notes: list[str] = []
     info = runtime_info(RUNTIME)
     if a.config is None:
-        msg = f"[Errno 2] No such file or directory: '{a.directory / 'adapter_config.json'}'"
-        return settle(RUNTIME, [hit("sglang.config-missing", msg)], [a.config_problem or ""])
+        return config_missing(RUNTIME, a)
     cfg = a.config
     for f in ("target_modules", "r", "lora_alpha"):  # the order LoRAConfig.__init__ reads them
         if f not in cfg:

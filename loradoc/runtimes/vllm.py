@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, hit, runtime_info, settle, tables
+from ._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, config_missing, hit, runtime_info, settle, tables
 
 RUNTIME = "vllm"
 BASE_FLAGS = ("--enable-lora",)
@@ -110,8 +110,7 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
     notes: list[str] = []
     info = runtime_info(RUNTIME)
     if a.config is None:
-        msg = f"[Errno 2] No such file or directory: '{a.directory / 'adapter_config.json'}'"
-        return settle(RUNTIME, [hit("vllm.config-missing", msg)], [a.config_problem or ""])
+        return config_missing(RUNTIME, a)
     cfg = a.config
     missing = [f for f in info["required_fields"] if f not in cfg]
     if missing:

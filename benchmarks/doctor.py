@@ -33,9 +33,9 @@ def make_e4b_replica(out: Path, *, rank: int = 16, dtype: str = "BF16") -> Path:
 
     import numpy as np
 
-    from loradoc.layout import address_of
-    from loradoc.profiles import get_profile
-    from loradoc.safetensors_io import SafetensorsWriter, TensorSpec
+    from loradoc.io.safetensors import SafetensorsWriter, TensorSpec
+    from loradoc.model.layout import address_of
+    from loradoc.model.profiles import get_profile
 
     prof = get_profile("google/gemma-4-E4B-it", allow_build=False)
     r = rank
@@ -153,7 +153,7 @@ def main() -> None:
     tiny_a = str(work / "example" / "adapters" / "seed-clinical-endpoint-extractor")
     tiny_b = str(work / "example" / "bases" / "tiny-gemma4-e4b")
     if args.prepare_only:
-        from loradoc.fixtures import build_example
+        from loradoc.demo.builder import build_example
 
         make_e4b_replica(adapter)
         build_example(work / "example", names=["seed-clinical-endpoint-extractor"])
@@ -177,7 +177,7 @@ def main() -> None:
     )
     rows.append(("doctor (E4B, 884 keys)", timed([*exe, "doctor", str(adapter), *e4b], args.runs), "goal < 6 s"))
     if args.real_e4b:
-        from loradoc.profiles import resolve_base
+        from loradoc.model.profiles import resolve_base
 
         cfg_dir = str(resolve_base("google/gemma-4-E4B-it").directory)
         rows.append(

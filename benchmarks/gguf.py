@@ -51,7 +51,7 @@ TOKENIZERS = _HERE.parent.parent / "shared" / "data" / "tokenizers"
 def _write_random(base: Path, model: object, rng: object) -> None:
     import numpy as np
 
-    from loradoc.safetensors_io import SafetensorsWriter, TensorSpec
+    from loradoc.io.safetensors import SafetensorsWriter, TensorSpec
 
     specs = [TensorSpec(n, "BF16", tuple(p.shape)) for n, p in model.state_dict().items()]  # type: ignore[attr-defined]
     with SafetensorsWriter(base / "model.safetensors", specs, metadata={"format": "pt"}) as w:
@@ -226,7 +226,7 @@ convert_gguf_lora(sys.argv[1], sys.argv[2], sys.argv[3])
 
 WARM = """
 import sys
-from loradoc.profiles import get_profile
+from loradoc.model.profiles import get_profile
 get_profile(sys.argv[1])
 """
 
@@ -270,7 +270,7 @@ def adapted_fraction(base_st: Path, fused: Path) -> float:
     import gguf
     import numpy as np
 
-    from loradoc.safetensors_io import read_header, read_tensor_bytes
+    from loradoc.io.safetensors import read_header, read_tensor_bytes
 
     h = read_header(base_st)
     before = np.frombuffer(read_tensor_bytes(h, "model.layers.0.self_attn.q_proj.weight"), "<u2")
@@ -305,7 +305,7 @@ def run_shape(shape: str, work: Path, layers: int, ref: Path) -> dict[str, objec
     """Build (once) and time one synthetic model; returns its rows and checks."""
     import numpy as np
 
-    from loradoc.safetensors_io import read_header
+    from loradoc.io.safetensors import read_header
 
     base, adapter = work / "base", work / "adapter"
     if not (base / "model.safetensors").is_file() or not (adapter / "adapter_model.safetensors").is_file():

@@ -76,7 +76,7 @@ with torch.no_grad():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
 pm.save_pretrained(str(work / "adapter"))
 t1 = time.perf_counter()
-from loradoc.profiles import get_profile
+from loradoc.model.profiles import get_profile
 get_profile(str(work / "base"))  # the base profile: built once per base (meta device), cached
 t_profile = time.perf_counter() - t1
 params = sum(p.numel() for p in model.parameters())
@@ -208,7 +208,7 @@ def main() -> None:
     try:
         print(f"building the synthetic model in {work} ...", flush=True)
         built, build_wall, _, _ = run_child(BUILD, [str(work), str(args.layers)], work / "build")
-        from loradoc.safetensors_io import read_header
+        from loradoc.io.safetensors import read_header
 
         base_files = sorted((work / "base").glob("*.safetensors"))
         headers = [read_header(f) for f in base_files]

@@ -51,11 +51,11 @@ def main() -> int:
     from realload import real_peft_load
     from safetensors.torch import load_file
 
-    from loradoc.profiles import get_profile, resolve_base
+    from loradoc.diagnose.doctor import diagnose
+    from loradoc.io.snapshot import open_snapshot
+    from loradoc.model.profiles import get_profile, resolve_base
     from loradoc.repair.apply import apply_plan
-    from loradoc.repair.doctor import diagnose
     from loradoc.repair.passes import build_plan
-    from loradoc.snapshot import open_snapshot
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

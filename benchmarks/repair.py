@@ -69,7 +69,7 @@ def main() -> None:
         )
     st = src / "adapter_model.safetensors"
     size_mb = st.stat().st_size / 2**20
-    from loradoc.safetensors_io import read_header
+    from loradoc.io.safetensors import read_header
 
     header = read_header(st)
     largest = max(t.nbytes for t in header.tensors.values()) / 2**20

@@ -66,8 +66,8 @@ def analysis_floor(n: int = 20, rank: int = 64) -> float:
     from hubserver import _layout_specs, _scan_config, write_sparse_safetensors
 
     from loradoc.hub.scan import _analyse
-    from loradoc.profiles import get_profile
-    from loradoc.safetensors_io import read_header
+    from loradoc.io.safetensors import read_header
+    from loradoc.model.profiles import get_profile
 
     prof = get_profile(BASE, allow_build=False)
     with tempfile.TemporaryDirectory() as tmp:

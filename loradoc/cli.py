@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from .errors import LoradocError, exit_code_for
-from .progress import Progress
+from loradoc.errors import LoradocError, exit_code_for
+from loradoc.progress import Progress
 
 
 def _emit_json(data: Any) -> None:
@@ -26,7 +26,7 @@ def _emit_json(data: Any) -> None:
 def _registry(path: str | None) -> Any:
     from pathlib import Path
 
-    from .registry import Registry
+    from loradoc.registry import Registry
 
     return Registry(Path(path) if path else None)
 
@@ -38,7 +38,7 @@ def _base_for(adapter: str, base: str | None, registry_path: str | None, *, weig
     """--base, or the base the registry / adapter_config.json knows for ADAPTER (said on stderr)."""
     if base:
         return base
-    from .workflows import choose_base
+    from loradoc.workflows import choose_base
 
     try:
         reg = _registry(registry_path)
@@ -126,7 +126,7 @@ def doctor(
 
     Exit code: 0 healthy, 1 repairable or broken, 2 bad input.
     """
-    from .repair.doctor import HEALTHY, diagnose
+    from loradoc.diagnose.doctor import HEALTHY, diagnose
 
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"  # read by loradoc.hub.pull for REPO@REV adapters
@@ -138,7 +138,7 @@ def doctor(
     if as_json:
         _emit_json(d.to_json())
     else:
-        from .render import render_diagnosis
+        from loradoc.render import render_diagnosis
 
         render_diagnosis(d, adapter=adapter, base=base)
     sys.exit(0 if d.verdict == HEALTHY else 1)
@@ -192,7 +192,7 @@ def repair(
     pickle-to-safetensors, drop-tower-loras for tower LoRAs that load, ...) run only when named.
     Exit code: 0 when the output is healthy (or, with --plan, when it would be), 1 otherwise, 2 bad input.
     """
-    from .repair.passes import describe_passes
+    from loradoc.repair.passes import describe_passes
 
     if list_passes:
         rows = describe_passes()
@@ -207,18 +207,18 @@ def repair(
         raise click.UsageError("missing argument ADAPTER (or pass --list-passes)")
     from pathlib import Path
 
-    from .profiles import get_profile, resolve_base
-    from .repair.doctor import spec_of
-    from .repair.passes import build_plan, dry_load_judge
+    from loradoc.diagnose.doctor import spec_of
+    from loradoc.model.profiles import get_profile, resolve_base
+    from loradoc.repair.passes import build_plan, dry_load_judge
 
     base = _base_for(adapter, base, registry_path)
-    from .snapshot import open_snapshot
+    from loradoc.io.snapshot import open_snapshot
 
     consent = allow_pickle or "pickle-to-safetensors" in (*only, *also)
     snap = open_snapshot(adapter, endpoint=endpoint, allow_pickle=consent)
     source = resolve_base(base)
     if out and not plan_only:  # before any work: --out must not touch the inputs
-        from .outputs import guard_outputs
+        from loradoc.io.outputs import guard_outputs
 
         guard_outputs([("--out", out)], adapter=snap.directory, base=source.directory, overwrite=overwrite)
     spec = spec_of(snap)
@@ -231,13 +231,13 @@ def repair(
         if as_json:
             _emit_json({"plan": plan.to_json(), "written": False})
         else:
-            from .render import render_plan
+            from loradoc.render import render_plan
 
             render_plan(plan)
         sys.exit(0 if not any(f.severity == "error" for f in plan.after) else 1)
     if not out:
         raise click.UsageError("--out DIR is required (or use --plan)")
-    from .repair.apply import apply_plan
+    from loradoc.repair.apply import apply_plan
 
     with _progress_bar("repair", as_json) as progress:
         result = apply_plan(plan, Path(out), source, verify=verify, overwrite=overwrite, progress=progress)
@@ -247,7 +247,7 @@ def repair(
     if as_json:
         _emit_json({"out": str(result.out), "verdict": result.verdict, "report": result.report})
     else:
-        from .render import render_plan
+        from loradoc.render import render_plan
 
         render_plan(plan)
         click.echo(
@@ -292,7 +292,7 @@ def check_load_cmd(
     """
     from pathlib import Path
 
-    from .repair.checkload import check_load
+    from loradoc.verify.checkload import check_load
 
     base = _base_for(adapter, base, registry_path, weights=True)
     cert = check_load(
@@ -310,7 +310,7 @@ def check_load_cmd(
     if as_json:
         _emit_json({**cert.data, "certificate_path": str(cert.path)})
     else:
-        from .render import next_after_check, render_certificate
+        from loradoc.render import next_after_check, render_certificate
 
         render_certificate(cert)
         click.echo(f"next: {next_after_check(adapter, base, cert.passed)}")
@@ -333,8 +333,8 @@ def example(directory: str, as_json: bool, adapter: str, registry_path: str | No
     tiny base in the registry (so --base can be left out), then diagnose one."""
     from pathlib import Path
 
-    from .fixtures import ADAPTER_SPECS, build_example
-    from .repair.doctor import diagnose
+    from loradoc.demo.builder import ADAPTER_SPECS, build_example
+    from loradoc.diagnose.doctor import diagnose
 
     if adapter not in ADAPTER_SPECS:
         raise click.BadParameter(f"choose one of: {', '.join(ADAPTER_SPECS)}", param_hint="--adapter")
@@ -368,7 +368,7 @@ def example(directory: str, as_json: bool, adapter: str, registry_path: str | No
     for name, row in pairs.items():
         click.echo(f"  {name:<34} base {Path(row['base']).name:<18} {row['verdict']}")
     click.echo(f"\n{adapter}:")
-    from .render import render_diagnosis
+    from loradoc.render import render_diagnosis
 
     render_diagnosis(shown, adapter=pairs[adapter]["adapter"], base=pairs[adapter]["base"])
 
@@ -421,7 +421,7 @@ def registry_list(
 @click.option("--json", "as_json", is_flag=True)
 def registry_show(ident: str, registry_path: str | None, as_json: bool) -> None:
     """Show the manifest of an adapter or base (repo id, id@revision, or a local adapter path)."""
-    from .registry import manifest_to_toml
+    from loradoc.registry import manifest_to_toml
 
     m = _registry(registry_path).show(ident)
     if as_json:
@@ -441,7 +441,7 @@ def registry_add(
     adapter: str, base: str, fast: bool, endpoint: str | None, registry_path: str | None, as_json: bool
 ) -> None:
     """Run doctor on ADAPTER (a path or REPO[@REV]) and write its manifest."""
-    from .repair.doctor import diagnose
+    from loradoc.diagnose.doctor import diagnose
 
     base = _base_for(adapter, base, registry_path)
     d = diagnose(adapter, base, fast=fast, endpoint=endpoint)
@@ -523,7 +523,7 @@ def convert_merged(
     """Merge ADAPTER into BASE tensor by tensor (W + scale*B@A in fp32) and write a sharded checkpoint."""
     from pathlib import Path
 
-    from .convert.merge import merge_adapter
+    from loradoc.convert.merge import merge_adapter
 
     base = _base_for(adapter, base, registry_path, weights=True)
     with _progress_bar("merge", as_json) as progress:
@@ -545,7 +545,7 @@ def _finish_convert(
 ) -> None:
     """Record the artifact when asked, then print the result (JSON, or a summary with every note and every tensor
     that could not go in)."""
-    from .workflows import artifact_format, record_convert
+    from loradoc.workflows import artifact_format, record_convert
 
     fmt = artifact_format(kind, dtype)
     if record:
@@ -561,7 +561,7 @@ def _finish_convert(
         click.echo(f"note: {note}")
     for key in d.get("not_included", []) or []:
         click.echo(f"not included: {key}")
-    from .render import next_after_convert
+    from loradoc.render import next_after_convert
 
     click.echo(f"next: {next_after_convert(kind, out)}")
 
@@ -610,7 +610,7 @@ def convert_gguf_cmd(
     as_json: bool,
 ) -> None:
     """The merged text model of BASE + ADAPTER as GGUF, in one fused pass (no intermediate checkpoint)."""
-    from .convert.gguf_model import convert_gguf
+    from loradoc.convert.gguf_model import convert_gguf
 
     base = _base_for(adapter, base, registry_path, weights=True)
     with _progress_bar("gguf", as_json) as progress:
@@ -633,7 +633,7 @@ def convert_gguf_lora_cmd(
 ) -> None:
     """ADAPTER as a llama.cpp LoRA GGUF (llama-server --lora); tensors that cannot go in are listed, not dropped
     silently."""
-    from .convert.gguf_lora import convert_gguf_lora
+    from loradoc.convert.gguf_lora import convert_gguf_lora
 
     base = _base_for(adapter, base, registry_path)
     with _progress_bar("gguf-lora", as_json) as progress:
@@ -655,7 +655,7 @@ def convert_mlx_lm_cmd(adapter: str, base: str | None, out: str, overwrite: bool
     (adapters.safetensors) back to peft. Tensors are transposed, never changed: the round trip is bit-identical."""
     from pathlib import Path
 
-    from .convert.mlx_lm import MLX_WEIGHTS, mlx_to_peft, peft_to_mlx
+    from loradoc.convert.mlx_lm import MLX_WEIGHTS, mlx_to_peft, peft_to_mlx
 
     if (Path(adapter) / MLX_WEIGHTS).is_file():
         mt = _model_type(base) if base else None
@@ -676,7 +676,7 @@ def convert_mlx_lm_cmd(adapter: str, base: str | None, out: str, overwrite: bool
 
 
 def _model_type(base: str) -> str | None:
-    from .runtimes import read_base
+    from loradoc.runtimes import read_base
 
     b = read_base(base)
     return b.model_type if b else None
@@ -694,7 +694,7 @@ def runtimes_cmd(adapter: str, base: str | None, record: bool, registry_path: st
     (the runtime's own message) / unknown, and the loradoc command or flag that makes it load. Rules:
     loradoc/runtimes/rules.toml (each names the runtime version and function it comes from). Exit 0 when every
     runtime loads it (with flags or not), 1 otherwise. (`loradoc registry compat` answers for peft/transformers.)"""
-    from .runtimes import FLAGS, LOADS, check_runtimes, fill_placeholders
+    from loradoc.runtimes import FLAGS, LOADS, check_runtimes, fill_placeholders
 
     try:
         base = _base_for(adapter, base, registry_path)
@@ -738,8 +738,8 @@ def pull(
     as_json: bool,
 ) -> None:
     """Fetch an adapter snapshot through the huggingface_hub cache, pinned to the commit its revision resolves to."""
-    from .hub import pull as hub_pull
-    from .snapshot import parse_source
+    from loradoc.hub import pull as hub_pull
+    from loradoc.io.snapshot import parse_source
 
     repo_id, rev = parse_source(repo)
     got = hub_pull(repo_id, rev, endpoint=endpoint, cache_dir=cache_dir, offline=offline)
@@ -758,18 +758,18 @@ def pull(
 
 def _record_pull(got: Any, base: str | None, registry_path: str | None) -> Any:
     """Record the pulled commit: with a static diagnosis when the base is known here, else the bare revision."""
-    from .adapter_config import load_adapter_config
-    from .errors import LoradocError
-    from .registry import record as R
-    from .registry.schema import AdapterManifest, BaseRef
+    from loradoc.errors import LoradocError
+    from loradoc.io.adapter_config import load_adapter_config
+    from loradoc.registry import record as R
+    from loradoc.registry.schema import AdapterManifest, BaseRef
 
     reg = _registry(registry_path)
     declared = load_adapter_config(got.path).base_model
     target = base or declared
     if target:
         try:
-            from .profiles import get_profile
-            from .repair.doctor import diagnose
+            from loradoc.diagnose.doctor import diagnose
+            from loradoc.model.profiles import get_profile
 
             get_profile(target, allow_build=False)
             d = diagnose(str(got.path), target, fast=True)
@@ -828,9 +828,9 @@ def publish(
     unverified files, existing tag), 3 network."""
     from pathlib import Path
 
-    from .errors import NothingToDo
-    from .hub import NothingToPublishError, plan_publish
-    from .hub import publish as hub_publish
+    from loradoc.errors import NothingToDo
+    from loradoc.hub import NothingToPublishError, plan_publish
+    from loradoc.hub import publish as hub_publish
 
     plan = plan_publish(
         Path(directory),
@@ -873,7 +873,7 @@ def publish(
         click.secho(result.warning, fg="red", bold=True, err=True)
     recorded = None
     if not no_record:
-        from .workflows import record_publish
+        from loradoc.workflows import record_publish
 
         recorded = record_publish(_registry(registry_path), directory, result)
     if as_json:
@@ -896,7 +896,7 @@ def registry_scan_hub(
     base: str, limit: int | None, concurrency: int, endpoint: str | None, registry_path: str | None, as_json: bool
 ) -> None:
     """Audit every adapter of BASE on the Hub from adapter_config.json and the safetensors header alone."""
-    from .hub import scan_hub
+    from loradoc.hub import scan_hub
 
     with _progress_bar("scan-hub", as_json) as progress:
         res = scan_hub(base, limit=limit, endpoint=endpoint, concurrency=concurrency, progress=progress)
@@ -937,9 +937,9 @@ def tui(registry_path: str | None, endpoint: str | None) -> None:
     from pathlib import Path
 
     try:
-        from .tui.app import run
+        from loradoc.tui.app import run
     except ImportError as e:
-        from .errors import EnvironmentProblem
+        from loradoc.errors import EnvironmentProblem
 
         raise EnvironmentProblem(f"the TUI needs textual ({e})", hint='pip install "loradoc[tui]"') from None
     run(Path(registry_path) if registry_path else None, endpoint=endpoint)
@@ -955,7 +955,7 @@ def base() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def base_list(as_json: bool) -> None:
     """List the shipped bases."""
-    from .profiles import resolve_base, shipped_bases
+    from loradoc.model.profiles import resolve_base, shipped_bases
 
     rows = []
     for repo_id in shipped_bases():
@@ -976,7 +976,7 @@ def base_profile(base_spec: str, as_json: bool) -> None:
     """Build the module profile of BASE under the installed transformers and cache it (for doctor --fast).
 
     For a shipped base, says whether the build differs from the shipped profile (a drift) and where."""
-    from .profiles import build_and_cache
+    from loradoc.model.profiles import build_and_cache
 
     p, path, drift = build_and_cache(base_spec)
     summary = {

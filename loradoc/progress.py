@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import Cancelled
+from loradoc.errors import Cancelled
 
 __all__ = ["Cancelled", "Progress", "report"]
 

@@ -7,9 +7,9 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .repair.checkload import Certificate
-    from .repair.doctor import Diagnosis
-    from .repair.passes import RepairPlan
+    from loradoc.diagnose.doctor import Diagnosis
+    from loradoc.repair.passes import RepairPlan
+    from loradoc.verify.checkload import Certificate
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 _VERDICT = {"healthy": "bold green", "repairable": "bold yellow", "broken": "bold red"}

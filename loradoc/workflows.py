@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError, LoradocError
+from loradoc.errors import BadInputError, LoradocError
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ def _usable(base: str | None, *, weights: bool) -> bool:
         return (p / "config.json").is_file()
     if weights:
         return False
-    from .profiles import shipped_bases
+    from loradoc.model.profiles import shipped_bases
 
     return base.lower() in {k.lower() for k in shipped_bases()}
 
@@ -54,7 +54,7 @@ def choose_base(adapter: str, base: str | None, registry: Any, *, weights: bool 
                 candidates.append((r.diagnosis.base, "registry"))
         candidates.append((manifest.base.id, "registry"))
     try:
-        from .adapter_config import load_adapter_config
+        from loradoc.io.adapter_config import load_adapter_config
 
         declared = load_adapter_config(Path(adapter)).base_model if Path(adapter).is_dir() else None
     except LoradocError:
@@ -102,7 +102,7 @@ def artifact_sha256(out: str | Path) -> str | None:
     import hashlib
     import json
 
-    from .safetensors_io import sha256_file
+    from loradoc.io.safetensors import sha256_file
 
     p = Path(out)
     if p.is_file():

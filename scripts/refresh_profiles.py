@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from loradoc.profiles import installed_version, refresh_shipped_profile, shipped_bases
+from loradoc.model.profiles import installed_version, refresh_shipped_profile, shipped_bases
 
 
 def main() -> int:

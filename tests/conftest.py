@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loradoc.fixtures import ExampleSet, build_example
+from loradoc.demo.builder import ExampleSet, build_example
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +16,7 @@ def example_root(tmp_path_factory: pytest.TempPathFactory) -> ExampleSet:
     """Every tiny base and example adapter, built once per session (real transformers + peft).
 
     Read-only: a test that needs a broken variant copies one into its tmp_path with
-    ``loradoc.fixtures.rewrite_adapter``."""
+    ``loradoc.demo.builder.rewrite_adapter``."""
     return build_example(tmp_path_factory.mktemp("example"))
 
 

@@ -1119,7 +1119,7 @@ BROKEN_KINDS = ["missing-weights", "html-weights", "not-peft", "pickle-only", "t
 
 
 def _layout_specs(profile: Any, layout: str, rank: int) -> list[tuple[str, str, tuple[int, ...]]]:
-    from loradoc.layout import address_of
+    from loradoc.model.layout import address_of
 
     layers = sorted({address_of(n).layer for n in profile.modules if address_of(n).tower == "language"} - {None})
     specs: list[tuple[str, str, tuple[int, ...]]] = []
@@ -1197,7 +1197,7 @@ def generate_scan_adapters(
     """``n`` adapter repositories of ``base`` (a shipped base id: its profile gives real shapes) in ``store``:
     a few distinct weight files (shared blobs) with varied configs and key layouts, plus a broken repository
     every ``broken_every``-th (missing / HTML / truncated weights, a non-PEFT config, a pickle-only adapter)."""
-    from loradoc.profiles import get_profile
+    from loradoc.model.profiles import get_profile
 
     profile = get_profile(base, allow_build=False)
     workdir = Path(workdir)

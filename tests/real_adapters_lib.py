@@ -115,8 +115,8 @@ def agrees(d: Any, t: Truth) -> tuple[bool, str]:
 
 
 def evaluate(name: str, work: Path, *, repair: bool = True, check_load: bool = False, fast: bool = True) -> Row:
+    from loradoc.diagnose.doctor import diagnose
     from loradoc.errors import LoradocError
-    from loradoc.repair.doctor import diagnose
 
     prov = provenance()[name]
     adapter = REAL / "adapters" / name
@@ -151,7 +151,7 @@ def evaluate(name: str, work: Path, *, repair: bool = True, check_load: bool = F
         row.repaired, extra = repair_and_load(name, base, work)
         row.why = (row.why + "; " + extra).strip("; ")
     if check_load and d.verdict == "healthy":
-        from loradoc.repair.checkload import check_load as run_check_load
+        from loradoc.verify.checkload import check_load as run_check_load
 
         cert = run_check_load(str(adapter), str(weights_dir(name, work)), device="cpu", write=False)
         row.check_load = cert.passed
@@ -175,11 +175,11 @@ def _unreadable(adapter: Path) -> bool:
 
 def repair_and_load(name: str, base: Path, work: Path) -> tuple[bool, str]:
     """Repair (every pass judged by a dry load), then a real peft load of the output."""
-    from loradoc.profiles import get_profile, resolve_base
+    from loradoc.diagnose.doctor import spec_of
+    from loradoc.io.snapshot import open_snapshot
+    from loradoc.model.profiles import get_profile, resolve_base
     from loradoc.repair.apply import apply_plan
-    from loradoc.repair.doctor import spec_of
     from loradoc.repair.passes import build_plan, dry_load_judge
-    from loradoc.snapshot import open_snapshot
 
     src = resolve_base(str(base))
     snap = open_snapshot(str(REAL / "adapters" / name))
@@ -197,6 +197,6 @@ def repair_and_load(name: str, base: Path, work: Path) -> tuple[bool, str]:
 
 
 def _is_head(key: str) -> bool:
-    from loradoc.profiles import head_module
+    from loradoc.model.profiles import head_module
 
     return head_module(key) is not None and "lora_" not in key

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packaging.version import Version
 
-from loradoc.adapter_config import (
+from loradoc.errors import LoradocError, MalformedConfigError, MissingFileError, NotPeftConfigError
+from loradoc.io.adapter_config import (
     FIELD_INTRODUCED,
     KNOWN_PEFT_TYPES,
     AdapterConfig,
@@ -33,7 +34,6 @@ from loradoc.adapter_config import (
     required_peft_specifier,
     unknown_field_behaviour,
 )
-from loradoc.errors import LoradocError, MalformedConfigError, MissingFileError, NotPeftConfigError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "real_adapter_configs.jsonl"
 ROWS: list[dict[str, Any]] = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()]
@@ -563,7 +563,7 @@ def test_adalora_rank_pattern_masks_become_ranks() -> None:
 
 def test_module_imports_no_heavy_stack() -> None:
     code = (
-        "import sys, loradoc.adapter_config; "
+        "import sys, loradoc.io.adapter_config; "
         "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
         "print(','.join(bad))"
     )

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from loradoc.cli import main
-from loradoc.fixtures import ExampleSet
+from loradoc.demo.builder import ExampleSet
 
 ADAPTER = "healthy-gemma4-text"
 BASE = "tiny-gemma4-text"
@@ -275,7 +275,7 @@ def test_help_imports_no_heavy_library() -> None:
 def test_fast_doctor_imports_no_torch(example_root: ExampleSet) -> None:
     a, b = example_root.adapters[ADAPTER], example_root.bases[BASE]
     # make sure the profile is cached first (the full doctor builds it)
-    from loradoc.profiles import get_profile
+    from loradoc.model.profiles import get_profile
 
     get_profile(str(b))
     mods = _modules_after(
@@ -288,8 +288,8 @@ def test_fast_doctor_imports_no_torch(example_root: ExampleSet) -> None:
 
 def test_core_never_imports_textual_or_click() -> None:
     mods = _modules_after(
-        "import loradoc.repair.doctor, loradoc.repair.analysis, loradoc.snapshot, loradoc.profiles, "
-        "loradoc.layout, loradoc.safetensors_io, loradoc.adapter_config, loradoc.fixtures"
+        "import loradoc.diagnose.doctor, loradoc.diagnose.analysis, loradoc.io.snapshot, loradoc.model.profiles, "
+        "loradoc.model.layout, loradoc.io.safetensors, loradoc.io.adapter_config, loradoc.demo.builder"
     )
     assert not mods & {"textual", "click", "typer", "rich"}
 

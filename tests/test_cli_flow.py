@@ -12,7 +12,7 @@ from hubserver import HubServer
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from loradoc.cli import main
-from loradoc.fixtures import ExampleSet
+from loradoc.demo.builder import ExampleSet
 
 TOKEN = "hf_loradocCLIflowTOKEN000111222333"
 REPO = "alice/clinical-cli"

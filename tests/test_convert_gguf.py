@@ -21,8 +21,8 @@ import pytest
 
 from loradoc.convert.gguf_lora import convert_gguf_lora
 from loradoc.convert.gguf_model import convert_gguf
+from loradoc.demo.builder import ExampleSet, rewrite_adapter
 from loradoc.errors import BadInputError, LoradocError, MissingFileError, UnknownArchitectureError
-from loradoc.fixtures import ExampleSet, rewrite_adapter
 
 # peft 0.21.2 calls a transformers method deprecated in 5.x; noise, not this module's business
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -595,7 +595,7 @@ def test_huge_tensor_converts_with_bounded_memory(tmp_path: Path) -> None:
     ne, ttype, offset = table["per_layer_token_embd.weight"]
     assert ne == [2048, 262144] and ttype == 1  # GGML_TYPE_F16
     # spot-check a row against the bf16 input (bf16 -> f32 -> f16)
-    from loradoc.safetensors_io import read_header
+    from loradoc.io.safetensors import read_header
 
     h = read_header(base / "model.safetensors")
     info = h.tensors["model.embed_tokens_per_layer.weight"]

@@ -27,14 +27,14 @@ import torch
 
 from loradoc.convert.checkpoint import cached_sha256, decode_f32, encode_f32, remember_sha256
 from loradoc.convert.merge import MANIFEST_NAME, MergeResult, merge_adapter
+from loradoc.demo.builder import ADAPTER_SPECS, LM_REGEX, ExampleSet, rewrite_adapter
+from loradoc.diagnose.doctor import diagnose
 from loradoc.errors import BadInputError, LoradocError, PickleRefusedError
-from loradoc.fixtures import ADAPTER_SPECS, LM_REGEX, ExampleSet, rewrite_adapter
-from loradoc.profiles import get_profile, resolve_base
+from loradoc.io.safetensors import read_header
+from loradoc.io.snapshot import open_snapshot
+from loradoc.model.profiles import get_profile, resolve_base
 from loradoc.repair.apply import apply_plan
-from loradoc.repair.doctor import diagnose
 from loradoc.repair.passes import build_plan
-from loradoc.safetensors_io import read_header
-from loradoc.snapshot import open_snapshot
 
 IDS = torch.tensor([[2, 10, 20, 30, 40, 50, 60, 70]])
 FIXTURE_CASES = [

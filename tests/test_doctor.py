@@ -14,8 +14,8 @@ import pytest
 import torch
 from realload import real_peft_load
 
-from loradoc.fixtures import ADAPTER_SPECS, LM_REGEX, TOWER_EXCLUDE_REGEX, ExampleSet, rewrite_adapter
-from loradoc.repair.doctor import Diagnosis, diagnose
+from loradoc.demo.builder import ADAPTER_SPECS, LM_REGEX, TOWER_EXCLUDE_REGEX, ExampleSet, rewrite_adapter
+from loradoc.diagnose.doctor import Diagnosis, diagnose
 
 PREFIX = "base_model.model."
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from loradoc.convert.gguf_model import convert_gguf
+from loradoc.demo.builder import ExampleSet
 from loradoc.errors import UnknownArchitectureError
-from loradoc.fixtures import ExampleSet
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from loradoc.fixtures import ExampleSet
+from loradoc.demo.builder import ExampleSet
 
 pytestmark = pytest.mark.slow
 

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loradoc.cli import main
+from loradoc.demo.builder import build_example
 from loradoc.errors import LoradocError
-from loradoc.fixtures import build_example
-from loradoc.regex_guard import RegexProblem, vet
-from loradoc.safetensors_io import parse_header_bytes
+from loradoc.io.regex_guard import RegexProblem, vet
+from loradoc.io.safetensors import parse_header_bytes
 
 ADAPTER = "healthy-gemma4-text"
 BASE = "tiny-gemma4-text"
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def ex(tmp_path_factory: pytest.TempPathFactory):
     built = build_example(tmp_path_factory.mktemp("hostile"), names=[ADAPTER])
-    from loradoc.profiles import get_profile
+    from loradoc.model.profiles import get_profile
 
     get_profile(str(built.bases[BASE]))  # cached, so --fast works (LORADOC_CACHE_DIR is the test cache)
     return built
@@ -187,7 +187,7 @@ def test_scan_hub_survives_a_catastrophic_regex(ex, tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from hubserver import HubServer
 
-    from loradoc.profiles import get_profile
+    from loradoc.model.profiles import get_profile
 
     base_id = "google/gemma-4-E4B-it"
     get_profile(base_id)  # the shipped profile may be for another transformers: build it once (meta device)

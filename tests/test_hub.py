@@ -14,8 +14,9 @@ import pytest
 from hubserver import HubServer
 from huggingface_hub import CommitOperationAdd, HfApi
 
+from loradoc.demo.builder import ExampleSet
+from loradoc.diagnose.doctor import diagnose
 from loradoc.errors import BadInputError, EnvironmentProblem, LoradocError, exit_code_for
-from loradoc.fixtures import ExampleSet
 from loradoc.hub import (
     VERIFIED_TAG,
     HubAuthError,
@@ -30,12 +31,11 @@ from loradoc.hub import (
     update_card,
 )
 from loradoc.hub.card import END_MARK, SECTION_TITLE, START_MARK
-from loradoc.profiles import get_profile, resolve_base
+from loradoc.io.snapshot import open_snapshot
+from loradoc.model.profiles import get_profile, resolve_base
 from loradoc.repair.apply import CERTIFICATE_NAME, REPORT_NAME, apply_plan
-from loradoc.repair.checkload import adapter_file_hashes, check_load, stored_certificate_path
-from loradoc.repair.doctor import diagnose
 from loradoc.repair.passes import build_plan
-from loradoc.snapshot import open_snapshot
+from loradoc.verify.checkload import adapter_file_hashes, check_load, stored_certificate_path
 
 SEED = "seed-clinical-endpoint-extractor"
 BASE = "tiny-gemma4-e4b"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hubserver import BROKEN_KINDS, GeneratedSet, HubServer, generate_scan_adapters
 
+from loradoc.diagnose.doctor import diagnose
 from loradoc.hub import scan_hub
-from loradoc.repair.doctor import diagnose
 
 BASE = "google/gemma-4-E4B-it"
 N = 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loradoc.layout import Address, address_of, apply_renames, parse_key, tower_of
+from loradoc.model.layout import Address, address_of, apply_renames, parse_key, tower_of
 
 
 @pytest.mark.parametrize(

@@ -21,11 +21,11 @@ from realload import RealLoad, real_peft_load
 from safetensors.torch import load_file
 
 from loradoc.cli import main
-from loradoc.profiles import get_profile, resolve_base
+from loradoc.diagnose.doctor import diagnose
+from loradoc.io.snapshot import open_snapshot
+from loradoc.model.profiles import get_profile, resolve_base
 from loradoc.repair.apply import REPORT_NAME, apply_plan
-from loradoc.repair.doctor import diagnose
 from loradoc.repair.passes import build_plan
-from loradoc.snapshot import open_snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +164,7 @@ def test_a_cached_format_2_profile_is_rebuilt_when_torch_is_at_hand(
     matrix: dict[str, tuple[Path, dict[str, Path]]],
 ) -> None:
     """Profiles cached before towers were found from the model knew Qwen2.5-VL's `visual` by no name."""
-    from loradoc.profiles import _cache_path
+    from loradoc.model.profiles import _cache_path
 
     base, _ = matrix["qwen2_5_vl"]
     prof = get_profile(resolve_base(str(base)))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from loradoc.layout import address_of
-from loradoc.profiles import ModelSpec, num_labels_from_tensors, spec_for_adapter
+from loradoc.diagnose.analysis import PeftCounts
+from loradoc.diagnose.doctor import reconcile, verdict_of
+from loradoc.model.layout import address_of
+from loradoc.model.profiles import ModelSpec, num_labels_from_tensors, spec_for_adapter
 from loradoc.repair import findings as F
-from loradoc.repair.analysis import PeftCounts
-from loradoc.repair.doctor import reconcile, verdict_of
 
 
 def _mis() -> F.Finding:
@@ -70,10 +70,10 @@ def test_task_type_picks_the_model_class_and_labels_from_the_head() -> None:
 
 
 def test_a_plan_that_maps_two_keys_onto_one_module_is_a_plan_bug_and_is_undone(tmp_path) -> None:  # noqa: ANN001
-    from loradoc.adapter_config import parse_adapter_config
-    from loradoc.profiles import BaseProfile, ModuleInfo
+    from loradoc.io.adapter_config import parse_adapter_config
+    from loradoc.io.snapshot import AdapterSnapshot, TensorRecord
+    from loradoc.model.profiles import BaseProfile, ModuleInfo
     from loradoc.repair.passes import RepairPlan, TensorAction, _undo_collisions
-    from loradoc.snapshot import AdapterSnapshot, TensorRecord
 
     keys = [
         "base_model.model.a.encoder.layers.0.q_proj.lora_A.weight",

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from loradoc.cli import main
+from loradoc.demo.builder import ExampleSet
 from loradoc.errors import BadInputError
-from loradoc.fixtures import ExampleSet
 
 HEALTHY = "healthy-gemma4-e4b"
 REPAIRABLE = "seed-clinical-endpoint-extractor"
@@ -180,7 +180,7 @@ def test_no_command_modifies_its_inputs(
 def test_certificate_goes_to_the_registry_store_keyed_by_the_files(
     example_root: ExampleSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from loradoc.repair.checkload import adapter_file_hashes, stored_certificate_path
+    from loradoc.verify.checkload import adapter_file_hashes, stored_certificate_path
 
     a = example_root.adapters[HEALTHY]
     reg = tmp_path / "elsewhere" / "r.sqlite"
@@ -258,7 +258,7 @@ def test_stale_temps_of_killed_runs_are_removed_by_the_next_run(
 
 
 def test_stale_temp_directories(tmp_path: Path) -> None:
-    from loradoc.outputs import remove_stale_temps
+    from loradoc.io.outputs import remove_stale_temps
 
     old = time.time() - 7200
     dead = _dead_pid()
@@ -285,7 +285,7 @@ def test_stale_temp_directories(tmp_path: Path) -> None:
 
 
 def test_guard_allows_the_certificate_beside_a_plain_adapter(tmp_path: Path) -> None:
-    from loradoc.outputs import guard_outputs
+    from loradoc.io.outputs import guard_outputs
 
     a = tmp_path / "a"
     a.mkdir()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from loradoc.demo.builder import ExampleSet
 from loradoc.errors import LoradocError, UnknownBaseError
-from loradoc.fixtures import ExampleSet
-from loradoc.profiles import (
+from loradoc.model.profiles import (
     BaseProfile,
     BaseSource,
     ModuleInfo,
@@ -167,8 +167,8 @@ def test_uncached_local_profile_without_build_is_a_clear_error(example_root: Exa
 
 
 def test_repacks_data_is_well_formed() -> None:
-    from loradoc.profiles import manifests_dir
-    from loradoc.repacks import full_precision_original, lookup_repack
+    from loradoc.model.profiles import manifests_dir
+    from loradoc.model.repacks import full_precision_original, lookup_repack
 
     data = tomllib.loads((manifests_dir() / "repacks.toml").read_text())
     assert data["repack"]

@@ -52,7 +52,7 @@ def test_real_adapter_verdict_counts_repair_checkload(name: str, work: Path) -> 
         assert row.check_load, row.why
     if row.fast and row.fast != row.doctor:
         # --fast is a prediction; where it differs, it said so (the bias question needs the dry load)
-        from loradoc.repair.doctor import diagnose
+        from loradoc.diagnose.doctor import diagnose
 
         fast = diagnose(str(REAL / "adapters" / name), str(config_dir(name, work)), fast=True)
         assert any(f.code == "unsaved-bias" for f in fast.findings), (row.fast, row.doctor)
@@ -76,11 +76,11 @@ def _variant(name: str, out: Path, rename) -> Path:  # noqa: ANN001
     ],
 )
 def test_seq_cls_heads_are_repaired_never_dropped(layout: str, work: Path, tmp_path: Path) -> None:
-    from loradoc.profiles import get_profile, resolve_base
+    from loradoc.diagnose.doctor import diagnose, spec_of
+    from loradoc.io.snapshot import open_snapshot
+    from loradoc.model.profiles import get_profile, resolve_base
     from loradoc.repair.apply import apply_plan
-    from loradoc.repair.doctor import diagnose, spec_of
     from loradoc.repair.passes import build_plan, dry_load_judge
-    from loradoc.snapshot import open_snapshot
 
     name = "roberta-base-seqcls-tfg"
     if layout == "no-prefix":
@@ -111,7 +111,7 @@ def test_seq_cls_heads_are_repaired_never_dropped(layout: str, work: Path, tmp_p
 
 def test_what_loads_is_what_was_trained(work: Path) -> None:
     """bias="lora_only" without the biases: peft loads silently; doctor counts the biases peft would have saved."""
-    from loradoc.repair.doctor import diagnose
+    from loradoc.diagnose.doctor import diagnose
 
     for name in ("tiny-gpt2-lab",):
         adapter = REAL / "adapters" / name
@@ -144,7 +144,7 @@ def test_check_load_and_merge_on_the_published_base_class(name: str, tmp_path: P
     from peft import PeftModel
 
     from loradoc.cli import cli
-    from loradoc.repair.checkload import check_load, probe_inputs
+    from loradoc.verify.checkload import check_load, probe_inputs
 
     _require_data()
     cfg = json.loads((REAL / "base-configs" / f"{provenance()[name]['base']}.json").read_text())

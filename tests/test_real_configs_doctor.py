@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from loradoc.demo.builder import ExampleSet
+from loradoc.diagnose.doctor import diagnose
 from loradoc.errors import LoradocError, NotPeftConfigError
-from loradoc.fixtures import ExampleSet
-from loradoc.profiles import get_profile
-from loradoc.repair.doctor import diagnose
+from loradoc.model.profiles import get_profile
 
 FIXTURE = Path(__file__).parent / "fixtures" / "real_adapter_configs.jsonl"
 ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loradoc.demo.builder import ExampleSet
 from loradoc.errors import BadInputError, MalformedConfigError
-from loradoc.fixtures import ExampleSet
-from loradoc.profiles import manifests_dir
+from loradoc.model.profiles import manifests_dir
 from loradoc.registry import (
     UNKNOWN,
     AdapterManifest,
@@ -146,7 +146,7 @@ def test_shipped_facts_and_unknowns(reg: Registry) -> None:
 
 
 def test_shipped_base_manifests_match_profiles_and_repacks(reg: Registry) -> None:
-    from loradoc.repacks import lookup_repack
+    from loradoc.model.repacks import lookup_repack
 
     for d in sorted((manifests_dir() / "bases").iterdir()):
         m = load_manifest(d / "manifest.toml")
@@ -464,11 +464,11 @@ def test_import_is_light() -> None:
 def test_record_real_doctor_and_repair(example_root: ExampleSet, reg: Registry, tmp_path: Path) -> None:
     import hashlib
 
-    from loradoc.profiles import get_profile, installed_version, resolve_base
+    from loradoc.diagnose.doctor import diagnose
+    from loradoc.io.snapshot import open_snapshot
+    from loradoc.model.profiles import get_profile, installed_version, resolve_base
     from loradoc.repair.apply import apply_plan
-    from loradoc.repair.doctor import diagnose
     from loradoc.repair.passes import build_plan
-    from loradoc.snapshot import open_snapshot
 
     adapter = example_root.adapters["seed-clinical-endpoint-extractor"]
     base = example_root.bases["tiny-gemma4-e4b"]
@@ -587,7 +587,7 @@ def test_record_real_doctor_and_repair(example_root: ExampleSet, reg: Registry, 
 
 
 def test_record_local_adapter_without_repo_id(example_root: ExampleSet, reg: Registry) -> None:
-    from loradoc.repair.doctor import diagnose
+    from loradoc.diagnose.doctor import diagnose
 
     adapter = example_root.adapters["healthy-gemma4-e4b"]
     diag = diagnose(str(adapter), str(example_root.bases["tiny-gemma4-e4b"]), fast=True)

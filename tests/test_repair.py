@@ -18,14 +18,14 @@ from safetensors.torch import load_file
 from test_doctor import _variants
 
 from loradoc.cli import main
+from loradoc.demo.builder import ADAPTER_SPECS, ExampleSet
+from loradoc.diagnose.doctor import diagnose
 from loradoc.errors import BadInputError
-from loradoc.fixtures import ADAPTER_SPECS, ExampleSet
-from loradoc.profiles import get_profile, resolve_base
+from loradoc.io.snapshot import open_snapshot
+from loradoc.model.profiles import get_profile, resolve_base
 from loradoc.repair.apply import CERTIFICATE_NAME, REPORT_NAME, apply_plan
-from loradoc.repair.checkload import check_load
-from loradoc.repair.doctor import diagnose
 from loradoc.repair.passes import build_plan
-from loradoc.snapshot import open_snapshot
+from loradoc.verify.checkload import check_load
 
 REPAIRABLE = [
     "textonly-on-wrapper",

@@ -345,8 +345,8 @@ def test_llama_cpp_rules_agree_with_a_real_load(example_root: Any, tmp_path: Pat
     llama_cpp = pytest.importorskip("llama_cpp")
     from loradoc.convert.gguf_lora import convert_gguf_lora
     from loradoc.convert.gguf_model import convert_gguf
+    from loradoc.demo.builder import rewrite_adapter
     from loradoc.errors import BadInputError
-    from loradoc.fixtures import rewrite_adapter
 
     ex = example_root
     base_dir = ex.bases["tiny-gemma3"]
@@ -387,7 +387,7 @@ def test_llama_cpp_rules_agree_with_a_real_load(example_root: Any, tmp_path: Pat
 
 def test_mlx_round_trip_is_bit_identical(example_root: Any, tmp_path: Path) -> None:
     from loradoc.convert.mlx_lm import mlx_to_peft, peft_to_mlx
-    from loradoc.safetensors_io import read_header, read_tensor_bytes
+    from loradoc.io.safetensors import read_header, read_tensor_bytes
 
     for name, mt in [("healthy-gemma3", "gemma3"), ("seed-medgemma-full-lora", "gemma3"),
                      ("healthy-gemma4-text", "gemma4")]:  # fmt: skip

@@ -1,4 +1,4 @@
-"""Tests for loradoc.safetensors_io, checked against the real safetensors library (never mocked)."""
+"""Tests for loradoc.io.safetensors, checked against the real safetensors library (never mocked)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from loradoc.errors import (
     MalformedSafetensorsError,
     MissingFileError,
 )
-from loradoc.safetensors_io import (
+from loradoc.io.safetensors import (
     DTYPE_BITS,
     MAX_HEADER_SIZE,
     SafetensorsWriter,
@@ -766,7 +766,7 @@ def test_f6_dtypes_round_trip(tmp_path: Path) -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, loradoc.safetensors_io; "
+        "import sys, loradoc.io.safetensors; "
         "mods = ('torch', 'numpy', 'safetensors', 'transformers', 'typing'); "
         "print(','.join(m for m in mods if m in sys.modules))"
     )
@@ -792,7 +792,7 @@ def test_sigkill_leaves_only_dot_prefixed_temps(tmp_path: Path) -> None:
     code = f"""
 import os, signal
 from pathlib import Path
-from loradoc.safetensors_io import SafetensorsWriter, TensorSpec, atomic_directory
+from loradoc.io.safetensors import SafetensorsWriter, TensorSpec, atomic_directory
 root = Path({str(tmp_path)!r})
 with atomic_directory(root / "out") as tmp:
     (tmp / "adapter_config.json").write_text("{{}}")

@@ -59,8 +59,8 @@ def test_task_type_doctor_equals_real_load_and_check_load_passes(
     from peft import LoraConfig, get_peft_model
     from realload import random_base, real_truth
 
-    from loradoc.repair.checkload import check_load
-    from loradoc.repair.doctor import diagnose
+    from loradoc.diagnose.doctor import diagnose
+    from loradoc.verify.checkload import check_load
 
     cfg = _config(family)
     base = tmp_path / "base"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from loradoc.fixtures import ExampleSet
+from loradoc.demo.builder import ExampleSet
 
 pytest.importorskip("textual")
 
@@ -287,8 +287,8 @@ def test_core_imports_without_textual() -> None:
         "        if name == 'textual' or name.startswith('textual.'):\n"
         "            raise ImportError('textual blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import loradoc.repair.doctor, loradoc.repair.passes, loradoc.repair.apply, loradoc.repair.checkload\n"
-        "import loradoc.registry, loradoc.snapshot, loradoc.profiles, loradoc.cli\n"
+        "import loradoc.diagnose.doctor, loradoc.repair.passes, loradoc.repair.apply, loradoc.verify.checkload\n"
+        "import loradoc.registry, loradoc.io.snapshot, loradoc.model.profiles, loradoc.cli\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -20,9 +20,9 @@ from filelock import FileLock
 from hubserver import HubServer, generate_scan_adapters
 from packaging.requirements import Requirement
 
-from loradoc.fixtures import ExampleSet
+from loradoc.demo.builder import ExampleSet
 from loradoc.hub import scan_hub
-from loradoc.profiles import installed_version
+from loradoc.model.profiles import installed_version
 
 REPO = Path(__file__).resolve().parent.parent
 E4B = "google/gemma-4-E4B-it"
@@ -104,7 +104,7 @@ def test_fast_doctor_on_a_shipped_base_works_offline_under_the_oldest_transforme
     assert _summary(old_report) == _summary(new_report)
     assert old_report["base"]["layers"] == 42 and len(old_report["base"]["kv_shared_layers"]) == 18
     gap = [f for f in old_report["findings"] if f["code"] == "profile-version-gap"]
-    from loradoc.profiles import resolve_base, shipped_profiles
+    from loradoc.model.profiles import resolve_base, shipped_profiles
 
     verified = {v for p in shipped_profiles(resolve_base(E4B)) for v in p.verified_transformers}
     if version in verified:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loradoc.cli import main
-from loradoc.fixtures import ExampleSet
+from loradoc.demo.builder import ExampleSet
 from loradoc.registry import Registry
 from loradoc.tui import jobs
 

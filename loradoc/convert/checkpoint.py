@@ -5,7 +5,7 @@ A checkpoint is ``model.safetensors``, or ``model.safetensors.index.json`` + the
 read when it is opened. Tensor names on disk may follow another layout than the module paths of the model class
 (a Gemma 3 checkpoint saved by transformers stores ``language_model.model.layers.N...`` while the modules are
 ``model.language_model.layers.N...``; Gemma4ClippableLinear keeps its weight at ``...q_proj.linear.weight``), so
-lookups go through :func:`loradoc.layout.address_of` and break ties by the longest common path suffix.
+lookups go through :func:`loradoc.model.layout.address_of` and break ties by the longest common path suffix.
 
 numpy is imported inside the functions that need it.
 """
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadInputError, MalformedConfigError, MissingFileError, PickleRefusedError
-from ..layout import Address, address_of
-from ..safetensors_io import HashThread, SafetensorsHeader, TensorInfo, read_header
-from ..safetensors_io import pread_exact as _pread_exact
+from loradoc.errors import BadInputError, MalformedConfigError, MissingFileError, PickleRefusedError
+from loradoc.io.safetensors import HashThread, SafetensorsHeader, TensorInfo, read_header
+from loradoc.io.safetensors import pread_exact as _pread_exact
+from loradoc.model.layout import Address, address_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -268,7 +268,7 @@ def known_sha256(path: Path) -> str | None:
 
 
 def _cache_file(path: Path) -> Path:
-    from ..profiles import cache_dir
+    from loradoc.model.profiles import cache_dir
 
     key = hashlib.sha1(str(path.resolve()).encode("utf-8")).hexdigest()  # noqa: S324 - a file name, not security
     return cache_dir() / "file-sha256" / f"{key}.json"

@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadInputError, EnvironmentProblem, MalformedConfigError, MissingFileError, UnknownBaseError
-from ..layout import parse_key, tower_of
-from ..outputs import file_temp_prefix
-from ..progress import Progress
-from ..safetensors_io import SafetensorsHeader, TensorInfo, fsync_dir, read_header
+from loradoc.errors import BadInputError, EnvironmentProblem, MalformedConfigError, MissingFileError, UnknownBaseError
+from loradoc.io.outputs import file_temp_prefix
+from loradoc.io.safetensors import SafetensorsHeader, TensorInfo, fsync_dir, read_header
+from loradoc.model.layout import parse_key, tower_of
+from loradoc.progress import Progress
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..snapshot import AdapterSnapshot
+    from loradoc.io.snapshot import AdapterSnapshot
 
 #: Elements per row chunk (32 MiB of float32): bounds the working set of every tensor conversion.
 CHUNK_ELEMENTS = 8 << 20
@@ -57,7 +57,7 @@ def open_base(base: str | os.PathLike[str]) -> BaseCheckpoint:
     """Open a local base directory with config.json and safetensors weights (single file or sharded)."""
     d = Path(base).expanduser()
     if not d.is_dir():
-        from ..profiles import shipped_bases
+        from loradoc.model.profiles import shipped_bases
 
         shipped = {k.lower() for k in shipped_bases()}
         if str(base).lower() in shipped:
@@ -344,7 +344,7 @@ def collect_loras(snapshot: AdapterSnapshot, *, towers: bool = False) -> Adapter
 
 
 def _pairs(snapshot: AdapterSnapshot, by_module: dict[str, dict[str, str]]) -> list[LoraPair]:
-    from ..peft_rules import alpha_for, rank_for
+    from loradoc.model.peft_rules import alpha_for, rank_for
 
     cfg = snapshot.config
     pairs: list[LoraPair] = []
@@ -381,7 +381,7 @@ def read_adapter_f32(snapshot: AdapterSnapshot, key: str, fh: Any) -> np.ndarray
     """One adapter tensor as a float32 numpy array."""
     import numpy as np
 
-    from ..safetensors_io import read_tensor_bytes, tensor_to_numpy
+    from loradoc.io.safetensors import read_tensor_bytes, tensor_to_numpy
 
     if snapshot.weights_format != "safetensors":
         assert snapshot._pickle_state is not None
@@ -393,8 +393,8 @@ def read_adapter_f32(snapshot: AdapterSnapshot, key: str, fh: Any) -> np.ndarray
 
 def require_healthy(adapter: str, base: str) -> Any:
     """Run ``loradoc doctor --fast`` on the pair; refuse anything but a healthy verdict. Returns the Diagnosis."""
-    from ..profiles import get_profile
-    from ..repair.doctor import HEALTHY, diagnose
+    from loradoc.diagnose.doctor import HEALTHY, diagnose
+    from loradoc.model.profiles import get_profile
 
     get_profile(base)  # builds + caches the base profile (needs torch/transformers once) so --fast can run
     d = diagnose(adapter, base, fast=True)

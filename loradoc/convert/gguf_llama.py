@@ -29,8 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, EnvironmentProblem, UnknownArchitectureError
-from .gguf_io import BaseCheckpoint, LoraPair, PlannedTensor, iter_row_chunks, quantize_chunk, rows_and_cols
+from loradoc.convert.gguf_io import (
+    BaseCheckpoint,
+    LoraPair,
+    PlannedTensor,
+    iter_row_chunks,
+    quantize_chunk,
+    rows_and_cols,
+)
+from loradoc.errors import BadInputError, EnvironmentProblem, UnknownArchitectureError
 
 _SRC = "_loradoc_source"
 
@@ -315,7 +322,7 @@ def prepare(
                 # "gemma4", which loradoc's tokenizer reader writes (gguf_tokenizer.py)
                 if self.model_arch != gguf.MODEL_ARCH.GEMMA3 or (self.dir_model / "tokenizer.model").is_file():
                     raise
-                from .gguf_tokenizer import add_tokenizer, read_tokenizer
+                from loradoc.convert.gguf_tokenizer import add_tokenizer, read_tokenizer
 
                 tok = read_tokenizer(self.dir_model, "gemma3", self.hparams.get("vocab_size"))
                 add_tokenizer(self.gguf_writer, self.dir_model, tok)
@@ -397,7 +404,7 @@ _FAST: list[Any] = []
 def _fast_writer_class() -> Any:
     """gguf.GGUFWriter with metadata arrays packed in bulk (loradoc's make_writer), as a class to swap in."""
     if not _FAST:
-        from .gguf_io import make_writer
+        from loradoc.convert.gguf_io import make_writer
 
         _FAST.append(type(make_writer("llama")))
     return _FAST[0]

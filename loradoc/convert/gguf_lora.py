@@ -30,10 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError
-from ..outputs import guard_outputs
-from ..progress import Progress
-from .gguf_io import (
+from loradoc.convert.gguf_io import (
     BaseCheckpoint,
     PlannedTensor,
     atomic_output,
@@ -44,6 +41,9 @@ from .gguf_io import (
     require_healthy,
     write_gguf,
 )
+from loradoc.errors import BadInputError
+from loradoc.io.outputs import guard_outputs
+from loradoc.progress import Progress
 
 
 @dataclass
@@ -80,7 +80,7 @@ def _same_as_base(snapshot: Any, key: str, ckpt: BaseCheckpoint, base_name: str 
     """Whether a full weight saved with the adapter equals the base's tensor (value for value, any float dtype)."""
     import numpy as np
 
-    from .gguf_io import check_float, iter_row_chunks
+    from loradoc.convert.gguf_io import check_float, iter_row_chunks
 
     if base_name is None or snapshot.header is None or base_name not in ckpt.tensors:
         return False
@@ -107,7 +107,7 @@ class _LoraMapper:
     def __init__(self, ckpt: BaseCheckpoint) -> None:
         import torch
 
-        from .gguf_llama import _hparams, converter_class, load_converter
+        from loradoc.convert.gguf_llama import _hparams, converter_class, load_converter
 
         _, self.gguf = load_converter()
         cls = converter_class(ckpt.config, str(ckpt.directory / "config.json"))
@@ -189,9 +189,9 @@ def convert_gguf_lora(
     import numpy as np
     import torch
 
-    from ..layout import address_of
-    from ..snapshot import open_snapshot
-    from .gguf_model import _text_weights
+    from loradoc.convert.gguf_model import _text_weights
+    from loradoc.io.snapshot import open_snapshot
+    from loradoc.model.layout import address_of
 
     t0 = time.perf_counter()
     out = Path(out)

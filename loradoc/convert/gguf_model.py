@@ -24,11 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, MissingFileError
-from ..outputs import guard_outputs
-from ..progress import Progress
-from ..safetensors_io import TensorInfo
-from .gguf_io import (
+from loradoc.convert.gguf_io import (
     AdapterLoras,
     LoraPair,
     PlannedTensor,
@@ -41,7 +37,11 @@ from .gguf_io import (
     rows_and_cols,
     write_gguf,
 )
-from .gguf_names import QUANTIZED, check_outtype, is_tower_tensor
+from loradoc.convert.gguf_names import QUANTIZED, check_outtype, is_tower_tensor
+from loradoc.errors import BadInputError, MissingFileError
+from loradoc.io.outputs import guard_outputs
+from loradoc.io.safetensors import TensorInfo
+from loradoc.progress import Progress
 
 _IGNORED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 
@@ -88,7 +88,7 @@ class GgufResult:
 
 def _text_weights(ckpt: Any) -> dict[Any, str]:
     """Layout-independent module address -> checkpoint key of its weight (text model only)."""
-    from ..layout import address_of
+    from loradoc.model.layout import address_of
 
     out: dict[Any, str] = {}
     for name in ckpt.tensors:
@@ -116,8 +116,8 @@ def convert_gguf(
     q6_k, q4_0, ...: the fused bf16 GGUF, then llama.cpp's own quantizer, ``llama_model_quantize`` from
     llama-cpp-python; the intermediate file is removed). The adapter must be healthy (``loradoc doctor``) unless
     ``check_health`` is False. ``progress(done, total, tensor_name)`` is called after each tensor."""
-    from ..layout import address_of
-    from .gguf_llama import MergedSource, converter_class, planned, prepare
+    from loradoc.convert.gguf_llama import MergedSource, converter_class, planned, prepare
+    from loradoc.model.layout import address_of
 
     t0 = time.perf_counter()
     outtype = check_outtype(outtype)
@@ -132,7 +132,7 @@ def convert_gguf(
         raise BadInputError(f"{out} is a directory", hint="pass the path of the .gguf file to write")
     adapter_dir = None
     if adapter is not None:
-        from ..snapshot import open_snapshot
+        from loradoc.io.snapshot import open_snapshot
 
         adapter_dir = open_snapshot(adapter).directory
     outputs = [("--out", out)] + ([("--mmproj", mm_out)] if mm_out is not None else [])
@@ -147,7 +147,7 @@ def convert_gguf(
     snapshot = None
     loras = AdapterLoras([])
     if adapter is not None:
-        from ..snapshot import open_snapshot
+        from loradoc.io.snapshot import open_snapshot
 
         snapshot = require_healthy(adapter, base).snapshot if check_health else open_snapshot(adapter)
         loras = collect_loras(snapshot, towers=mm_out is not None)
@@ -300,7 +300,7 @@ _MMPROJ_TYPE = {"f32": "f32", "f16": "f16", "q8_0": "q8_0"}
 
 def _lora_map(ckpt: Any, pairs: list[LoraPair], snapshot: Any, *, towers: bool) -> dict[str, LoraPair]:
     """Checkpoint key of the weight each LoRA adapts (any layout: by module address)."""
-    from ..layout import address_of
+    from loradoc.model.layout import address_of
 
     weights: dict[Any, str] = {}
     for key in ckpt.tensors:
@@ -379,12 +379,12 @@ def _quantized(
 
     adapter_dir = None
     if adapter is not None:
-        from ..snapshot import open_snapshot
+        from loradoc.io.snapshot import open_snapshot
 
         adapter_dir = open_snapshot(adapter).directory
     guard_outputs([("--out", out)], adapter=adapter_dir, base=Path(base).expanduser(), overwrite=overwrite)
 
-    from ..errors import EnvironmentProblem
+    from loradoc.errors import EnvironmentProblem
 
     try:
         import llama_cpp

@@ -7,8 +7,8 @@ tensors belong to a vision / audio tower (never part of the text GGUF).
 
 from __future__ import annotations
 
-from ..errors import BadInputError
-from ..layout import tower_of
+from loradoc.errors import BadInputError
+from loradoc.model.layout import tower_of
 
 #: --outtype values -> (gguf LlamaFileType name, GGMLQuantizationType name)
 OUTTYPES: dict[str, tuple[str, str]] = {

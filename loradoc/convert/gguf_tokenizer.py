@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, MalformedConfigError, MissingFileError
+from loradoc.errors import BadInputError, MalformedConfigError, MissingFileError
 
 # gguf.TokenType values (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

@@ -23,7 +23,7 @@ What the output holds is what the *PeftModel* computes (peft loading the adapter
 
 The adapter must be healthy (``loradoc doctor --fast`` verdict), the base a full-precision safetensors
 checkpoint. Base tensor names may be in another layout than the adapter's keys: both are mapped to
-layout-independent addresses (:mod:`loradoc.layout`), Gemma4ClippableLinear's ``.linear`` included.
+layout-independent addresses (:mod:`loradoc.model.layout`), Gemma4ClippableLinear's ``.linear`` included.
 
 Memory: tensors are read and written in chunks of ``_COPY_CHUNK`` bytes and computed on in cache-sized row
 blocks; peak memory is a constant plus the LoRA factors of one module, whatever the model size.
@@ -47,21 +47,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
-from ..errors import BadInputError
-from ..layout import address_of, parse_key
-from ..profiles import BaseProfile, BaseSource, get_profile, installed_version, read_config, resolve_base
-from ..repacks import full_precision_original
-from ..safetensors_io import (
-    SafetensorsWriter,
-    TensorInfo,
-    TensorSpec,
-    atomic_directory,
-    fault_write_delay,
-    sha256_file,
-)
-from ..snapshot import AdapterSnapshot, open_snapshot
-from .checkpoint import (
+from loradoc import __version__
+from loradoc.convert.checkpoint import (
     FLOAT_DTYPES,
     INDEX_NAME,
     QUANT_DTYPES,
@@ -76,7 +63,20 @@ from .checkpoint import (
     remember_sha256,
     single_threaded_blas,
 )
-from .delta import ExactDelta
+from loradoc.convert.delta import ExactDelta
+from loradoc.errors import BadInputError
+from loradoc.io.safetensors import (
+    SafetensorsWriter,
+    TensorInfo,
+    TensorSpec,
+    atomic_directory,
+    fault_write_delay,
+    sha256_file,
+)
+from loradoc.io.snapshot import AdapterSnapshot, open_snapshot
+from loradoc.model.layout import address_of, parse_key
+from loradoc.model.profiles import BaseProfile, BaseSource, get_profile, installed_version, read_config, resolve_base
+from loradoc.model.repacks import full_precision_original
 
 if TYPE_CHECKING:
     import numpy as np
@@ -220,7 +220,7 @@ class _Plan:
 
 
 def _bits(dtype: str) -> int:
-    from ..safetensors_io import DTYPE_BITS
+    from loradoc.io.safetensors import DTYPE_BITS
 
     return DTYPE_BITS[dtype]
 
@@ -287,7 +287,7 @@ def merge_adapter(
     timings["open_s"] = time.perf_counter() - t_start
 
     t = time.perf_counter()
-    from ..repair.doctor import spec_of
+    from loradoc.diagnose.doctor import spec_of
 
     profile = get_profile(source, spec=spec_of(snap))
     if require_healthy:
@@ -488,7 +488,7 @@ def _parse_dtype(dtype: str) -> str:
 
 def _check_out(out: Path, adapter_dir: Path, base_dir: Path, overwrite: bool) -> None:
     """--out must not be, contain or lie inside an input; an existing --out only with ``overwrite``."""
-    from ..outputs import guard_outputs
+    from loradoc.io.outputs import guard_outputs
 
     guard_outputs([("--out", out)], adapter=adapter_dir, base=base_dir, overwrite=overwrite)
 
@@ -530,7 +530,7 @@ def _refuse_quantized(base_cfg: dict[str, Any], source: BaseSource, snap: Adapte
 
 
 def _require_healthy(snap: AdapterSnapshot, source: BaseSource, adapter: str, base: str) -> None:
-    from ..repair.doctor import HEALTHY, REPAIRABLE, diagnose
+    from loradoc.diagnose.doctor import HEALTHY, REPAIRABLE, diagnose
 
     d = diagnose(str(snap.directory), source, fast=True, snapshot=snap)
     if d.verdict == HEALTHY:
@@ -621,7 +621,7 @@ def _build_plan(
     out_dtype: str,
     notes: list[str],
 ) -> _Plan:
-    from ..peft_rules import alpha_for, rank_for
+    from loradoc.model.peft_rules import alpha_for, rank_for
 
     cfg = snap.config
     index = profile.address_index()
@@ -763,7 +763,7 @@ def _build_plan(
 
     # a task head saved whole with the adapter (modules_to_save of a SEQ_CLS / TOKEN_CLS / QA adapter) that the
     # pretrained base checkpoint does not have (e.g. an MLM checkpoint): the merged model gets the adapter's head
-    from ..repair.analysis import wrapped_modules
+    from loradoc.diagnose.analysis import wrapped_modules
 
     heads = wrapped_modules(cfg, profile)
     added: list[tuple[str, str]] = []  # (output tensor name, adapter key)
@@ -1278,7 +1278,7 @@ def _copy_side_files(
     for p in sorted(base_dir.iterdir()):
         if _is_side_file(p):
             chosen[p.name], origin[p.name] = p, "base"
-    from ..outputs import escapes
+    from loradoc.io.outputs import escapes
 
     adapter_tok: dict[str, Path] = {}
     for p in sorted(adapter_dir.iterdir()):

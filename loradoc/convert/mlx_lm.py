@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError
+from loradoc.errors import BadInputError
 
 MLX_WEIGHTS = "adapters.safetensors"
 MLX_CONFIG = "adapter_config.json"
@@ -74,7 +74,7 @@ class MlxResult:
 def _transpose_bytes(data: bytes, shape: tuple[int, ...], dtype: str) -> bytes:
     import numpy as np
 
-    from ..safetensors_io import DTYPE_BITS
+    from loradoc.io.safetensors import DTYPE_BITS
 
     bits = DTYPE_BITS[dtype]
     if bits % 8 or len(shape) != 2:
@@ -94,7 +94,7 @@ def _map(path: str, model_type: str, reverse: bool = False) -> str | None:
 
 def mlx_plan_problems(cfg: dict[str, Any], keys: dict[str, tuple[int, ...]], model_type: str | None) -> list[str]:
     """Why this peft adapter cannot be written in mlx-lm's layout exactly (empty: it can)."""
-    from ..layout import parse_key, tower_of
+    from loradoc.model.layout import parse_key, tower_of
 
     out: list[str] = []
     if model_type is not None and model_type not in PREFIXES:
@@ -135,8 +135,8 @@ def peft_scale(cfg: dict[str, Any], module: str, rank: int) -> float:
 
 
 def peft_to_mlx(adapter: str | Path, out: str | Path, *, model_type: str, overwrite: bool = False) -> MlxResult:
-    from ..layout import parse_key, tower_of
-    from ..safetensors_io import SafetensorsWriter, TensorSpec, atomic_directory, read_header, read_tensor_bytes
+    from loradoc.io.safetensors import SafetensorsWriter, TensorSpec, atomic_directory, read_header, read_tensor_bytes
+    from loradoc.model.layout import parse_key, tower_of
 
     src = Path(adapter)
     cfg = json.loads((src / "adapter_config.json").read_text())
@@ -200,7 +200,7 @@ def mlx_to_peft(adapter: str | Path, out: str | Path, *, model_type: str | None 
     """Back to peft. With loradoc's record (a ``peft_to_mlx`` output) the original config, key names and order
     come back (tensors bit-identical; left-out tower tensors are not restored); else ``model_type`` maps the
     names and the config is built from ``lora_parameters``."""
-    from ..safetensors_io import SafetensorsWriter, TensorSpec, atomic_directory, read_header, read_tensor_bytes
+    from loradoc.io.safetensors import SafetensorsWriter, TensorSpec, atomic_directory, read_header, read_tensor_bytes
 
     src = Path(adapter)
     mcfg = json.loads((src / MLX_CONFIG).read_text())

@@ -15,7 +15,7 @@ token (argument, then HF_TOKEN, then ``hf auth login``) never appears in a messa
 
 from __future__ import annotations
 
-from ._common import (
+from loradoc.hub._common import (
     HubAuthError,
     HubError,
     HubNetworkError,
@@ -25,10 +25,10 @@ from ._common import (
     resolve_token,
     scrub,
 )
-from .card import VERIFIED_TAG, loading_fix_section, update_card
-from .publish import PlannedOp, PublishPlan, PublishResult, UnverifiedError, plan_publish, publish
-from .pull import PULL_PATTERNS, PullResult, pull
-from .scan import ScanResult, ScanRow, scan_hub
+from loradoc.hub.card import VERIFIED_TAG, loading_fix_section, update_card
+from loradoc.hub.publish import PlannedOp, PublishPlan, PublishResult, UnverifiedError, plan_publish, publish
+from loradoc.hub.pull import PULL_PATTERNS, PullResult, pull
+from loradoc.hub.scan import ScanResult, ScanRow, scan_hub
 
 __all__ = [
     "PULL_PATTERNS",

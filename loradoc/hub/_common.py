@@ -2,7 +2,7 @@
 
 Rules every function of :mod:`loradoc.hub` follows:
 
-- the endpoint is resolved once (:func:`loradoc.hub_endpoint.resolve_endpoint`) and passed explicitly to every
+- the endpoint is resolved once (:func:`loradoc.hub.endpoint.resolve_endpoint`) and passed explicitly to every
   huggingface_hub call (``HfApi(endpoint=...)``, ``snapshot_download(endpoint=...)``): huggingface_hub reads
   ``HF_ENDPOINT`` only when it is imported;
 - the token comes from the argument, else huggingface_hub's own resolution (``HF_TOKEN``, then the login file);
@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from typing import Any, NoReturn
 
-from ..errors import BadInputError, EnvironmentProblem, LoradocError, NothingToDo
-from ..hub_endpoint import resolve_endpoint
+from loradoc.errors import BadInputError, EnvironmentProblem, LoradocError, NothingToDo
+from loradoc.hub.endpoint import resolve_endpoint
 
 __all__ = [
     "HubAuthError",

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from .. import __version__
+from loradoc import __version__
 
 SECTION_TITLE = "## Loading fix"
 START_MARK = "<!-- loradoc:loading-fix -->"
@@ -216,7 +216,7 @@ def _as_list(value: Any) -> list[str]:
 def _hub_id(ref: str | None) -> bool:
     if not ref:
         return False
-    from ..adapter_config import is_local_path
+    from loradoc.io.adapter_config import is_local_path
 
     return not is_local_path(ref) and re.fullmatch(r"[\w.\-]+/[\w.\-]+", ref) is not None
 
@@ -233,7 +233,7 @@ def update_card(
     and the generated section inserted or replaced. ``update_card(update_card(x)) == update_card(x)``."""
     from huggingface_hub import ModelCard
 
-    from ..repacks import full_precision_original
+    from loradoc.model.repacks import full_precision_original
 
     text = readme if readme is not None else ""
     if not _FRONT.match(text):

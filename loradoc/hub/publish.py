@@ -30,12 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, MissingFileError
-from ..outputs import escapes
-from ..repair.apply import CERTIFICATE_NAME, REPORT_NAME
-from ..repair.checkload import adapter_file_hashes, find_stored_certificate, stored_certificate_path
-from ..snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
-from ._common import (
+from loradoc.errors import BadInputError, MissingFileError
+from loradoc.hub._common import (
     HubAuthError,
     HubError,
     HubNetworkError,
@@ -50,7 +46,11 @@ from ._common import (
     resolve_endpoint,
     resolve_token,
 )
-from .card import card_diff, loading_fix_section, update_card
+from loradoc.hub.card import card_diff, loading_fix_section, update_card
+from loradoc.io.outputs import escapes
+from loradoc.io.snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
+from loradoc.repair.apply import CERTIFICATE_NAME, REPORT_NAME
+from loradoc.verify.checkload import adapter_file_hashes, find_stored_certificate, stored_certificate_path
 
 README = "README.md"
 #: Files on the Hub that are removed when DIR no longer has them (a stale weights file next to the repaired one
@@ -530,7 +530,7 @@ def _matches_head(api: Any, repo: str, head: str, ops: list[PlannedOp], *, endpo
 
 
 def _sha256(path: Path) -> str:
-    from ..safetensors_io import sha256_file
+    from loradoc.io.safetensors import sha256_file
 
     return sha256_file(path)
 

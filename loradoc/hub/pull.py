@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..errors import BadInputError, LoradocError, MissingFileError
-from ..hub_endpoint import DEFAULT_ENDPOINT
-from ..snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
-from ._common import HubError, hf_api, raise_hub_error, resolve_endpoint, resolve_token
+from loradoc.errors import BadInputError, LoradocError, MissingFileError
+from loradoc.hub._common import HubError, hf_api, raise_hub_error, resolve_endpoint, resolve_token
+from loradoc.hub.endpoint import DEFAULT_ENDPOINT
+from loradoc.io.snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
 
 #: What an adapter snapshot needs: config, weights, card, tokenizer / chat template files, loradoc's own records.
 PULL_PATTERNS = [
@@ -70,7 +70,7 @@ def endpoint_cache_dir(endpoint: str, cache_dir: str | os.PathLike[str] | None) 
     key = f"{readable}-{hashlib.sha256(endpoint.encode()).hexdigest()[:10]}"
     if cache_dir is not None:
         return str(Path(cache_dir) / "endpoints" / key)
-    from ..profiles import cache_dir as loradoc_cache
+    from loradoc.model.profiles import cache_dir as loradoc_cache
 
     return str(loradoc_cache() / "hub" / key)
 
@@ -98,7 +98,7 @@ def pull(
     answers from this endpoint's cache only, and ``PullResult.from_cache`` says so."""
     from huggingface_hub import snapshot_download
 
-    from ..snapshot import parse_source
+    from loradoc.io.snapshot import parse_source
 
     repo_id, rev_in_spec = parse_source(repo)
     revision = revision or rev_in_spec

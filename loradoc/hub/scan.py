@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoradocError
-from ..progress import Progress
-from ..snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
-from ._common import (
+from loradoc.errors import LoradocError
+from loradoc.hub._common import (
     first_line,
     hf_api,
     http_status,
@@ -31,6 +29,8 @@ from ._common import (
     resolve_endpoint,
     resolve_token,
 )
+from loradoc.io.snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
+from loradoc.progress import Progress
 
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -142,11 +142,11 @@ class _Fetcher:
 
 def _analyse(repo: str, sha: str, config_bytes: bytes, header: Any, profile: Any) -> tuple[str, list[Any], int]:
     """doctor --fast's verdict (static analysis, no data checks) for a remote adapter."""
-    from ..adapter_config import _decode, _with_notes, parse_adapter_config
-    from ..repair import findings as F
-    from ..repair.analysis import analyze
-    from ..repair.doctor import _explain_error, verdict_of
-    from ..snapshot import AdapterSnapshot, TensorRecord
+    from loradoc.diagnose.analysis import analyze
+    from loradoc.diagnose.doctor import _explain_error, verdict_of
+    from loradoc.io.adapter_config import _decode, _with_notes, parse_adapter_config
+    from loradoc.io.snapshot import AdapterSnapshot, TensorRecord
+    from loradoc.repair import findings as F
 
     label = f"{repo}@{sha[:12]}"
     notes: list[str] = []
@@ -192,7 +192,7 @@ class _VerdictCache:
 
 
 def _scan_one(fetch: _Fetcher, repo: str, sha: str | None, profile: Any, row: ScanRow, cache: _VerdictCache) -> None:
-    from ..safetensors_io import header_bytes_needed, parse_header_bytes
+    from loradoc.io.safetensors import header_bytes_needed, parse_header_bytes
 
     rev = sha or "main"
     try:
@@ -275,7 +275,7 @@ def scan_hub(
     ``profile_base`` (default: ``base``) names the base whose cached/shipped profile the analysis uses (a local
     directory works, once its profile is cached). ``progress(done, total, repo_id)`` is called after each repository.
     """
-    from ..profiles import get_profile
+    from loradoc.model.profiles import get_profile
 
     t0 = time.perf_counter()
     profile = get_profile(profile_base or base, allow_build=False)

@@ -12,8 +12,8 @@ No torch / transformers / peft import here (``add_from_diagnosis`` takes an alre
 
 from __future__ import annotations
 
-from .compat import CompatAnswer
-from .schema import (
+from loradoc.registry.compat import CompatAnswer
+from loradoc.registry.schema import (
     SCHEMA_VERSION,
     UNKNOWN,
     AdapterManifest,
@@ -41,7 +41,7 @@ from .schema import (
     manifest_to_toml,
     parse_manifest,
 )
-from .store import (
+from loradoc.registry.store import (
     ENV_MANIFESTS,
     ENV_REGISTRY,
     AdapterRow,

@@ -5,7 +5,7 @@ Rules (in order):
 1. a ``known-broken`` entry whose ranges contain the versions wins: the answer is False, even where a
    ``verified-clean`` entry also covers them (the reasons say so);
 2. the peft requirement of the adapter config (``peft.requires``, else derived from the config fields the manifest
-   knows with :func:`loradoc.adapter_config.required_peft_specifier`, e.g. ``exclude_modules`` needs >= 0.14): a
+   knows with :func:`loradoc.io.adapter_config.required_peft_specifier`, e.g. ``exclude_modules`` needs >= 0.14): a
    peft outside it answers False;
 3. a ``verified-clean`` entry whose ranges contain the versions: True;
 4. nothing covers the versions: None ("unknown"), with the nearest verified-clean range (this revision's, else
@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BadInputError, LoradocError
-from .schema import UNKNOWN, AdapterManifest, CompatEntry, Relation, Revision
+from loradoc.errors import BadInputError, LoradocError
+from loradoc.registry.schema import UNKNOWN, AdapterManifest, CompatEntry, Relation, Revision
 
 
 @dataclass
@@ -137,7 +137,7 @@ def derived_peft_requirement(rev: Revision) -> tuple[str | None, str]:
         raw["exclude_modules"] = p.exclude_modules
     if not raw or "peft_type" not in raw:
         return None, ""
-    from ..adapter_config import parse_adapter_config, required_peft_specifier
+    from loradoc.io.adapter_config import parse_adapter_config, required_peft_specifier
 
     try:
         cfg = parse_adapter_config(raw, source="manifest")

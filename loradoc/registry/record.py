@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .schema import (
+from loradoc.registry.schema import (
     RUNTIMES,
     UNKNOWN,
     AdapterManifest,
@@ -140,7 +140,7 @@ def _ranges(spans: Iterable[int]) -> str:
 
 def targets_from_keys(keys: Iterable[str]) -> list[TargetSummary]:
     """Per tower: module names, layer range and tensor count, from the file keys (pure, no base needed)."""
-    from ..layout import address_of, parse_key
+    from loradoc.model.layout import address_of, parse_key
 
     towers: dict[str, dict[str, Any]] = {}
     for k in keys:

@@ -436,7 +436,7 @@ class AdapterManifest:
         """The revision named by label, commit sha (or a 7+ char prefix) or local path; None: the current one."""
         found = self.find_revision(ref)
         if found is None:
-            from ..errors import BadInputError
+            from loradoc.errors import BadInputError
 
             labels = ", ".join(r.label for r in self.revisions)
             raise BadInputError(
@@ -660,7 +660,7 @@ def key_fingerprint(tensors: Mapping[str, Sequence[int]] | Iterable[tuple[str, S
 
 def fingerprint_safetensors(path: Any) -> str:
     """:func:`key_fingerprint` of a safetensors file, from its header alone."""
-    from ..safetensors_io import read_header
+    from loradoc.io.safetensors import read_header
 
     header = read_header(path)
     return key_fingerprint({n: t.shape for n, t in header.tensors.items()})

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, EnvironmentProblem, LoradocError, MalformedConfigError
-from ..profiles import installed_version, manifests_dir
-from ..safetensors_io import write_file_atomic
-from . import fasttoml
-from . import record as R
-from .compat import CompatAnswer, evaluate
-from .schema import (
+from loradoc.errors import BadInputError, EnvironmentProblem, LoradocError, MalformedConfigError
+from loradoc.io.safetensors import write_file_atomic
+from loradoc.model.profiles import installed_version, manifests_dir
+from loradoc.registry import fasttoml
+from loradoc.registry import record as R
+from loradoc.registry.compat import CompatAnswer, evaluate
+from loradoc.registry.schema import (
     STATUSES,
     UNKNOWN,
     AdapterManifest,
@@ -167,7 +167,7 @@ class BaseRow:
 
 def _runtime_codes(spec: str) -> list[str]:
     """``vllm`` -> the record codes of a loading verdict; ``vllm:refused`` -> that verdict's."""
-    from .schema import RUNTIME_VERDICTS, RUNTIMES
+    from loradoc.registry.schema import RUNTIME_VERDICTS, RUNTIMES
 
     aliases = {"llama.cpp": "llama_cpp", "llamacpp": "llama_cpp", "mlx-lm": "mlx_lm", "mlx": "mlx_lm"}
     rt, _, verdict = spec.strip().lower().partition(":")
@@ -825,7 +825,7 @@ class Registry:
             rel = m.original()
             if rel is not None:
                 return rel
-        from ..repacks import lookup_repack
+        from loradoc.model.repacks import lookup_repack
 
         rp = lookup_repack(base_id)
         if rp is None:
@@ -973,7 +973,7 @@ class Registry:
     ) -> Path:
         """Write (or update) the manifest of the diagnosed adapter in the user directory and index it.
 
-        ``diag``: a :class:`loradoc.repair.doctor.Diagnosis` (key fingerprint and per-tower targets come from its
+        ``diag``: a :class:`loradoc.diagnose.doctor.Diagnosis` (key fingerprint and per-tower targets come from its
         snapshot's header) or its ``to_json()`` dict. The adapter id is ``repo_id``, else the snapshot's repo id,
         else the adapter directory's absolute path. ``revision``: the commit sha, else the snapshot's."""
         shapes: dict[str, Any] | None = None
@@ -984,7 +984,7 @@ class Registry:
             d = diag.to_json()
             snap = diag.snapshot
             shapes = {n: t.shape for n, t in snap.tensors.items()}
-            from ..adapter_config import required_peft_specifier
+            from loradoc.io.adapter_config import required_peft_specifier
 
             requires = required_peft_specifier(snap.config)
             d["adapter"] = {
@@ -999,7 +999,7 @@ class Registry:
         commit = revision or a.get("commit")
         declared = a.get("base_model")
         diag_base = (d.get("base") or {}).get("name")
-        from ..adapter_config import is_local_path
+        from loradoc.io.adapter_config import is_local_path
 
         local_decl = a.get("base_model_is_local_path", bool(declared) and is_local_path(str(declared)))
         base_id = declared if declared and not local_decl else (diag_base or UNKNOWN)
@@ -1113,13 +1113,13 @@ class Registry:
     ) -> Path:
         """Record a merged / GGUF / GGUF-LoRA output of a revision (sha256 computed from the file when it exists
         and ``hash_file``; else "unknown")."""
-        from .schema import ARTIFACT_KINDS
+        from loradoc.registry.schema import ARTIFACT_KINDS
 
         if kind not in ARTIFACT_KINDS:
             raise BadInputError(f"unknown artifact kind {kind!r}", hint="use one of: " + ", ".join(ARTIFACT_KINDS))
         p = Path(path)
         if sha256 is None and hash_file and p.is_file():
-            from ..safetensors_io import sha256_file
+            from loradoc.io.safetensors import sha256_file
 
             sha256 = sha256_file(p)
             size_bytes = size_bytes if size_bytes is not None else p.stat().st_size

@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..errors import LoradocError
-from ..outputs import escapes, guard_outputs
-from ..profiles import BaseSource, installed_version
-from ..progress import Progress
-from ..safetensors_io import (
+from loradoc import __version__
+from loradoc.errors import LoradocError
+from loradoc.io.outputs import escapes, guard_outputs
+from loradoc.io.safetensors import (
     HashThread,
     SafetensorsWriter,
     TensorSpec,
@@ -35,8 +33,10 @@ from ..safetensors_io import (
     read_header,
     sha256_file,
 )
-from ..snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
-from .passes import RepairPlan
+from loradoc.io.snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
+from loradoc.model.profiles import BaseSource, installed_version
+from loradoc.progress import Progress
+from loradoc.repair.passes import RepairPlan
 
 REPORT_NAME = "loradoc-repair.json"
 CERTIFICATE_NAME = "loradoc-certificate.json"
@@ -165,7 +165,7 @@ def _stream_pickle(plan: RepairPlan, target: Path, progress: Progress | None = N
     """Pickle source (only with consent): tensors were loaded with weights_only=True."""
     import torch
 
-    from ..snapshot import _torch_dtype_name
+    from loradoc.io.snapshot import _torch_dtype_name
 
     state = plan.source._pickle_state or {}
     kept = plan.kept()
@@ -230,7 +230,7 @@ def apply_plan(
         verdict = None
         after: dict[str, Any] | None = None
         if verify != "none":
-            from .doctor import diagnose
+            from loradoc.diagnose.doctor import diagnose
 
             d = diagnose(str(tmp), base, fast=(verify == "fast"))
             verdict = d.verdict

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..adapter_config import AdapterConfig, fields_unsupported_by, parse_adapter_config
-from ..errors import BadInputError
-from ..layout import PEFT_PREFIX, parse_key
-from ..profiles import BaseProfile, head_module
-from ..snapshot import AdapterSnapshot, TensorRecord
-from . import analysis as A
-from .findings import ERROR, Finding
+from loradoc.diagnose import analysis as A
+from loradoc.diagnose.findings import ERROR, Finding
+from loradoc.errors import BadInputError
+from loradoc.io.adapter_config import AdapterConfig, fields_unsupported_by, parse_adapter_config
+from loradoc.io.snapshot import AdapterSnapshot, TensorRecord
+from loradoc.model.layout import PEFT_PREFIX, parse_key
+from loradoc.model.profiles import BaseProfile, head_module
 
 TOWER_ROOTS = ("vision_tower", "audio_tower", "embed_vision", "embed_audio", "multi_modal_projector")
 
@@ -259,7 +259,7 @@ def _keep_towers(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> 
 
 
 def _language_targets(plan: RepairPlan, cfg: AdapterConfig) -> set[str]:
-    from ..peft_rules import plan_injection
+    from loradoc.model.peft_rules import plan_injection
 
     inj = plan_injection(cfg, plan.profile)
     prof = plan.profile
@@ -365,7 +365,7 @@ def _source_of(plan: RepairPlan, target_key: str) -> str:
     default=False,
 )
 def _full_precision(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
-    from ..repacks import full_precision_original
+    from loradoc.model.repacks import full_precision_original
 
     base = plan.config.get("base_model_name_or_path")
     if isinstance(base, str):
@@ -392,7 +392,7 @@ def _pickle(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
     default=False,
 )
 def _drop_fields(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
-    from ..profiles import installed_version
+    from loradoc.model.profiles import installed_version
 
     target = opts.get("peft_version") or installed_version("peft") or "0.21.2"
     cfg = parse_adapter_config(plan.config)
@@ -459,7 +459,7 @@ def _state(plan: RepairPlan) -> Any:
 
 def dry_load_judge(base: Any, spec: Any = None) -> Judge:
     """Judge a planned output by peft's real dry load (meta device) on ``base``."""
-    from .dryload import dry_load
+    from loradoc.diagnose.dryload import dry_load
 
     def judge(snap: AdapterSnapshot) -> A.PeftCounts:
         return dry_load(snap, base, spec).counts

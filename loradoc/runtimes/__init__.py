@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import llama_cpp, mlx_lm, sglang, vllm
-from ._model import (
+from loradoc.runtimes import llama_cpp, mlx_lm, sglang, vllm
+from loradoc.runtimes._model import (
     FLAGS,
     LOADS,
     REFUSED,

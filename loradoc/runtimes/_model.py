@@ -13,8 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoradocError
-from ..layout import parse_key, tower_of
+from loradoc.errors import LoradocError
+from loradoc.model.layout import parse_key, tower_of
 
 HERE = Path(__file__).resolve().parent
 
@@ -214,7 +214,7 @@ class BaseFacts:
 
 
 def read_adapter(path: str | Path) -> AdapterFacts:
-    from ..safetensors_io import read_header
+    from loradoc.io.safetensors import read_header
 
     d = Path(path)
     config: dict[str, Any] | None = None
@@ -259,7 +259,7 @@ def read_base(base: str | None) -> BaseFacts | None:
     """A local base directory, its config.json, or a shipped base id; None when not given."""
     if not base:
         return None
-    from ..profiles import read_config, resolve_base
+    from loradoc.model.profiles import read_config, resolve_base
 
     p = Path(base).expanduser()
     if p.is_file() and p.suffix == ".json":  # a bare config file (e.g. real-adapters/base-configs/NAME.json)

@@ -4,8 +4,8 @@ convert_lora_to_gguf.py and llama_adapter_lora_init refuse; which architectures 
 
 from __future__ import annotations
 
-from ..layout import parse_key, tower_of
-from ._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, hit, settle, tables
+from loradoc.model.layout import parse_key, tower_of
+from loradoc.runtimes._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, hit, settle, tables
 
 RUNTIME = "llama_cpp"
 

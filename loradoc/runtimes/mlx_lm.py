@@ -4,8 +4,8 @@ lora_a / lora_b only."""
 
 from __future__ import annotations
 
-from ..convert.mlx_lm import PREFIXES, mlx_plan_problems
-from ._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, hit, settle, tables
+from loradoc.convert.mlx_lm import PREFIXES, mlx_plan_problems
+from loradoc.runtimes._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, hit, settle, tables
 
 RUNTIME = "mlx_lm"
 
@@ -32,7 +32,7 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
     if cfg.get("use_dora"):
         hits.append(hit("mlx_lm.dora"))
     if a.keys_known:
-        from ..layout import parse_key, tower_of
+        from loradoc.model.layout import parse_key, tower_of
 
         text = {k: v for k, v in a.keys.items() if tower_of(parse_key(k).module) == "language"}
         odd = [k for k in text if parse_key(k).kind not in ("lora_A", "lora_B")]

@@ -4,7 +4,17 @@ tower LoRAs (tables.json)."""
 
 from __future__ import annotations
 
-from ._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, config_missing, hit, runtime_info, settle, tables
+from loradoc.runtimes._model import (
+    AdapterFacts,
+    BaseFacts,
+    Hit,
+    RuntimeResult,
+    config_missing,
+    hit,
+    runtime_info,
+    settle,
+    tables,
+)
 
 RUNTIME = "sglang"
 BASE_FLAGS = ("--enable-lora",)

@@ -6,7 +6,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, config_missing, hit, runtime_info, settle, tables
+from loradoc.runtimes._model import (
+    AdapterFacts,
+    BaseFacts,
+    Hit,
+    RuntimeResult,
+    config_missing,
+    hit,
+    runtime_info,
+    settle,
+    tables,
+)
 
 RUNTIME = "vllm"
 BASE_FLAGS = ("--enable-lora",)

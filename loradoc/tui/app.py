@@ -20,10 +20,10 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, Select
 from textual.worker import Worker, WorkerState
 
-from ..errors import Cancelled, LoradocError
-from . import jobs
-from .jobs import JobDone, JobProgress, RunningJob, Workspace
-from .screens import (
+from loradoc.errors import Cancelled, LoradocError
+from loradoc.tui import jobs
+from loradoc.tui.jobs import JobDone, JobProgress, RunningJob, Workspace
+from loradoc.tui.screens import (
     ChoiceDialog,
     ConfirmDialog,
     ConvertDialog,
@@ -137,7 +137,7 @@ class LoradocApp(App[None]):
         offer_example: bool = True,
     ) -> None:
         super().__init__()
-        from ..registry import Registry
+        from loradoc.registry import Registry
 
         self.registry = Registry(registry_path)
         self.workspace = Workspace.load(self.registry.path.with_name("tui-workspace.json"))
@@ -302,7 +302,7 @@ class LoradocApp(App[None]):
 
     def worker_registry(self) -> Any:
         """A Registry for the calling worker thread (sqlite connections stay in their thread)."""
-        from ..registry import Registry
+        from loradoc.registry import Registry
 
         r = self.registry
         return Registry(r.path, r.manifest_dirs, user_dir=r.user_dir)
@@ -462,7 +462,7 @@ class LoradocApp(App[None]):
         keys: list[str] = []
         path = m.revision(None).path
         if path and Path(path).is_dir():
-            from ..snapshot import open_snapshot
+            from loradoc.io.snapshot import open_snapshot
 
             try:
                 keys = sorted(open_snapshot(path).tensors)
@@ -689,7 +689,7 @@ class LoradocApp(App[None]):
 def run(registry_path: Path | None = None, endpoint: str | None = None) -> None:
     """Open the registry first (a corrupt or unreadable one is a one-line error before any screen is drawn), then
     run the app; an error that stops it at startup is raised again once the terminal is restored."""
-    from ..registry import Registry
+    from loradoc.registry import Registry
 
     probe = Registry(registry_path)
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 from textual.message import Message
 
-from ..errors import BadInputError, Cancelled
+from loradoc.errors import BadInputError, Cancelled
 
 
 class JobCancelled(Cancelled):
@@ -79,7 +79,7 @@ class Workspace:
             return cls(path)
 
     def save(self) -> None:
-        from ..safetensors_io import write_file_atomic
+        from loradoc.io.safetensors import write_file_atomic
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_file_atomic(self.path, json.dumps({"bases": self.bases}, indent=2).encode())
@@ -97,8 +97,8 @@ Report = Callable[[int, int, str], None]
 
 # ------------------------------------------------------------------------------------------------- jobs
 def build_example(root: Path, registry: Any, workspace: Workspace, report: Report) -> list[str]:
-    from ..fixtures import build_example as build
-    from ..repair.doctor import diagnose
+    from loradoc.demo.builder import build_example as build
+    from loradoc.diagnose.doctor import diagnose
 
     ex = build(root)
     names = sorted(ex.adapters)
@@ -112,7 +112,7 @@ def build_example(root: Path, registry: Any, workspace: Workspace, report: Repor
 
 
 def run_doctor(adapter: str, base: str, registry: Any, report: Report) -> Any:
-    from ..repair.doctor import diagnose
+    from loradoc.diagnose.doctor import diagnose
 
     d = diagnose(adapter, base)
     report(1, 1, "recording")  # the last point a cancel stops it: nothing recorded yet
@@ -121,18 +121,18 @@ def run_doctor(adapter: str, base: str, registry: Any, report: Report) -> Any:
 
 
 def plan_repair(adapter: str, base: str) -> Any:
-    from ..profiles import get_profile, resolve_base
-    from ..repair.doctor import spec_of
-    from ..repair.passes import build_plan
-    from ..snapshot import open_snapshot
+    from loradoc.diagnose.doctor import spec_of
+    from loradoc.io.snapshot import open_snapshot
+    from loradoc.model.profiles import get_profile, resolve_base
+    from loradoc.repair.passes import build_plan
 
     snap = open_snapshot(adapter)
     return build_plan(snap, get_profile(resolve_base(base), spec=spec_of(snap)))
 
 
 def apply_repair(plan: Any, base: str, out: Path, registry: Any, report: Report) -> Any:
-    from ..profiles import resolve_base
-    from ..repair.apply import apply_plan
+    from loradoc.model.profiles import resolve_base
+    from loradoc.repair.apply import apply_plan
 
     result = apply_plan(plan, out, resolve_base(base), progress=report)
     registry.record_repair(result.report, result.out)
@@ -158,7 +158,7 @@ def list_devices() -> list[tuple[str, str]]:
 
 
 def run_check_load(adapter: str, base: str, device: str, registry: Any, report: Report) -> Any:
-    from ..repair.checkload import check_load
+    from loradoc.verify.checkload import check_load
 
     cert = check_load(adapter, base, device=device, registry=registry.path, progress=report)
     registry.record_certificate(cert.data, path=cert.path)
@@ -200,37 +200,37 @@ def run_convert(
     if out.exists() and not overwrite:
         raise BadInputError(f"{out} already exists", hint="choose another output path or confirm the overwrite")
     if kind == "merged":
-        from ..convert.merge import merge_adapter
+        from loradoc.convert.merge import merge_adapter
 
         result = merge_adapter(adapter, base, out, dtype=dtype, progress=report, overwrite=overwrite)
     elif kind == "gguf":
-        from ..convert.gguf_model import convert_gguf
+        from loradoc.convert.gguf_model import convert_gguf
 
         result = convert_gguf(adapter, base, out, outtype=dtype, progress=report, overwrite=overwrite)
     elif kind == "gguf-lora":
-        from ..convert.gguf_lora import convert_gguf_lora
+        from loradoc.convert.gguf_lora import convert_gguf_lora
 
         result = convert_gguf_lora(adapter, base, out, progress=report, overwrite=overwrite)
     else:  # pragma: no cover - the dialog only offers the three
         raise BadInputError(f"unknown conversion {kind}", hint="choose merged, gguf or gguf-lora")
-    from ..workflows import record_convert
+    from loradoc.workflows import record_convert
 
     record_convert(registry, adapter, kind, out, dtype if kind != "gguf-lora" else None)
     return result
 
 
 def plan_publish(directory: str, repo: str, tag: str | None, endpoint: str | None, registry: Any = None) -> Any:
-    from ..hub.publish import plan_publish as plan
+    from loradoc.hub.publish import plan_publish as plan
 
     return plan(Path(directory), repo, tag=tag, endpoint=endpoint, registry=registry.path if registry else None)
 
 
 def run_publish(plan: Any, endpoint: str | None, registry: Any, report: Report) -> Any:
-    from ..hub.publish import publish
+    from loradoc.hub.publish import publish
 
     report(0, 1, "pushing")  # the last point a cancel stops it
     result = publish(plan, endpoint=endpoint)
-    from ..workflows import record_publish
+    from loradoc.workflows import record_publish
 
     record_publish(registry, plan.directory, result)
     return result

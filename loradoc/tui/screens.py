@@ -207,7 +207,7 @@ def findings_tree(findings: list[dict[str, Any]], label: str = "findings") -> Tr
 
 def layout_tree(keys: list[str]) -> Tree[str]:
     """Towers -> layers -> modules, with tensor counts."""
-    from ..layout import address_of, parse_key
+    from loradoc.model.layout import address_of, parse_key
 
     counts: dict[str, dict[Any, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     for k in keys:

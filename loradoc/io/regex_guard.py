@@ -25,7 +25,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from .errors import BadInputError
+from loradoc.errors import BadInputError
 
 __all__ = ["MAX_PATTERN_CHARS", "RegexProblem", "budget_s", "is_literal", "vet"]
 

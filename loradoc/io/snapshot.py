@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .adapter_config import AdapterConfig, load_adapter_config
-from .errors import BadInputError, MissingFileError, PickleRefusedError
-from .safetensors_io import (
+from loradoc.errors import BadInputError, MissingFileError, PickleRefusedError
+from loradoc.io.adapter_config import AdapterConfig, load_adapter_config
+from loradoc.io.safetensors import (
     SafetensorsHeader,
     iter_tensor_chunks_numpy,
     read_header,
@@ -195,7 +195,7 @@ def _torch_dtype_name(dtype: Any) -> str:
 
 def _download(repo: str, revision: str | None, *, endpoint: str | None, token: str | bool | None) -> tuple[Path, str]:
     """Fetch through loradoc.hub.pull (one download path: patterns, endpoint, token scrubbing, error mapping)."""
-    from .hub.pull import pull
+    from loradoc.hub.pull import pull
 
     got = pull(repo, revision, endpoint=endpoint, token=token if isinstance(token, str) else None)
     return Path(got.path), got.commit_sha

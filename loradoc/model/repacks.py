@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .profiles import manifests_dir
+from loradoc.model.profiles import manifests_dir
 
 
 @dataclass(frozen=True)

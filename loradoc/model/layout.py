@@ -88,7 +88,7 @@ Towers = Mapping[str, str]  # a base profile's towers: module prefix -> "vision"
 def tower_match(module: str, towers: Towers | None = None) -> tuple[str, str | None]:
     """(tower, marker): the tower ``module`` belongs to and the path component that names the tower's root.
 
-    With a profile's ``towers`` (found from the model's structure, see :mod:`loradoc.profiles`), a module belongs to
+    With a profile's ``towers`` (found from the model's structure: :mod:`loradoc.model.profiles`), a module belongs to
     the tower whose prefix it starts with (the longest wins) or, for keys saved under another layout, whose root's
     own name (the prefix's last component) is one of its path components. Names of the towers of other models
     (``vision_tower``, ``audio_tower``, ...) are the fallback, so that a tower key saved for another base is still

@@ -21,9 +21,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..profiles import BaseSource, ModelSpec, instantiate_meta
-from ..snapshot import AdapterSnapshot
-from .analysis import PeftCounts
+from loradoc.diagnose.analysis import PeftCounts
+from loradoc.io.snapshot import AdapterSnapshot
+from loradoc.model.profiles import BaseSource, ModelSpec, instantiate_meta
 
 _ST_TO_TORCH = {
     "F32": "float32",

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .errors import BadInputError
+from loradoc.errors import BadInputError
 
 #: seconds without any change before a dead writer's temp is removed
 STALE_AFTER_S = 60.0

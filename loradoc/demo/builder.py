@@ -695,7 +695,7 @@ def _finish_adapter(
         "",
         f"# {name}",
         "",
-        "A tiny random LoRA adapter built by `loradoc.fixtures` (not a trained model).",
+        "A tiny random LoRA adapter built by `loradoc.demo.builder` (not a trained model).",
         "",
         spec.description,
         "",

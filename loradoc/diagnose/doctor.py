@@ -6,9 +6,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..adapter_config import PEFT_VERSION_KNOWN
-from ..errors import MalformedConfigError
-from ..profiles import (
+from loradoc.diagnose import findings as F
+from loradoc.diagnose.analysis import LOADS, LOADS_BASE, PeftCounts, StaticResult, analyze
+from loradoc.diagnose.findings import Finding
+from loradoc.errors import MalformedConfigError
+from loradoc.io.adapter_config import PEFT_VERSION_KNOWN
+from loradoc.io.snapshot import AdapterSnapshot, open_snapshot
+from loradoc.model.profiles import (
     BaseProfile,
     BaseSource,
     ModelSpec,
@@ -17,10 +21,6 @@ from ..profiles import (
     resolve_base,
     spec_for_adapter,
 )
-from ..snapshot import AdapterSnapshot, open_snapshot
-from . import findings as F
-from .analysis import LOADS, LOADS_BASE, PeftCounts, StaticResult, analyze
-from .findings import Finding
 
 HEALTHY, REPAIRABLE, BROKEN = "healthy", "repairable", "broken"
 # Findings whose error explains why peft raises (so the exception is not reported twice).
@@ -254,8 +254,8 @@ def spec_of(snapshot: AdapterSnapshot) -> ModelSpec:
 
 def _verify_repair(snap: AdapterSnapshot, profile: BaseProfile, source: BaseSource, spec: ModelSpec) -> Finding | None:
     """A 'repairable' verdict holds only if the repair plan's output gives a clean real dry load."""
-    from .dryload import dry_load
-    from .passes import build_plan, dry_load_judge
+    from loradoc.diagnose.dryload import dry_load
+    from loradoc.repair.passes import build_plan, dry_load_judge
 
     try:
         plan = build_plan(snap, profile, judge=dry_load_judge(source, spec))
@@ -316,7 +316,7 @@ def diagnose(
         peft = st.predicted
         mode = "static" if fast else "full"
     else:
-        from .dryload import dry_load
+        from loradoc.diagnose.dryload import dry_load
 
         dl = dry_load(snap, source, spec)
         peft = dl.counts
@@ -325,7 +325,7 @@ def diagnose(
         # what loads is what was trained: the dry load knows which biases peft would save for this config
         findings = [f for f in findings if f.code != "unsaved-bias"]
         if dl.unsaved_bias:
-            from .analysis import trained_parts_findings
+            from loradoc.diagnose.analysis import trained_parts_findings
 
             findings += trained_parts_findings(snap, profile, st.plan, st.fates, [], unsaved_bias=dl.unsaved_bias)
         findings = reconcile(findings, peft, st.predicted)

@@ -13,13 +13,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..adapter_config import AdapterConfig, fields_unsupported_by
-from ..layout import PEFT_PREFIX, LoraKey, format_key, parse_key
-from ..peft_rules import InjectionPlan, expected_params, plan_injection, rank_for
-from ..profiles import HEAD_NAMES, BaseProfile, installed_version
-from ..snapshot import AdapterSnapshot
-from . import findings as F
-from .findings import Finding
+from loradoc.diagnose import findings as F
+from loradoc.diagnose.findings import Finding
+from loradoc.io.adapter_config import AdapterConfig, fields_unsupported_by
+from loradoc.io.snapshot import AdapterSnapshot
+from loradoc.model.layout import PEFT_PREFIX, LoraKey, format_key, parse_key
+from loradoc.model.peft_rules import InjectionPlan, expected_params, plan_injection, rank_for
+from loradoc.model.profiles import HEAD_NAMES, BaseProfile, installed_version
 
 # statuses of a key
 LOADS = "loads"  # peft loads it into an injected LoRA module
@@ -640,7 +640,7 @@ def quantized_base_reference(base: str | None) -> str | None:
     """A message when ``base`` names a quantized repack (from manifests/repacks.toml, or by its name)."""
     if not base:
         return None
-    from ..repacks import lookup_repack
+    from loradoc.model.repacks import lookup_repack
 
     hit = lookup_repack(base)
     if hit is not None:

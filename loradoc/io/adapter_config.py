@@ -37,7 +37,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from .errors import MalformedConfigError, MissingFileError, NotPeftConfigError
+from loradoc.errors import MalformedConfigError, MissingFileError, NotPeftConfigError
 
 __all__ = [
     "AdapterConfig",

@@ -24,16 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..errors import BadInputError, EnvironmentProblem
-from ..layout import parse_key
-from ..profiles import get_profile, installed_version, resolve_base
-from ..progress import Progress, report
-from ..safetensors_io import sha256_file, write_file_atomic
-from ..snapshot import PICKLE_NAME, SAFETENSORS_NAME, AdapterSnapshot, open_snapshot
-from .analysis import converted_module, wrapped_modules
-from .apply import CERTIFICATE_NAME
-from .dryload import capture_warnings
+from loradoc import __version__
+from loradoc.diagnose.analysis import converted_module, wrapped_modules
+from loradoc.diagnose.dryload import capture_warnings
+from loradoc.errors import BadInputError, EnvironmentProblem
+from loradoc.io.safetensors import sha256_file, write_file_atomic
+from loradoc.io.snapshot import PICKLE_NAME, SAFETENSORS_NAME, AdapterSnapshot, open_snapshot
+from loradoc.model.layout import parse_key
+from loradoc.model.profiles import get_profile, installed_version, resolve_base
+from loradoc.progress import Progress, report
+from loradoc.repair.apply import CERTIFICATE_NAME
 
 _TOL = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
 
@@ -91,7 +91,7 @@ CERTIFICATE_STORE = "certificates"
 def certificate_store(registry: str | os.PathLike[str] | None = None) -> Path:
     """The folder of stored certificates for the registry index ``registry`` (None: the default index)."""
     if registry is None:
-        from ..registry.store import default_registry_path
+        from loradoc.registry.store import default_registry_path
 
         registry = default_registry_path()
     return Path(registry).expanduser().parent / CERTIFICATE_STORE
@@ -207,7 +207,7 @@ def check_load(
     ``overwrite``), else to the registry's certificate store (:func:`stored_certificate_path`); the adapter and the
     base are never written to. ``progress(done, total, phase)`` is called before each phase and before the
     certificate is written; what it raises (:class:`Cancelled`) stops the load with nothing written."""
-    from ..outputs import guard_outputs
+    from loradoc.io.outputs import guard_outputs
 
     source = resolve_base(base)
     if source.shipped or not any(source.directory.glob("*.safetensors")):
@@ -233,7 +233,7 @@ def check_load(
         else:
             path = stored_certificate_path(hashes, registry)
             guard_outputs([("certificate", path)], adapter=snap.directory, base=source.directory, may_exist=[path])
-    from .doctor import spec_of
+    from loradoc.diagnose.doctor import spec_of
 
     spec = spec_of(snap)
     profile = get_profile(source, spec=spec)
@@ -255,7 +255,7 @@ def check_load(
         # a base checkpoint saved as a classifier with another label count: its head is replaced by the adapter's
         kwargs["num_labels"] = spec.num_labels
         kwargs["ignore_mismatched_sizes"] = True
-    from ..safetensors_io import read_header
+    from loradoc.io.safetensors import read_header
 
     for weights in sorted(source.directory.glob("*.safetensors")):
         read_header(weights)  # a truncated or malformed base file is bad input (exit 2), not a crash in transformers
@@ -292,7 +292,7 @@ def check_load(
     base_logits = _logits(model, ids)
     report(progress, 1, 4, "loading the adapter")
 
-    from ..peft_rules import plan_injection
+    from loradoc.model.peft_rules import plan_injection
 
     # a config regex peft would hang on is never handed to peft
     regex_problem = plan_injection(snap.config, profile).regex_problem

@@ -25,14 +25,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import (
+from loradoc.errors import (
     BadInputError,
     LoradocError,
     MalformedConfigError,
     UnknownArchitectureError,
     UnknownBaseError,
 )
-from .layout import PEFT_PREFIX, Address, address_of, tower_match, tower_of
+from loradoc.model.layout import PEFT_PREFIX, Address, address_of, tower_match, tower_of
 
 PROFILE_FORMAT = 3
 # Format 2 recorded towers as kind -> first module and load rewrites as module-path prefixes of prefixed keys;
@@ -42,10 +42,11 @@ _READABLE_FORMATS = (2, 3)
 
 def manifests_dir() -> Path:
     """The shipped manifests: inside the wheel (loradoc/_manifests) or the source checkout (manifests/)."""
-    packaged = Path(__file__).parent / "_manifests"
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / "_manifests"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "manifests"
+    return package.parent / "manifests"
 
 
 def cache_dir() -> Path:
@@ -152,7 +153,7 @@ class BaseProfile:
         return tower_of(module, self.towers)
 
     def address_of(self, module: str) -> Address:
-        """:func:`loradoc.layout.address_of` with this base's towers."""
+        """:func:`loradoc.model.layout.address_of` with this base's towers."""
         return address_of(module, self.towers)
 
     def tower_roots(self) -> list[str]:

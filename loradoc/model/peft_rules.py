@@ -12,10 +12,10 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from . import regex_guard
-from .adapter_config import KNOWN_PEFT_TYPES, AdapterConfig
-from .profiles import BaseProfile
-from .regex_guard import RegexProblem
+from loradoc.io import regex_guard
+from loradoc.io.adapter_config import KNOWN_PEFT_TYPES, AdapterConfig
+from loradoc.io.regex_guard import RegexProblem
+from loradoc.model.profiles import BaseProfile
 
 
 @dataclass

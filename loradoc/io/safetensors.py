@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loradoc.errors import BadInputError, EnvironmentProblem, MalformedSafetensorsError, MissingFileError
-from loradoc.outputs import dir_aside_prefix, dir_temp_prefix, file_temp_prefix
+from loradoc.io.outputs import dir_aside_prefix, dir_temp_prefix, file_temp_prefix
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing is a measurable part of the import time
 if TYPE_CHECKING:  # pragma: no cover
@@ -844,7 +844,7 @@ def _unlink_quietly(path: Path) -> None:
 def _new_temp_file(target: Path) -> tuple[int, Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        import tempfile  # imported here: keeps `import loradoc.safetensors_io` light
+        import tempfile  # imported here: keeps `import loradoc.io.safetensors` light
 
         fd, name = tempfile.mkstemp(prefix=file_temp_prefix(target), suffix=".tmp", dir=target.parent)
     except OSError as exc:

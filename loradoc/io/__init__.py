@@ -1,0 +1,1 @@
+"""Reading and writing files: safetensors, adapter snapshots and configs, guarded outputs."""

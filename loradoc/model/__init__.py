@@ -1,0 +1,1 @@
+"""What loradoc knows about models: module layouts, base profiles, peft's rules, quantized repacks."""

@@ -253,7 +253,7 @@ def test_tables_match_the_installed_peft() -> None:
 
     from peft.utils import PeftType
 
-    from loradoc import adapter_config as ac
+    from loradoc.io import adapter_config as ac
 
     assert {p.value for p in PeftType} == set(KNOWN_PEFT_TYPES)
     classes = {

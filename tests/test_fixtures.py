@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from loradoc import fixtures as fx
+from loradoc.demo import builder as fx
 from loradoc.demo.builder import ADAPTER_SPECS, BASE_NAMES, ExampleSet, build_example, rewrite_adapter
 
 torch = pytest.importorskip("torch")

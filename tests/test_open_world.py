@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from loradoc.diagnose import findings as F
 from loradoc.diagnose.analysis import PeftCounts
 from loradoc.diagnose.doctor import reconcile, verdict_of
 from loradoc.model.layout import address_of
 from loradoc.model.profiles import ModelSpec, num_labels_from_tensors, spec_for_adapter
-from loradoc.repair import findings as F
 
 
 def _mis() -> F.Finding:

@@ -192,7 +192,7 @@ def test_a_format_2_profile_is_read_with_towers_by_name_and_prefixed_rewrites() 
 def test_refresh_keeps_one_profile_per_verified_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A drifted build under a version another shipped profile claims takes the claim; a profile left verified
     under no version is removed."""
-    from loradoc import profiles as P
+    from loradoc.model import profiles as P
 
     src = resolve_base("google/medgemma-4b-it")
     d = tmp_path / "bases" / "google--medgemma-4b-it"

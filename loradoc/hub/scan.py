@@ -142,11 +142,11 @@ class _Fetcher:
 
 def _analyse(repo: str, sha: str, config_bytes: bytes, header: Any, profile: Any) -> tuple[str, list[Any], int]:
     """doctor --fast's verdict (static analysis, no data checks) for a remote adapter."""
+    from loradoc.diagnose import findings as F
     from loradoc.diagnose.analysis import analyze
     from loradoc.diagnose.doctor import _explain_error, verdict_of
     from loradoc.io.adapter_config import _decode, _with_notes, parse_adapter_config
     from loradoc.io.snapshot import AdapterSnapshot, TensorRecord
-    from loradoc.repair import findings as F
 
     label = f"{repo}@{sha[:12]}"
     notes: list[str] = []

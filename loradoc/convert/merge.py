@@ -29,7 +29,9 @@ Memory: tensors are read and written in chunks of ``COPY_CHUNK`` bytes and compu
 blocks; peak memory is a constant plus the LoRA factors of one module, whatever the model size.
 
 Output: ``model.safetensors`` or ``model-0000i-of-0000N.safetensors`` + index (shards of at most ``shard_size``
-bytes, Hugging Face's decimal units and file names: :mod:`loradoc.convert.shards`), config/tokenizer/processor files,
+bytes, Hugging Face's decimal units and file names: :mod:`loradoc.convert.shards`), config/tokenizer/processor
+files, ``loradoc-merge.json``; all written into a temp directory beside ``out``, fsync'd and renamed (a crash never
+leaves a complete-looking ``out``).
 
 The jobs, one module each: this one (the gates and the order of the steps); :mod:`~loradoc.convert.merge_plan`
 (what happens to every output tensor; tied embeddings in :mod:`~loradoc.convert.merge_tied`);

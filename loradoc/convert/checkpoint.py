@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loradoc.errors import BadInputError, MalformedConfigError, MissingFileError, PickleRefusedError
-from loradoc.io.safetensors import HashThread, SafetensorsHeader, TensorInfo, read_header
+from loradoc.io.hashing import HashThread
+from loradoc.io.safetensors import SafetensorsHeader, TensorInfo, read_header
 from loradoc.io.safetensors import pread_exact as _pread_exact
 from loradoc.model.layout import Address, address_of
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loradoc.errors import BadInputError, EnvironmentProblem, MalformedConfigError, MissingFileError, UnknownBaseError
+from loradoc.io.atomic import fsync_dir
 from loradoc.io.outputs import file_temp_prefix
-from loradoc.io.safetensors import SafetensorsHeader, TensorInfo, fsync_dir, read_header
+from loradoc.io.safetensors import SafetensorsHeader, TensorInfo, read_header
 from loradoc.model.layout import parse_key, tower_of
 from loradoc.progress import Progress
 

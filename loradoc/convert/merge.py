@@ -65,14 +65,10 @@ from loradoc.convert.checkpoint import (
 )
 from loradoc.convert.delta import ExactDelta
 from loradoc.errors import BadInputError
-from loradoc.io.safetensors import (
-    SafetensorsWriter,
-    TensorInfo,
-    TensorSpec,
-    atomic_directory,
-    fault_write_delay,
-    sha256_file,
-)
+from loradoc.io.atomic import atomic_directory, fault_write_delay
+from loradoc.io.hashing import sha256_file
+from loradoc.io.safetensors import TensorInfo
+from loradoc.io.safetensors_writer import SafetensorsWriter, TensorSpec
 from loradoc.io.snapshot import AdapterSnapshot, open_snapshot
 from loradoc.model.layout import address_of, parse_key
 from loradoc.model.profiles import BaseProfile, BaseSource, get_profile, installed_version, read_config, resolve_base

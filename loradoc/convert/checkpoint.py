@@ -307,58 +307,18 @@ def remember_sha256(path: Path, digest: str) -> None:
 # BLAS threads
 
 
-_OPENBLAS_PREFIXES = ("scipy_openblas", "openblas")
-_OPENBLAS_SUFFIXES = ("64_", "")
-
-
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """Run numpy's OpenBLAS on one thread inside the block (best effort; restored afterwards).
+    """Run numpy's BLAS (OpenBLAS, MKL, BLIS) on one thread inside the block; restored afterwards.
 
     The merge multiplies thin matrices (rank-r LoRA factors) in cache-sized blocks; OpenBLAS' default of one
     thread per core spends more time synchronising its threads than computing there (measured 4x slower on 2
-    cores), and the other cores are busy hashing. Nothing happens where numpy uses another BLAS or no
-    OpenBLAS is loaded (found through /proc/self/maps, Linux)."""
-    restore: list[tuple[Any, int]] = []
-    try:
-        for lib in _loaded_openblas():
-            for prefix in _OPENBLAS_PREFIXES:
-                for suffix in _OPENBLAS_SUFFIXES:
-                    setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                    getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                    if setter is not None and getter is not None:
-                        n = int(getter())
-                        if n > 1:
-                            setter(1)
-                            restore.append((setter, n))
-                        break
-                else:
-                    continue
-                break
-    except (OSError, AttributeError, ValueError):  # pragma: no cover - best effort
-        pass
-    try:
+    cores), and the other cores are busy hashing. threadpoolctl finds the BLAS libraries loaded in the process
+    (OpenBLAS under any of its symbol prefixes/suffixes, MKL, BLIS); where none is loaded, nothing happens."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
         yield
-    finally:
-        for setter, n in restore:
-            setter(n)
-
-
-def _loaded_openblas() -> list[Any]:
-    import ctypes
-
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
-            paths = sorted({ln.split()[-1] for ln in fh if "openblas" in ln.lower() and ln.split()[-1].startswith("/")})
-    except OSError:
-        return []
-    libs = []
-    for path in paths:
-        try:
-            libs.append(ctypes.CDLL(path))
-        except OSError:
-            continue
-    return libs
 
 
 # ----------------------------------------------------------------------------------------------------------

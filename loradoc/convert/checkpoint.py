@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loradoc.errors import BadInputError, MalformedConfigError, MissingFileError, PickleRefusedError
-from loradoc.io.hashing import HashThread
+from loradoc.errors import BadInputError, LoradocError, MalformedConfigError, MissingFileError, PickleRefusedError
+from loradoc.io.atomic import write_file_atomic
+from loradoc.io.hashing import HashThread, sha256_fd
 from loradoc.io.safetensors import SafetensorsHeader, TensorInfo, read_header
 from loradoc.io.safetensors import pread_exact as _pread_exact
 from loradoc.model.layout import Address, address_of
@@ -233,7 +234,13 @@ class SourceFile:
             return None
         if self._out_of_order:
             self._hasher.hexdigest()
-            return _sha256_fd(self.fd, self.header.file_size, self.path)
+            size = os.fstat(self.fd).st_size
+            if size != self.header.file_size:
+                raise BadInputError(
+                    f"{self.path}: file size changed from {self.header.file_size} to {size} while it was read",
+                    hint="something else is writing the base: wait for it, then run again",
+                )
+            return sha256_fd(self.fd, self.path)
         self._feed_to(self.header.file_size)
         return self._hasher.hexdigest()
 
@@ -243,16 +250,6 @@ class SourceFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _sha256_fd(fd: int, size: int, path: Path) -> str:
-    h = hashlib.sha256()
-    pos = 0
-    while pos < size:
-        n = min(16 << 20, size - pos)
-        h.update(_pread_exact(fd, pos, n, path))
-        pos += n
-    return h.hexdigest()
 
 
 def known_sha256(path: Path) -> str | None:
@@ -294,12 +291,9 @@ def cached_sha256(path: Path) -> str | None:
 def remember_sha256(path: Path, digest: str) -> None:
     """Cache a computed sha256 keyed by the file's path, size, mtime and inode (best effort)."""
     try:
-        target = _cache_file(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"stat": _stat_key(path), "sha256": digest}), encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError:
+        data = json.dumps({"stat": _stat_key(path), "sha256": digest}).encode("utf-8")
+        write_file_atomic(_cache_file(path), data)
+    except (OSError, LoradocError):
         pass
 
 

@@ -63,7 +63,8 @@ from loradoc.convert.merge_tensors import AdapterTensors
 from loradoc.convert.merge_writer import write_shards
 from loradoc.convert.shards import DEFAULT_SHARD_SIZE, index_json, parse_shard_size, plan_shards, shard_name
 from loradoc.errors import BadInputError
-from loradoc.io.safetensors import atomic_directory, sha256_file
+from loradoc.io.atomic import atomic_directory
+from loradoc.io.hashing import sha256_file
 from loradoc.io.snapshot import AdapterSnapshot, open_snapshot
 from loradoc.model.profiles import BaseSource, get_profile, read_config, resolve_base
 from loradoc.model.repacks import full_precision_original

@@ -21,7 +21,7 @@ from typing import Any
 from loradoc import __version__
 from loradoc.convert.checkpoint import INDEX_NAME
 from loradoc.convert.merge_plan import Plan
-from loradoc.io.safetensors import sha256_file
+from loradoc.io.hashing import sha256_file
 from loradoc.io.snapshot import AdapterSnapshot
 from loradoc.model.profiles import BaseProfile, BaseSource, installed_version
 

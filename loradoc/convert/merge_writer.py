@@ -24,7 +24,8 @@ from loradoc.convert.checkpoint import (
 from loradoc.convert.merge_plan import Op
 from loradoc.convert.merge_tensors import AdapterTensors, emit, finite_only
 from loradoc.convert.shards import shard_name
-from loradoc.io.safetensors import SafetensorsWriter, TensorSpec, fault_write_delay
+from loradoc.io.atomic import fault_write_delay
+from loradoc.io.safetensors_writer import SafetensorsWriter, TensorSpec
 
 __all__ = ["write_shards"]
 

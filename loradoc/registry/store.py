@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from loradoc.errors import BadInputError, EnvironmentProblem, LoradocError, MalformedConfigError
-from loradoc.io.safetensors import write_file_atomic
+from loradoc.io.atomic import write_file_atomic
 from loradoc.model.profiles import installed_version, manifests_dir
 from loradoc.registry import fasttoml
 from loradoc.registry import record as R
@@ -1119,7 +1119,7 @@ class Registry:
             raise BadInputError(f"unknown artifact kind {kind!r}", hint="use one of: " + ", ".join(ARTIFACT_KINDS))
         p = Path(path)
         if sha256 is None and hash_file and p.is_file():
-            from loradoc.io.safetensors import sha256_file
+            from loradoc.io.hashing import sha256_file
 
             sha256 = sha256_file(p)
             size_bytes = size_bytes if size_bytes is not None else p.stat().st_size

@@ -166,6 +166,17 @@ def test_uncached_local_profile_without_build_is_a_clear_error(example_root: Exa
         get_profile(str(example_root.bases["tiny-gemma3"]), allow_build=False)
 
 
+def test_unwritable_profile_cache_costs_a_rebuild_not_the_answer(example_root: ExampleSet, tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("not a directory")  # mkdir under it fails with ENOTDIR, even as root
+    monkeypatch.setenv("LORADOC_CACHE_DIR", str(blocker))
+    base = str(example_root.bases["tiny-gemma3"])
+    prof = get_profile(base)
+    assert prof.modules and blocker.read_text() == "not a directory"
+    with pytest.raises(LoradocError, match="no cached profile"):
+        get_profile(base, allow_build=False)  # nothing was cached, and nothing pretended it was
+
+
 def test_repacks_data_is_well_formed() -> None:
     from loradoc.model.profiles import manifests_dir
     from loradoc.model.repacks import full_precision_original, lookup_repack

@@ -8,7 +8,6 @@ How a profile is built: :mod:`loradoc.model.meta_build`; which one is used: :mod
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,13 +181,16 @@ def profile_drift(old: BaseProfile, new: BaseProfile) -> str | None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, separators=(",", ":"))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Compact JSON, written atomically (:func:`loradoc.io.atomic.write_file_atomic`)."""
+    from loradoc.io.atomic import write_file_atomic
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from loradoc.io.atomic import env_error
+
+        raise env_error("creating the directory of", path, exc) from exc
+    write_file_atomic(path, json.dumps(data, separators=(",", ":")).encode())
 
 
 def load_json_profile(path: Path) -> BaseProfile | None:

@@ -26,12 +26,13 @@ the rest of loradoc imports profiles from (the names in ``__all__``):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from loradoc.errors import LoradocError
+from loradoc.errors import EnvironmentProblem, LoradocError
 from loradoc.model.base_config import (
     BASE_INT_FIELDS,
     BaseSource,
@@ -139,7 +140,9 @@ def get_profile(base: str | BaseSource, *, allow_build: bool = True, spec: Model
             return prof
     if allow_build:
         prof = build_profile(source, spec)
-        write_json_atomic(cached, prof.to_json())
+        # a cache: an unwritable cache directory costs a rebuild next time, not this answer
+        with contextlib.suppress(EnvironmentProblem):
+            write_json_atomic(cached, prof.to_json())
         return prof
     if shipped:
         prof = nearest_profile(shipped, tf_version)

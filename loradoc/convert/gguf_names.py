@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from loradoc.errors import BadInputError, LoradocError
+from loradoc.errors import BadInputError, LoradocError, UnknownBaseError
 from loradoc.model.layout import Towers, tower_of
 
 #: --outtype values -> (gguf LlamaFileType name, GGMLQuantizationType name)
@@ -67,17 +67,28 @@ def base_towers(base: str | Path | None, *, allow_build: bool = True) -> BaseTow
     from loradoc.model.profiles import BaseSource, get_profile, resolve_base
 
     p = Path(base).expanduser()
+    bare = p.is_file() and p.suffix == ".json" and p.name != "config.json"
+    build = (
+        "`loradoc base profile DIR` builds one from a directory holding it as config.json"
+        if bare
+        else f"`loradoc base profile {base}` builds one"
+    )
     try:
-        if p.is_file() and p.suffix == ".json" and p.name != "config.json":
-            source = BaseSource(str(p), p, p.parent, shipped=False)  # a bare config file (base-configs/NAME.json)
-        else:
-            source = resolve_base(str(base))
+        # a bare config file (base-configs/NAME.json) is a source of its own
+        source = BaseSource(str(p), p, p.parent, shipped=False) if bare else resolve_base(str(base))
         prof = get_profile(source, allow_build=allow_build)
-    except LoradocError as e:
+    except UnknownBaseError:
         return BaseTowers(
             None,
             "names",
-            f"no profile of base {base} ({str(e).rstrip('.')}): towers recognised by name only "
-            f"(`loradoc base profile {base}` builds one)",
+            f"towers recognised by name only: base {base} is neither a local directory nor a shipped id "
+            "(pass --base with the base's directory)",
+        )
+    except LoradocError as e:
+        why = e.message if len(e.message) <= 160 else e.message[:157] + "..."
+        return BaseTowers(
+            None,
+            "names",
+            f"towers recognised by name only: no profile of base {base} ({why}); {build}",
         )
     return BaseTowers(dict(prof.towers), "shipped profile" if source.shipped else "profile")

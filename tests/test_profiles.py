@@ -166,7 +166,7 @@ def test_uncached_local_profile_without_build_is_a_clear_error(example_root: Exa
         get_profile(str(example_root.bases["tiny-gemma3"]), allow_build=False)
 
 
-def test_unwritable_profile_cache_costs_a_rebuild_not_the_answer(example_root: ExampleSet, tmp_path, monkeypatch) -> None:
+def test_unwritable_profile_cache_costs_a_rebuild(example_root: ExampleSet, tmp_path, monkeypatch) -> None:
     blocker = tmp_path / "cache-is-a-file"
     blocker.write_text("not a directory")  # mkdir under it fails with ENOTDIR, even as root
     monkeypatch.setenv("LORADOC_CACHE_DIR", str(blocker))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from loradoc.errors import BadInputError, MalformedConfigError, MissingFileError, UnknownBaseError
 from loradoc.io.atomic import atomic_file
 from loradoc.io.safetensors import SafetensorsHeader, TensorInfo, read_header
-from loradoc.model.layout import parse_key, tower_of
+from loradoc.model.layout import Towers, parse_key, tower_of
 from loradoc.progress import Progress
 
 if TYPE_CHECKING:
@@ -295,9 +295,13 @@ class AdapterLoras:
     tower_pairs: list[LoraPair] = field(default_factory=list)  # with collect_loras(towers=True)
 
 
-def collect_loras(snapshot: AdapterSnapshot, *, towers: bool = False) -> AdapterLoras:
+def collect_loras(
+    snapshot: AdapterSnapshot, *, towers: bool = False, base_towers: Towers | None = None
+) -> AdapterLoras:
     """Group the adapter's tensors into LoRA pairs with peft's scaling; refuse what a GGUF cannot carry.
-    ``towers``: also group the vision / audio / projector LoRAs (``tower_pairs``, for an mmproj GGUF)."""
+    ``towers``: also group the vision / audio / projector LoRAs (``tower_pairs``, for an mmproj GGUF).
+    ``base_towers``: the base profile's towers (module prefix -> kind), which decide which keys are tower keys
+    (without them, tower names only: :func:`loradoc.convert.gguf_names.base_towers`)."""
     cfg = snapshot.config
     if cfg.peft_type != "LORA":
         raise BadInputError(
@@ -316,7 +320,7 @@ def collect_loras(snapshot: AdapterSnapshot, *, towers: bool = False) -> Adapter
     full_weights: dict[str, str] = {}
     for key in snapshot.tensors:
         p = parse_key(key)
-        if tower_of(p.module) != "language":
+        if tower_of(p.module, base_towers) != "language":
             tower_keys.append(key)
             if towers and p.kind in ("lora_A", "lora_B"):
                 tower_modules.setdefault(p.module, {})[p.kind] = key

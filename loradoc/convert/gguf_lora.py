@@ -190,6 +190,7 @@ def convert_gguf_lora(
     import torch
 
     from loradoc.convert.gguf_model import _text_weights
+    from loradoc.convert.gguf_names import base_towers
     from loradoc.io.snapshot import open_snapshot
     from loradoc.model.layout import address_of
 
@@ -204,7 +205,8 @@ def convert_gguf_lora(
     guard_outputs([("--out", out)], adapter=snapshot.directory, base=ckpt.directory, overwrite=overwrite)
     if check_health:
         snapshot = require_healthy(adapter, base).snapshot
-    loras = collect_loras(snapshot)
+    bt = base_towers(ckpt.directory)  # the towers from the base's profile (its structure), not from names
+    loras = collect_loras(snapshot, base_towers=bt.towers)
     if not loras.pairs:
         raise BadInputError(
             f"{snapshot.label} has no LoRA on the text model ({len(loras.tower_keys)} tower tensors only)",
@@ -212,17 +214,17 @@ def convert_gguf_lora(
         )
     cfg = snapshot.config
     alpha = float(cfg.lora_alpha) if cfg.lora_alpha is not None else 8.0
-    weights = _text_weights(ckpt)
+    weights = _text_weights(ckpt, bt.towers)
     tied = bool(ckpt.tensors) and not any(n.endswith("lm_head.weight") for n in ckpt.tensors)
     if not ckpt.tensors:
         tied = bool((ckpt.config.get("text_config") or ckpt.config).get("tie_word_embeddings", False))
 
     def hf_weight(module: str) -> str:
-        return weights.get(address_of(module)) or f"{module}.weight"
+        return weights.get(address_of(module, bt.towers)) or f"{module}.weight"
 
-    notes: list[str] = []
+    notes: list[str] = [bt.note] if bt.note else []
     for module, key in loras.full_weights.items():
-        if not _same_as_base(snapshot, key, ckpt, weights.get(address_of(module))):
+        if not _same_as_base(snapshot, key, ckpt, weights.get(address_of(module, bt.towers))):
             raise BadInputError(
                 f"the adapter replaces {module}'s weight ({key} differs from the base): a llama.cpp LoRA adapter "
                 "cannot carry full weights",

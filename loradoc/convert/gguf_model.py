@@ -37,7 +37,7 @@ from loradoc.convert.gguf_io import (
     rows_and_cols,
     write_gguf,
 )
-from loradoc.convert.gguf_names import QUANTIZED, check_outtype, is_tower_tensor
+from loradoc.convert.gguf_names import QUANTIZED, base_towers, check_outtype, is_tower_tensor
 from loradoc.errors import BadInputError, MissingFileError
 from loradoc.io.outputs import guard_outputs
 from loradoc.io.safetensors import TensorInfo
@@ -86,14 +86,15 @@ class GgufResult:
 # the fused pass
 
 
-def _text_weights(ckpt: Any) -> dict[Any, str]:
-    """Layout-independent module address -> checkpoint key of its weight (text model only)."""
+def _text_weights(ckpt: Any, towers: dict[str, str] | None = None) -> dict[Any, str]:
+    """Layout-independent module address -> checkpoint key of its weight (text model only; ``towers``: the base
+    profile's, else tower names decide)."""
     from loradoc.model.layout import address_of
 
     out: dict[Any, str] = {}
     for name in ckpt.tensors:
-        if name.endswith(".weight") and not is_tower_tensor(name):
-            out.setdefault(address_of(name[: -len(".weight")]), name)
+        if name.endswith(".weight") and not is_tower_tensor(name, towers):
+            out.setdefault(address_of(name[: -len(".weight")], towers), name)
     return out
 
 
@@ -150,15 +151,17 @@ def convert_gguf(
         from loradoc.io.snapshot import open_snapshot
 
         snapshot = require_healthy(adapter, base).snapshot if check_health else open_snapshot(adapter)
-        loras = collect_loras(snapshot, towers=mm_out is not None)
+    bt = base_towers(ckpt.directory)  # the towers from the base's profile (its structure), not from names
+    if snapshot is not None:
+        loras = collect_loras(snapshot, towers=mm_out is not None, base_towers=bt.towers)
 
-    weights = _text_weights(ckpt)
+    weights = _text_weights(ckpt, bt.towers)
     has_head = any(n.endswith("lm_head.weight") for n in ckpt.tensors)
     embed_key = next((k for a, k in weights.items() if a.layer is None and a.local == "embed_tokens"), None)
     lora_for: dict[str, LoraPair] = {}
     head_lora: LoraPair | None = None
     for pair in loras.pairs:
-        addr = address_of(pair.module)
+        addr = address_of(pair.module, bt.towers)
         key = weights.get(addr)
         if key is None and addr.layer is None and addr.local == "lm_head" and not has_head and embed_key:
             head_lora = pair  # the output head of a tied base: written untied below
@@ -178,7 +181,7 @@ def convert_gguf(
             "the adapter carries full weights in a pickle file", hint="convert it to safetensors first (loradoc repair)"
         )
     for module, akey in loras.full_weights.items():
-        key = weights.get(address_of(module))
+        key = weights.get(address_of(module, bt.towers))
         if key is None:
             raise BadInputError(
                 f"adapter weight {akey} has no tensor in the base checkpoint", hint="run `loradoc doctor`"
@@ -225,7 +228,7 @@ def convert_gguf(
             w.add_uint32("loradoc.merged_modules", len(loras.pairs))
         mm_plan: list[PlannedTensor] = []
         if mm_out is not None:  # planned before anything is written: a refusal leaves no file behind
-            mm_lora = _lora_map(ckpt, loras.tower_pairs, snapshot, towers=True)
+            mm_lora = _lora_map(ckpt, loras.tower_pairs, snapshot, towers=True, base_towers=bt.towers)
             mm_source = MergedSource(ckpt, mm_lora, load_lora)
             sources.append(mm_source)
             mm_prep = prepare(ckpt, mm_source, _MMPROJ_TYPE.get(outtype, "f16"), model_name=name, mmproj=True)
@@ -256,6 +259,8 @@ def convert_gguf(
         if adapter_fh is not None:
             adapter_fh.close()
     notes: list[str] = list(prep.notes)
+    if bt.note:
+        notes.append(bt.note)
     if untie:
         notes.append(
             "the adapter changes the tied embedding / output head: written untied (token_embd.weight and "
@@ -287,7 +292,7 @@ def convert_gguf(
         merged_modules=len(loras.pairs),
         not_included=not_included,
         mmproj=str(mm_out) if mm_out is not None else None,
-        skipped_base_tensors=sum(1 for n in ckpt.tensors if is_tower_tensor(n)),
+        skipped_base_tensors=sum(1 for n in ckpt.tensors if is_tower_tensor(n, bt.towers)),
         vocab_size=len(tokens) if isinstance(tokens, list) else 0,
         tokenizer=str(tok_model or ""),
         notes=notes,
@@ -298,17 +303,19 @@ def convert_gguf(
 _MMPROJ_TYPE = {"f32": "f32", "f16": "f16", "q8_0": "q8_0"}
 
 
-def _lora_map(ckpt: Any, pairs: list[LoraPair], snapshot: Any, *, towers: bool) -> dict[str, LoraPair]:
+def _lora_map(
+    ckpt: Any, pairs: list[LoraPair], snapshot: Any, *, towers: bool, base_towers: dict[str, str] | None = None
+) -> dict[str, LoraPair]:
     """Checkpoint key of the weight each LoRA adapts (any layout: by module address)."""
     from loradoc.model.layout import address_of
 
     weights: dict[Any, str] = {}
     for key in ckpt.tensors:
-        if key.endswith(".weight") and (towers or not is_tower_tensor(key)):
-            weights.setdefault(address_of(key[: -len(".weight")]), key)
+        if key.endswith(".weight") and (towers or not is_tower_tensor(key, base_towers)):
+            weights.setdefault(address_of(key[: -len(".weight")], base_towers), key)
     out: dict[str, LoraPair] = {}
     for pair in pairs:
-        key = weights.get(address_of(pair.module))
+        key = weights.get(address_of(pair.module, base_towers))
         if key is None:
             raise BadInputError(
                 f"adapter module {pair.module} has no weight in the base checkpoint",

@@ -92,8 +92,14 @@ def _map(path: str, model_type: str, reverse: bool = False) -> str | None:
     return None
 
 
-def mlx_plan_problems(cfg: dict[str, Any], keys: dict[str, tuple[int, ...]], model_type: str | None) -> list[str]:
-    """Why this peft adapter cannot be written in mlx-lm's layout exactly (empty: it can)."""
+def mlx_plan_problems(
+    cfg: dict[str, Any],
+    keys: dict[str, tuple[int, ...]],
+    model_type: str | None,
+    towers: dict[str, str] | None = None,
+) -> list[str]:
+    """Why this peft adapter cannot be written in mlx-lm's layout exactly (empty: it can). ``towers``: the base
+    profile's (module prefix -> kind; tower keys are left out, not judged), else tower names decide."""
     from loradoc.model.layout import parse_key, tower_of
 
     out: list[str] = []
@@ -107,7 +113,7 @@ def mlx_plan_problems(cfg: dict[str, Any], keys: dict[str, tuple[int, ...]], mod
     scales: set[float] = set()
     for k, shape in keys.items():
         p = parse_key(k)
-        if tower_of(p.module) != "language":
+        if tower_of(p.module, towers) != "language":
             continue
         if p.kind not in ("lora_A", "lora_B"):
             out.append(f"{k}: not an adapter parameter in the model (mlx-lm takes lora_A / lora_B of linears only)")
@@ -134,7 +140,19 @@ def peft_scale(cfg: dict[str, Any], module: str, rank: int) -> float:
     return alpha / math.sqrt(rank) if cfg.get("use_rslora") else alpha / rank
 
 
-def peft_to_mlx(adapter: str | Path, out: str | Path, *, model_type: str, overwrite: bool = False) -> MlxResult:
+def peft_to_mlx(
+    adapter: str | Path,
+    out: str | Path,
+    *,
+    model_type: str,
+    overwrite: bool = False,
+    base: str | Path | None = None,
+) -> MlxResult:
+    """``adapter`` (peft) in mlx-lm's layout. Tower keys (vision / audio / projector: mlx-lm models are text-only)
+    are left out, found by the base profile's towers: ``base`` (a directory, its config.json or a shipped id), else
+    the base the adapter's config names when it resolves; the names of known towers when no profile can be had
+    (said in ``notes``)."""
+    from loradoc.convert.gguf_names import base_towers
     from loradoc.io.atomic import atomic_directory
     from loradoc.io.safetensors import read_header, read_tensor_bytes
     from loradoc.io.safetensors_writer import SafetensorsWriter, TensorSpec
@@ -144,7 +162,10 @@ def peft_to_mlx(adapter: str | Path, out: str | Path, *, model_type: str, overwr
     cfg = json.loads((src / "adapter_config.json").read_text())
     header = read_header(src / "adapter_model.safetensors")
     keys = {n: tuple(t.shape) for n, t in header.tensors.items()}
-    problems = mlx_plan_problems(cfg, keys, model_type)
+    recorded = cfg.get("base_model_name_or_path")
+    bt = base_towers(base if base is not None else recorded if isinstance(recorded, str) else None)
+    towers = bt.towers
+    problems = mlx_plan_problems(cfg, keys, model_type, towers)
     if problems:
         hint = "; ".join(problems[1:3]) or "serve it with a runtime that takes peft adapters"
         raise BadInputError(f"{src.name} cannot be written in mlx-lm's layout exactly: {problems[0]}", hint=hint)
@@ -154,7 +175,7 @@ def peft_to_mlx(adapter: str | Path, out: str | Path, *, model_type: str, overwr
     rank = scale = None
     for k in header.tensors:
         p = parse_key(k)
-        if tower_of(p.module) != "language":
+        if tower_of(p.module, towers) != "language":
             not_included.append(k)
             continue
         mpath = _map(p.module, model_type)
@@ -194,6 +215,8 @@ def peft_to_mlx(adapter: str | Path, out: str | Path, *, model_type: str, overwr
                 info = header.tensors[k]
                 w.write(name, _transpose_bytes(read_tensor_bytes(header, k, fh), info.shape, info.dtype))
     notes = [f"{len(not_included)} tower LoRA tensors left out (mlx-lm models are text-only)"] if not_included else []
+    if bt.note:
+        notes.append(bt.note)
     return MlxResult(Path(out), "peft->mlx", len(plan), rank, scale, not_included, notes)
 
 

@@ -213,8 +213,9 @@ def trained_parts_findings(
     """What loads is what was trained: parts the config declares trained that the file lacks.
 
     ``unsaved_bias``: from the dry load (peft's own ``get_peft_model_state_dict`` of the injected model); without
-    it (``--fast``) the static side can only say that the file holds no bias at all (a warning: a base whose
-    targeted layers have no bias needs none)."""
+    it (``--fast``) the static side says what the config and the header show: trained biases declared, none in
+    the file (an error, as the full doctor reports it when the base's layers have biases; when they have none the
+    full doctor turns it into an info finding that names the difference)."""
     cfg = snapshot.config
     out: list[Finding] = []
     if unsaved_wrapped:
@@ -244,16 +245,29 @@ def trained_parts_findings(
                     )
                 )
         elif not any(f.param == "bias" and f.status == LOADS_BASE for f in fates.values()):
+            # knowable from the config and the header alone: the config declares trained biases, the file has
+            # none. Which biases peft would have saved (the count) is for the dry load to say.
+            scope = "the targeted layers'" if bias == "lora_only" else "the model's"
             out.append(
                 F.make(
                     "unsaved-bias",
-                    F.WARNING,
-                    0,
-                    f'bias="{bias}" declares trained biases and the file has none; whether the targeted layers have '
-                    "biases is for the dry load to say (run doctor without --fast)",
+                    F.ERROR,
+                    len(plan.targeted) if bias == "lora_only" else 0,
+                    f'bias="{bias}" declares trained biases and the file has none: if {scope} biases exist (up to '
+                    f"{len(plan.targeted)} targeted layers), peft loads silently and the base's untrained biases "
+                    "stay (doctor without --fast counts them)",
                 )
             )
     return out
+
+
+def declares_unsaved_bias(snapshot: AdapterSnapshot, fates: dict[str, KeyFate]) -> bool:
+    """bias="lora_only"/"all" and the file holds no bias a peft load would put into the model (what ``--fast``
+    reports as ``unsaved-bias`` without knowing whether the base's layers have biases)."""
+    bias = (snapshot.config.bias or "none").lower()
+    return bias in ("lora_only", "all") and not any(
+        f.param == "bias" and f.status == LOADS_BASE for f in fates.values()
+    )
 
 
 def wrapped_modules(cfg: AdapterConfig, profile: BaseProfile) -> list[str]:

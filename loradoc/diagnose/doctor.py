@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loradoc.diagnose import findings as F
-from loradoc.diagnose.analysis import LOADS, LOADS_BASE, PeftCounts, StaticResult, analyze
+from loradoc.diagnose.analysis import (
+    LOADS,
+    LOADS_BASE,
+    PeftCounts,
+    StaticResult,
+    analyze,
+    declares_unsaved_bias,
+)
 from loradoc.diagnose.findings import Finding
 from loradoc.errors import MalformedConfigError
 from loradoc.io.adapter_config import PEFT_VERSION_KNOWN
@@ -247,6 +254,20 @@ def reconcile(findings: list[Finding], real: PeftCounts, static: PeftCounts) -> 
     return out
 
 
+def _no_bias_to_save(snap: AdapterSnapshot) -> Finding:
+    """bias="lora_only"/"all", no bias in the file, and peft's dry load would have saved none: the base's layers
+    have no bias, nothing trained is lost. ``--fast`` cannot know it (it reports ``unsaved-bias`` as an error)."""
+    bias = (snap.config.bias or "none").lower()
+    return F.make(
+        "unsaved-bias",
+        F.INFO,
+        0,
+        f'bias="{bias}" and the file has no bias, but peft would have saved none: the targeted layers have no '
+        "bias, nothing trained is lost (--fast, which cannot see the base's biases, predicts an error here)",
+        repair=None,
+    )
+
+
 def spec_of(snapshot: AdapterSnapshot) -> ModelSpec:
     """The model class the adapter's task type implies (and a classification head's label count)."""
     return spec_for_adapter(snapshot.config.task_type, {k: tuple(r.shape) for k, r in snapshot.tensors.items()})
@@ -328,6 +349,8 @@ def diagnose(
             from loradoc.diagnose.analysis import trained_parts_findings
 
             findings += trained_parts_findings(snap, profile, st.plan, st.fates, [], unsaved_bias=dl.unsaved_bias)
+        elif declares_unsaved_bias(snap, st.fates):
+            findings.append(_no_bias_to_save(snap))
         findings = reconcile(findings, peft, st.predicted)
     if read_data:
         findings.extend(data_findings(snap))

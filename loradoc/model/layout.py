@@ -92,7 +92,9 @@ def tower_match(module: str, towers: Towers | None = None) -> tuple[str, str | N
     the tower whose prefix it starts with (the longest wins) or, for keys saved under another layout, whose root's
     own name (the prefix's last component) is one of its path components. Names of the towers of other models
     (``vision_tower``, ``audio_tower``, ...) are the fallback, so that a tower key saved for another base is still
-    seen as a tower; without a profile they are the only rule."""
+    seen as a tower; without a profile they are the only rule, and they miss towers named otherwise (Qwen2.5-VL's
+    ``visual``, Idefics3's ``connector``): callers pass the base profile's towers wherever a base is known
+    (:func:`loradoc.convert.gguf_names.base_towers` gets them for convert and the runtime checks)."""
     parts = module.split(".")
     if towers:
         by_length = sorted(towers.items(), key=lambda kv: -len(kv[0]))

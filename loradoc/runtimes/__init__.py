@@ -46,6 +46,7 @@ class RuntimeReport:
     base: str | None
     architecture: str | None
     results: list[RuntimeResult] = field(default_factory=list)
+    towers: str = "names"  # where the tower / text split came from: "profile" | "shipped profile" | "names"
 
     def get(self, runtime: str) -> RuntimeResult:
         rt = RUNTIME_ALIASES.get(runtime.lower(), runtime)
@@ -56,18 +57,31 @@ class RuntimeReport:
             "adapter": self.adapter,
             "base": self.base,
             "architecture": self.architecture,
+            "towers": self.towers,
             "runtimes": {r.runtime: r.to_json() for r in self.results},
         }
 
 
 def check_runtimes(adapter: str | Path, base: str | None = None) -> RuntimeReport:
     """The runtime table for a local adapter directory (``base``: a local base dir, its config.json, or a shipped
-    base id; None: the architecture-dependent rules answer ``unknown``)."""
+    base id; None: the architecture-dependent rules answer ``unknown``).
+
+    Which keys are tower / projector keys comes from the base's profile (its structure): a cached one, or the
+    shipped one for a shipped id (no torch: nothing is built here); without ``base``, the base the adapter's config
+    names when that has one. Otherwise tower names decide, and every result's notes say so."""
+    from loradoc.convert.gguf_names import base_towers
+
     facts = read_adapter(adapter)
     bf = read_base(base)
-    rep = RuntimeReport(str(adapter), bf.id if bf else None, bf.architecture if bf else None)
+    recorded = facts.cfg("base_model_name_or_path")
+    bt = base_towers(base if base else recorded if isinstance(recorded, str) else None, allow_build=False)
+    facts.towers = bt.towers
+    rep = RuntimeReport(str(adapter), bf.id if bf else None, bf.architecture if bf else None, towers=bt.source)
     for rt in RUNTIMES:
-        rep.results.append(_CHECKS[rt](facts, bf))
+        res = _CHECKS[rt](facts, bf)
+        if bt.note and facts.keys_known:
+            res.notes.append(bt.note)
+        rep.results.append(res)
     return rep
 
 

@@ -179,16 +179,22 @@ class AdapterFacts:
     keys: dict[str, tuple[int, ...]]  # safetensors header: name -> shape ({} when unknown)
     keys_known: bool
     added_tokens: dict[str, int] | None
+    # the base profile's towers (module prefix -> kind), set by check_runtimes; None: tower names decide
+    towers: dict[str, str] | None = None
 
     @property
     def name(self) -> str:
         return self.directory.name
 
+    def is_text(self, key: str) -> bool:
+        """Whether ``key`` belongs to the text model (not a vision / audio tower or projector)."""
+        return tower_of(parse_key(key).module, self.towers) == "language"
+
     def cfg(self, key: str, default: Any = None) -> Any:
         return (self.config or {}).get(key, default)
 
     def tower_keys(self) -> list[str]:
-        return [k for k in self.keys if tower_of(parse_key(k).module) != "language"]
+        return [k for k in self.keys if not self.is_text(k)]
 
     def lora_ranks(self) -> dict[str, int]:
         """module -> rank, from the lora_A / lora_embedding_A shapes."""

@@ -4,7 +4,7 @@ convert_lora_to_gguf.py and llama_adapter_lora_init refuse; which architectures 
 
 from __future__ import annotations
 
-from loradoc.model.layout import parse_key, tower_of
+from loradoc.model.layout import parse_key
 from loradoc.runtimes._model import AdapterFacts, BaseFacts, Hit, RuntimeResult, hit, settle, tables
 
 RUNTIME = "llama_cpp"
@@ -39,7 +39,7 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
             hits.append(hit("llama_cpp.not-lora-tensor", name=bad[0].replace("base_model.model.", "", 1)))
             if len(bad) > 1:
                 notes.append(f"{len(bad)} tensors are not lora_A/lora_B, e.g. {', '.join(bad[:3])}")
-        text = [k for k in a.keys if tower_of(parse_key(k).module) == "language"]
+        text = [k for k in a.keys if a.is_text(k)]
         towers = [k for k in a.keys if k not in text]
         if towers and not text:
             hits.append(hit("llama_cpp.towers", effect="refuse", fix="", name=towers[0]))

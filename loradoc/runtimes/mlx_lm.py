@@ -32,9 +32,9 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
     if cfg.get("use_dora"):
         hits.append(hit("mlx_lm.dora"))
     if a.keys_known:
-        from loradoc.model.layout import parse_key, tower_of
+        from loradoc.model.layout import parse_key
 
-        text = {k: v for k, v in a.keys.items() if tower_of(parse_key(k).module) == "language"}
+        text = {k: v for k, v in a.keys.items() if a.is_text(k)}
         odd = [k for k in text if parse_key(k).kind not in ("lora_A", "lora_B")]
         if odd:
             hits.append(hit("mlx_lm.not-adapter-parameter", name=odd[0]))
@@ -43,7 +43,7 @@ def check(a: AdapterFacts, base: BaseFacts | None) -> RuntimeResult:
             common = max({r for r, _ in ranks.values()}, key=lambda r: sum(1 for x, _ in ranks.values() if x == r))
             mod, (r2, n_in) = next((m, v) for m, v in ranks.items() if v[0] != common)
             hits.append(hit("mlx_lm.one-rank", name=f"{mod}.lora_a", shape=(n_in, r2), expected=(n_in, common)))
-        elif any("scale" in p for p in mlx_plan_problems(cfg, a.keys, None)):
+        elif any("scale" in p for p in mlx_plan_problems(cfg, a.keys, None, a.towers)):
             hits.append(hit("mlx_lm.one-rank", "modules have different scales (alpha_pattern / rank_pattern): "
                             "mlx-lm has one scale per adapter (lora_parameters.scale)"))  # fmt: skip
         towers = a.tower_keys()

@@ -537,7 +537,7 @@ def test_problems_name_the_line_of_the_file(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert got == {"target_modules[1]": 6, 'rank_pattern["k"]': 8, "bias": 9}
     assert lines[5].strip() == "3" and '"k": "x"' in lines[7] and '"bias"' in lines[8]
-    assert "field 'target_modules[1]' (line 6) must be a string, got 3" in ei.value.message
+    assert "line 6: field 'target_modules[1]' must be a string, got 3; line 8: field 'rank_pattern[" in ei.value.message
 
 
 def test_oversized_fields_are_all_reported_with_their_limits() -> None:

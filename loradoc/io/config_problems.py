@@ -60,8 +60,8 @@ class Problem:
         return out
 
     def describe(self) -> str:
-        at = f" (line {self.line})" if self.line is not None else ""
-        return f"field {self.where!r}{at} {self.text}"
+        at = f"line {self.line}: " if self.line is not None else ""
+        return f"{at}field {self.where!r} {self.text}"
 
 
 class ConfigFieldsError(MalformedConfigError):

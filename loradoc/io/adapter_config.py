@@ -98,11 +98,12 @@ def parse_adapter_config(data: object, source: str = CONFIG_NAME, *, text: str |
     notes: list[str] = []
     problems: list[Problem] = []
     peft_type = _peft_type(d, source, notes, problems)
+    fields: PeftFields | None = None
     try:
         fields = PeftFields.model_validate(d, context={"peft_type": peft_type})
     except ValidationError as exc:
         problems += problems_from(exc, d, PeftFields.wants())
-    if problems or peft_type is None:
+    if problems or peft_type is None or fields is None:
         raise ConfigFieldsError(source, with_lines(problems, text))
     return _assemble(d, source, peft_type, fields, notes)
 

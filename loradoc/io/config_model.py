@@ -54,7 +54,7 @@ def _null_is_false(v: Any) -> Any:
     return False if v is None else v
 
 
-def _null_is_none_bias(v: Any) -> Any:
+def _null_is_none_string(v: Any) -> Any:
     return "none" if v is None else v
 
 
@@ -99,6 +99,7 @@ def _alpha_value(v: Any) -> Any:
 
 
 # -- the field types ---------------------------------------------------------------------------------------------
+# (several BeforeValidators run last-first: a pattern's null becomes {} before its size is checked)
 
 OptStr = str | None
 OptNumber = Annotated[float | None, BeforeValidator(_sensible_size)]
@@ -114,7 +115,7 @@ AlphaPattern = Annotated[
     BeforeValidator(_capped),
     BeforeValidator(_null_is_empty),
 ]
-Bias = Annotated[str, BeforeValidator(_bias_value), BeforeValidator(_null_is_none_bias)]
+Bias = Annotated[str, BeforeValidator(_bias_value), BeforeValidator(_null_is_none_string)]
 
 _STR = "a string or null"
 _FLAG = "true or false"

@@ -684,3 +684,20 @@ def test_any_file_content_loads_or_raises_a_loradoc_error(blob: bytes) -> None:
             load_adapter_config(p)
         except LoradocError as exc:
             assert "\n" not in str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _json_values, max_size=6), st.sampled_from([None, 2]))
+def test_json_lines_finds_each_key_and_entry(data: dict[str, Any], indent: int | None) -> None:
+    from loradoc.io.config_problems import json_lines
+
+    text = json.dumps({"peft_type": "LORA", **data}, indent=indent)
+    lines = text.splitlines()
+    found = json_lines(text)
+    for key, value in json.loads(text).items():
+        line = found[(key,)]
+        assert json.dumps(key) + ":" in lines[line - 1]  # the key's own line (the last one written, as json keeps)
+        if isinstance(value, list) and value and indent:
+            for i, item in enumerate(value):
+                first = json.dumps(item, indent=indent).splitlines()[0]
+                assert lines[found[(key, i)] - 1].strip().startswith(first.strip())

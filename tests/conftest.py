@@ -16,7 +16,7 @@ def example_root(tmp_path_factory: pytest.TempPathFactory) -> ExampleSet:
     """Every tiny base and example adapter, built once per session (real transformers + peft).
 
     Read-only: a test that needs a broken variant copies one into its tmp_path with
-    ``loradoc.demo.builder.rewrite_adapter``."""
+    ``tests/builders.py:rewrite_adapter``."""
     return build_example(tmp_path_factory.mktemp("example"))
 
 

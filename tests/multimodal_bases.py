@@ -162,7 +162,7 @@ def _make_adapter(base: Path, out: Path, target_modules: str | list[str], seed: 
     import transformers
     from peft import LoraConfig, get_peft_model
 
-    from loradoc.demo.builder import _randomize_lora
+    from loradoc.demo.builder import randomize_lora as _randomize_lora
 
     arch = json.loads((base / "config.json").read_text())["architectures"][0]
     model = getattr(transformers, arch).from_pretrained(str(base), dtype=torch.float32).eval()
@@ -181,7 +181,7 @@ def _make_adapter(base: Path, out: Path, target_modules: str | list[str], seed: 
 
 def build_adapters(name: str, base: Path, root: Path) -> dict[str, Path]:
     """Every variant of :data:`VARIANTS` for base ``name``, under ``root``."""
-    from loradoc.demo.builder import rewrite_adapter
+    from builders import rewrite_adapter
 
     arch = ARCHS[name]
     lm_regex = re.escape(arch.lm) + r"\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"

@@ -25,7 +25,10 @@ from loradoc.errors import LoradocError, MalformedConfigError, MissingFileError,
 from loradoc.io.adapter_config import (
     FIELD_INTRODUCED,
     KNOWN_PEFT_TYPES,
+    MAX_LIST_ENTRIES,
+    MAX_STRING_CHARS,
     AdapterConfig,
+    ConfigFieldsError,
     era_from_keys,
     fields_unsupported_by,
     is_local_path,
@@ -253,7 +256,7 @@ def test_tables_match_the_installed_peft() -> None:
 
     from peft.utils import PeftType
 
-    from loradoc.io import adapter_config as ac
+    from loradoc.io import peft_facts as ac
 
     assert {p.value for p in PeftType} == set(KNOWN_PEFT_TYPES)
     classes = {
@@ -264,13 +267,13 @@ def test_tables_match_the_installed_peft() -> None:
         "P_TUNING": peft.PromptEncoderConfig, "TRAINABLE_TOKENS": peft.TrainableTokensConfig,
         "OSF": peft.OSFConfig,
     }  # fmt: skip
-    assert set(classes) == set(ac._TYPE_INTRODUCED)
+    assert set(classes) == set(ac.TYPE_INTRODUCED)
     for peft_type, cls in classes.items():
         actual = {f.name for f in dataclasses.fields(cls)}
-        removed = set(ac._FIELDS_REMOVED.get(peft_type, {}))
-        assert set(ac._TYPE_INTRODUCED[peft_type]) - removed == actual, peft_type
+        removed = set(ac.FIELDS_REMOVED.get(peft_type, {}))
+        assert set(ac.TYPE_INTRODUCED[peft_type]) - removed == actual, peft_type
     common = {f.name for f in dataclasses.fields(peft.PeftConfig)}
-    assert set(ac._COMMON_INTRODUCED) == common
+    assert set(ac.COMMON_INTRODUCED) == common
 
 
 def test_unknown_fields_are_what_the_installed_peft_would_drop() -> None:
@@ -471,35 +474,89 @@ def test_directory_and_missing_paths(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("field", "value", "where"),
     [
-        ("r", "16"),
-        ("r", 16.0),
-        ("r", True),
-        ("target_modules", 5),
-        ("target_modules", ["q_proj", 3]),
-        ("lora_alpha", "32"),
-        ("use_dora", "false"),
-        ("modules_to_save", "lm_head"),
-        ("layers_to_transform", ["0"]),
-        ("rank_pattern", {"q_proj": "8"}),
-        ("bias", "some"),
-        ("base_model_name_or_path", 7),
-        ("init_lora_weights", 1),
-        ("peft_type", 5),
-        ("peft_type", ""),
-        ("lora_alpha", 10**400),
-        ("alpha_pattern", {"q_proj": 10**400}),
+        ("r", "16", "r"),
+        ("r", 16.0, "r"),
+        ("r", True, "r"),
+        ("target_modules", 5, "target_modules"),
+        ("target_modules", ["q_proj", 3], "target_modules[1]"),
+        ("lora_alpha", "32", "lora_alpha"),
+        ("use_dora", "false", "use_dora"),
+        ("modules_to_save", "lm_head", "modules_to_save"),
+        ("layers_to_transform", ["0"], "layers_to_transform[0]"),
+        ("rank_pattern", {"q_proj": "8"}, 'rank_pattern["q_proj"]'),
+        ("bias", "some", "bias"),
+        ("base_model_name_or_path", 7, "base_model_name_or_path"),
+        ("init_lora_weights", 1, "init_lora_weights"),
+        ("peft_type", 5, "peft_type"),
+        ("peft_type", "", "peft_type"),
+        ("lora_alpha", 10**400, "lora_alpha"),
+        ("alpha_pattern", {"q_proj": 10**400}, 'alpha_pattern["q_proj"]'),
     ],
 )
-def test_wrong_types_name_the_field(field: str, value: object) -> None:
+def test_wrong_types_name_the_field(field: str, value: object, where: str) -> None:
     d: dict[str, Any] = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}
     d[field] = value
     with pytest.raises(MalformedConfigError) as ei:
         parse_adapter_config(d, source="x/adapter_config.json")
-    assert ei.value.message.startswith("x/adapter_config.json: field ")
-    assert repr(field) in ei.value.message
-    assert ei.value.hint and field in ei.value.hint
+    assert ei.value.message.startswith(f"x/adapter_config.json: field {where!r} ")
+    assert "\n" not in str(ei.value)
+    assert ei.value.hint and repr(where) in ei.value.hint and "loradoc doctor" in ei.value.hint
+    assert isinstance(ei.value, ConfigFieldsError) and [p.where for p in ei.value.problems] == [where]
+
+
+def test_every_problem_is_reported_with_its_key_path() -> None:
+    d: dict[str, Any] = {
+        "peft_type": 5,
+        "r": "8",
+        "target_modules": ["q_proj", 3, "v_proj", None],
+        "use_dora": "yes",
+        "rank_pattern": {"q_proj": 8, "k_proj": "4"},
+        "lora_alpha": 16,
+    }
+    with pytest.raises(ConfigFieldsError) as ei:
+        parse_adapter_config(d, source="x.json")
+    wheres = [p.where for p in ei.value.problems]
+    assert wheres == ["peft_type", "r", "use_dora", "target_modules[1]", "target_modules[3]", 'rank_pattern["k_proj"]']
+    msg = ei.value.message
+    assert "field 'target_modules[1]' must be a string, got 3" in msg
+    assert "field 'target_modules[3]' must be a string, got null" in msg
+    assert "field 'r' must be an integer, got \"8\"" in msg
+    assert "; and 1 more" in msg and "\n" not in msg  # five spelled out, the rest counted
+
+
+def test_problems_name_the_line_of_the_file(tmp_path: Path) -> None:
+    text = (
+        '{\n  "peft_type": "LORA",\n  "r": 8,\n  "target_modules": [\n    "q_proj",\n    3\n  ],\n'
+        '  "rank_pattern": {"q": 1, "k": "x"},\n  "bias": "some"\n}\n'
+    )
+    with pytest.raises(ConfigFieldsError) as ei:
+        load_adapter_config(_write(tmp_path, text.encode()))
+    got = {p.where: p.line for p in ei.value.problems}
+    lines = text.splitlines()
+    assert got == {"target_modules[1]": 6, 'rank_pattern["k"]': 8, "bias": 9}
+    assert lines[5].strip() == "3" and '"k": "x"' in lines[7] and '"bias"' in lines[8]
+    assert "line 6: field 'target_modules[1]' must be a string, got 3; line 8: field 'rank_pattern[" in ei.value.message
+
+
+def test_oversized_fields_are_all_reported_with_their_limits() -> None:
+    d: dict[str, Any] = {
+        "peft_type": "LORA",
+        "target_modules": [f"m{i}" for i in range(MAX_LIST_ENTRIES + 1)],
+        "exclude_modules": "x" * (MAX_STRING_CHARS + 1),
+    }
+    with pytest.raises(ConfigFieldsError) as ei:
+        parse_adapter_config(d, source="x.json")
+    assert f"field 'target_modules' has {MAX_LIST_ENTRIES + 1} entries (limit {MAX_LIST_ENTRIES})" in ei.value.message
+    assert f"a string of {MAX_STRING_CHARS + 1} characters (limit {MAX_STRING_CHARS})" in ei.value.message
+    assert ei.value.hint and "no real adapter needs that much" in ei.value.hint
+
+
+def test_fields_of_other_releases_are_kept_as_extras() -> None:
+    cfg = _lora(use_qalora=True, eva_config={"rho": 2.0}, task="qa")
+    assert cfg.extras == {"use_qalora": True, "eva_config": {"rho": 2.0}, "task": "qa"}
+    assert "r" not in cfg.extras and cfg.r == 8
 
 
 def test_nonpositive_r_and_nonfinite_alpha_pattern_parse_for_doctor_to_report() -> None:
@@ -627,3 +684,20 @@ def test_any_file_content_loads_or_raises_a_loradoc_error(blob: bytes) -> None:
             load_adapter_config(p)
         except LoradocError as exc:
             assert "\n" not in str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _json_values, max_size=6), st.sampled_from([None, 2]))
+def test_json_lines_finds_each_key_and_entry(data: dict[str, Any], indent: int | None) -> None:
+    from loradoc.io.config_problems import json_lines
+
+    text = json.dumps({"peft_type": "LORA", **data}, indent=indent)
+    lines = text.splitlines()
+    found = json_lines(text)
+    for key, value in json.loads(text).items():
+        line = found[(key,)]
+        assert json.dumps(key) + ":" in lines[line - 1]  # the key's own line (the last one written, as json keeps)
+        if isinstance(value, list) and value and indent:
+            for i, item in enumerate(value):
+                first = json.dumps(item, indent=indent).splitlines()[0]
+                assert lines[found[(key, i)] - 1].strip().startswith(first.strip())

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import rewrite_adapter
 
 from loradoc.convert.gguf_lora import convert_gguf_lora
 from loradoc.convert.gguf_model import convert_gguf
-from loradoc.demo.builder import ExampleSet, rewrite_adapter
+from loradoc.demo.builder import ExampleSet
 from loradoc.errors import BadInputError, LoradocError, MissingFileError, UnknownArchitectureError
 
 # peft 0.21.2 calls a transformers method deprecated in 5.x; noise, not this module's business

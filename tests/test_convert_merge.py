@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 import torch
+from builders import rewrite_adapter
 
 from loradoc.convert.checkpoint import cached_sha256, decode_f32, encode_f32, remember_sha256
 from loradoc.convert.merge import MANIFEST_NAME, MergeResult, merge_adapter
 from loradoc.convert.shards import DEFAULT_SHARD_SIZE, parse_shard_size, plan_shards, shard_name
-from loradoc.demo.builder import ADAPTER_SPECS, LM_REGEX, ExampleSet, rewrite_adapter
+from loradoc.demo.builder import ADAPTER_SPECS, LM_REGEX, ExampleSet
 from loradoc.diagnose.doctor import diagnose
 from loradoc.errors import BadInputError, LoradocError, PickleRefusedError
 from loradoc.io.safetensors import read_header

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import rewrite_adapter
 from realload import real_peft_load
 
-from loradoc.demo.builder import ADAPTER_SPECS, LM_REGEX, TOWER_EXCLUDE_REGEX, ExampleSet, rewrite_adapter
+from loradoc.demo.builder import ADAPTER_SPECS, LM_REGEX, TOWER_EXCLUDE_REGEX, ExampleSet
 from loradoc.diagnose.doctor import Diagnosis, diagnose
 
 PREFIX = "base_model.model."

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import rewrite_adapter
 
 from loradoc.demo import builder as fx
-from loradoc.demo.builder import ADAPTER_SPECS, BASE_NAMES, ExampleSet, build_example, rewrite_adapter
+from loradoc.demo.builder import ADAPTER_SPECS, BASE_NAMES, ExampleSet, build_example
 
 torch = pytest.importorskip("torch")
 

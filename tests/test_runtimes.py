@@ -343,9 +343,10 @@ def test_llama_cpp_rules_agree_with_a_real_load(example_root: Any, tmp_path: Pat
     """What our rules say loads after `loradoc convert gguf-lora` does load in llama.cpp (llama-cpp-python), and
     what they refuse, the conversion refuses."""
     llama_cpp = pytest.importorskip("llama_cpp")
+    from builders import rewrite_adapter
+
     from loradoc.convert.gguf_lora import convert_gguf_lora
     from loradoc.convert.gguf_model import convert_gguf
-    from loradoc.demo.builder import rewrite_adapter
     from loradoc.errors import BadInputError
 
     ex = example_root

@@ -26,7 +26,8 @@ from loradoc.hub._common import (
     scrub,
 )
 from loradoc.hub.card import VERIFIED_TAG, loading_fix_section, update_card
-from loradoc.hub.publish import PlannedOp, PublishPlan, PublishResult, UnverifiedError, plan_publish, publish
+from loradoc.hub.publish import PublishResult, publish
+from loradoc.hub.publish_plan import PlannedOp, PublishPlan, UnverifiedError, plan_publish
 from loradoc.hub.pull import PULL_PATTERNS, PullResult, pull
 from loradoc.hub.scan import ScanResult, ScanRow, scan_hub
 

@@ -220,7 +220,7 @@ def run_convert(
 
 
 def plan_publish(directory: str, repo: str, tag: str | None, endpoint: str | None, registry: Any = None) -> Any:
-    from loradoc.hub.publish import plan_publish as plan
+    from loradoc.hub.publish_plan import plan_publish as plan
 
     return plan(Path(directory), repo, tag=tag, endpoint=endpoint, registry=registry.path if registry else None)
 

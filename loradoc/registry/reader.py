@@ -19,6 +19,8 @@ from loradoc.registry.validate import SchemaError, parse_manifest
 
 #: No real manifest comes near this (thousands of revisions are well under 1 MB): a bigger file is refused unread.
 MAX_MANIFEST_BYTES = 4 * 2**20
+#: A sync parses this many new or changed manifests or more in worker processes (check_all).
+PARALLEL_MIN = 1000
 #: At most this many problems are reported per file (the first ones by line).
 MAX_PROBLEMS = 20
 FIX_HINT = "fix that line (the schema is in loradoc/registry/SCHEMA.md), then run `loradoc registry sync`"
@@ -54,30 +56,82 @@ def check_manifest(path: Path, data: bytes) -> tuple[Manifest | None, list[Manif
 
 def check_document(path: Path, data: bytes) -> tuple[Manifest | None, list[ManifestProblem], dict[str, Any] | None]:
     """check_manifest, plus the parsed TOML document (what the index stores: it validates to the same manifest)."""
+    doc, problems = parse_document(path, data)
+    if doc is None:
+        return None, problems, None
+    m, problems = validate_document(path, data, doc)
+    return m, problems, doc if m is not None else None
+
+
+def parse_document(path: Path, data: bytes) -> tuple[dict[str, Any] | None, list[ManifestProblem]]:
+    """UTF-8 + TOML: the parsed document, or the one problem (file, line, message)."""
     p = str(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        return None, [ManifestProblem(p, line, f"not UTF-8 text (byte {e.start})")], None
+        return None, [ManifestProblem(p, line, f"not UTF-8 text (byte {e.start})")]
     try:
-        doc = toml_io.loads(text)
+        return toml_io.loads(text), []
     except RecursionError:
-        return None, [ManifestProblem(p, None, "invalid manifest: nested too deeply to read")], None
+        return None, [ManifestProblem(p, None, "invalid manifest: nested too deeply to read")]
     except toml_io.TOMLDecodeError as e:
-        return None, [ManifestProblem(p, toml_io.error_line(e), f"invalid TOML: {e}")], None
+        return None, [ManifestProblem(p, toml_io.error_line(e), f"invalid TOML: {e}")]
+
+
+def validate_document(path: Path, data: bytes, doc: dict[str, Any]) -> tuple[Manifest | None, list[ManifestProblem]]:
+    """The schema (validate.py): the manifest, or every problem with the line of its key (the first 20 by line)."""
+    p = str(path)
     try:
-        return parse_manifest(doc), [], doc
+        return parse_manifest(doc), []
     except RecursionError:
-        return None, [ManifestProblem(p, None, "invalid manifest: nested too deeply to check")], None
+        return None, [ManifestProblem(p, None, "invalid manifest: nested too deeply to check")]
     except SchemaError as e:
-        lines = key_lines(text)
+        lines = key_lines(data.decode("utf-8"))
         out = [
             ManifestProblem(p, line_of(lines, i.path), f"{format_path(i.path)}: {i.message}", format_path(i.path))
             for i in e.issues
         ]
         out.sort(key=lambda x: x.line if x.line is not None else 0)
-        return None, out[:MAX_PROBLEMS], None
+        return None, out[:MAX_PROBLEMS]
+
+
+def _parse_pair(item: tuple[Path, bytes]) -> tuple[dict[str, Any] | None, list[ManifestProblem]]:
+    return parse_document(*item)
+
+
+def _workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def parse_all(
+    items: list[tuple[Path, bytes]], parallel_min: int = PARALLEL_MIN
+) -> Iterator[tuple[dict[str, Any] | None, list[ManifestProblem]]]:
+    """:func:`parse_document` of each (path, bytes), in order, as they come. With ``parallel_min`` items or more
+    (a new index), in worker processes, one per CPU (at most 8): tomllib is pure Python, the slowest step of a full
+    sync, and the caller validates and indexes each document while the workers parse the next ones. Where worker
+    processes cannot start or fail, the rest is parsed here."""
+    done = 0
+    workers = min(_workers(), 8)
+    if workers >= 2 and len(items) >= parallel_min:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # forkserver: never fork a process that may run threads (the TUI) or hold an open index
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
+                for result in pool.map(_parse_pair, items, chunksize=max(1, min(64, len(items) // (workers * 4)))):
+                    yield result
+                    done += 1
+            return
+        except Exception:  # noqa: BLE001 - no processes here (a sandbox, a limit), a document too deep to pickle
+            pass
+    for p, d in items[done:]:
+        yield parse_document(p, d)
 
 
 def raise_problems(problems: list[ManifestProblem]) -> None:

@@ -1,25 +1,38 @@
 """``sync``: bring the index up to date with the manifest directories, incrementally.
 
 A file whose mtime and size are unchanged is not opened; one whose bytes hash to the indexed sha256 is not parsed
-again; only a new or changed file is parsed (``tomllib``) and validated (pydantic), once. A file modified within
-:data:`RACY_NS` of its indexing is re-hashed at the next sync (coarse file-system timestamps cannot hide an edit).
-A bad manifest never aborts a sync: its problems (file, line, message) are in the report.
+again; only a new or changed file is parsed (``tomllib``) and validated (pydantic), once. With
+:data:`~loradoc.registry.reader.PARALLEL_MIN` files or more to parse (a new index), worker processes parse them
+while this one validates and indexes. A file modified within :data:`RACY_NS` of its indexing is re-hashed at the
+next sync (coarse file-system timestamps cannot hide an edit). A bad manifest never aborts a sync: its problems
+(file, line, message) are in the report.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from typing import Any
 
 from loradoc.registry.index import Index, _stored_problems
 from loradoc.registry.model import now_iso
-from loradoc.registry.reader import ManifestProblem, check_document, manifest_files, too_large
+from loradoc.registry.reader import (
+    PARALLEL_MIN,
+    ManifestProblem,
+    manifest_files,
+    parse_all,
+    too_large,
+    validate_document,
+)
 from loradoc.registry.rows import SyncReport
 
 RACY_NS = 2_000_000_000
 
 
 class Syncing(Index):
+    #: A sync with at least this many new or changed files parses them in worker processes (one per CPU).
+    parallel_min: int = PARALLEL_MIN
+
     def sync(self) -> SyncReport:
         """Bring the index up to date with the manifest directories. Never aborts on a bad manifest: its
         problems (file, line, message) are in the report and every other manifest is indexed."""
@@ -35,6 +48,7 @@ class Syncing(Index):
             }
             seen: set[str] = set()
             affected: set[str] = set()
+            pending: list[tuple[Any, ...]] = []
             for prec, root in self._roots():
                 root_s = str(root)
                 for f, st in manifest_files(root):
@@ -63,15 +77,24 @@ class Syncing(Index):
                         c.execute("UPDATE files SET mtime_ns = ?, size = ? WHERE path = ?", (mtime, st.st_size, key))
                         rep.unchanged.append(key)
                         continue
-                    manifest, problems, doc = check_document(f, data)
-                    if row is not None and row[8]:
-                        affected.add(row[8])
-                    new_key = self._index_file(
-                        c, key, root_s, prec, mtime, st.st_size, sha, manifest, problems, fresh=row is None, doc=doc
-                    )
-                    if new_key:
-                        affected.add(new_key)
-                    (rep.updated if row is not None else rep.added).append(key)
+                    pending.append((key, f, root_s, prec, mtime, st.st_size, sha, row, data))
+            # parse + validate every new or changed file (in worker processes when there are many), then index
+            parsed = parse_all([(p[1], p[8]) for p in pending], self.parallel_min)
+            for (key, f, root_s, prec, mtime, size, sha, row, data), (doc, problems) in zip(
+                pending, parsed, strict=True
+            ):
+                manifest = None
+                if doc is not None:
+                    manifest, problems = validate_document(f, data, doc)
+                    doc = doc if manifest is not None else None
+                if row is not None and row[8]:
+                    affected.add(row[8])
+                new_key = self._index_file(
+                    c, key, root_s, prec, mtime, size, sha, manifest, problems, fresh=row is None, doc=doc
+                )
+                if new_key:
+                    affected.add(new_key)
+                (rep.updated if row is not None else rep.added).append(key)
             for key, row in known.items():
                 if key not in seen:
                     self._drop_file(c, key)

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from loradoc.errors import BadInputError
 from loradoc.registry.fields import PATTERN_MESSAGES, SCHEMA_VERSION, type_name
 from loradoc.registry.keylines import KeyPath, format_path
 from loradoc.registry.model import AdapterManifest, BaseManifest, Manifest
@@ -30,12 +31,17 @@ class SchemaIssue:
         return f"{format_path(self.path)}: {self.message}"
 
 
-class SchemaError(ValueError):
-    """A manifest that parses as TOML but does not fit the schema. ``issues`` lists every problem found."""
+class SchemaError(BadInputError, ValueError):
+    """A manifest (or a record built in Python) that does not fit the schema. ``issues`` lists every problem found;
+    the message names the first five."""
 
     def __init__(self, issues: list[SchemaIssue]) -> None:
         self.issues = issues
-        super().__init__("; ".join(str(i) for i in issues[:5]))
+        more = f" (+{len(issues) - 5} more)" if len(issues) > 5 else ""
+        super().__init__(
+            "; ".join(str(i) for i in issues[:5]) + more,
+            hint="the schema is in loradoc/registry/SCHEMA.md; `loradoc registry show ID` shows a recorded manifest",
+        )
 
 
 # What "required" means for the keys whose absence needs a word more.

@@ -62,9 +62,12 @@ def clean_free(value: Any) -> Any:
     """Free-form data made TOML-safe: null dict values dropped (absent == null), null list items dropped,
     tuples -> lists, non-string keys -> strings. Applied when data enters a manifest, so what is kept in memory
     equals what a TOML round trip gives back."""
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return {str(k): clean_free(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
+    if kind is list or isinstance(value, list | tuple):
         return [clean_free(v) for v in value if v is not None]
     if isinstance(value, bool | int | float | str):
         return value
@@ -73,11 +76,15 @@ def clean_free(value: Any) -> Any:
     return str(value)
 
 
+_SCALARS: Final = frozenset({str, int, float, bool})
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def valid_id(v: str) -> bool:
     """A Hub repo id (``org/name``), an absolute local path or "unknown"; no ``..`` step, no control character."""
     if v == UNKNOWN:
         return True
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in v):
+    if _CONTROL_RE.search(v):
         return False
     if ".." in v.split("/"):
         return False

@@ -1142,6 +1142,8 @@ def test_a_rewrite_keeps_every_value_and_leaves_the_shipped_file_alone(tmp_path:
     assert out.parent.parent == (tmp_path / "user").resolve() or out.parent.parent == tmp_path / "user"
     text = out.read_text()
     assert text.startswith("# loradoc adapter manifest (schema 1); see loradoc/registry/SCHEMA.md\n")
+    comments = [line for line in shipped_bytes.decode().splitlines() if line.startswith("#")]
+    assert comments and all(c in text.splitlines() for c in comments)  # the shipped file's comments are kept
     after = load_manifest(out)
     assert isinstance(after, AdapterManifest)
     # every value of the shipped manifest is still there (revisions, lineage, unknowns spelled out) ...
@@ -1247,3 +1249,50 @@ def test_parse_all_really_uses_worker_processes() -> None:
         (d, [str(p) for p in ps]) for d, ps in (parse_document(f, b) for f, b in items)
     ]
     assert got[-1][0] is None and "invalid TOML" in got[-1][1][0].message
+
+
+_COMMENTED = """# my notes on this adapter: keep them
+schema = 1
+kind = "adapter"
+id = "t/commented"  # the id I use
+notes = \"\"\"
+two lines
+of notes\"\"\"
+
+[base]
+id = "google/gemma-4-E2B-it"
+# the base revision is not known yet
+revision = "unknown"
+
+[[revisions]]
+label = "one"
+status = "broken"  # until someone checks it
+"""
+
+
+@pytest.mark.parametrize("dotted", [False, True])
+def test_a_rewrite_keeps_the_users_comments(reg: Registry, dotted: bool) -> None:
+    text = _COMMENTED
+    if dotted:  # a layout tomlkit may not update in place: the data must still come out exact
+        text = text.replace('[base]\nid = "google/gemma-4-E2B-it"', 'base.id = "google/gemma-4-E2B-it"\n[base]')
+        text = text.replace('[base]\n# the base revision is not known yet\nrevision = "unknown"', "")
+    ad = reg.user_dir / "adapters"
+    ad.mkdir(parents=True)
+    f = ad / "t--commented.toml"
+    f.write_text(text)
+    before = load_manifest(f)
+    reg.record_hub_revision("t/commented", commit="c" * 40, pr=7)
+    after = load_manifest(f)
+    assert isinstance(before, AdapterManifest) and isinstance(after, AdapterManifest)
+    (push,) = after.current_revision.hub
+    assert (push.commit, push.pr, after.current_revision.revision) == ("c" * 40, 7, "c" * 40)
+    want = before.to_dict()
+    want["revisions"][0]["hub"] = [push.to_dict()]
+    want["revisions"][0]["revision"] = "c" * 40
+    assert after.to_dict() == want  # every other value as it was
+    new_text = f.read_text()
+    assert tomllib.loads(new_text) == after.to_dict()
+    if not dotted:
+        for comment in ("# my notes on this adapter", "# the id I use", "# the base revision", "# until someone"):
+            assert comment in new_text, new_text
+        assert "two lines\nof notes" in new_text  # the multi-line string stays readable

@@ -25,7 +25,7 @@ from loradoc.registry.paths import ENV_MANIFESTS, manifest_filename
 from loradoc.registry.queries import Queries
 from loradoc.registry.reader import check_manifest, raise_problems
 from loradoc.registry.sync import RACY_NS
-from loradoc.registry.toml_io import manifest_to_toml
+from loradoc.registry.toml_io import rewrite_manifest
 from loradoc.registry.validate import SchemaError, parse_manifest
 
 LOCK_NAME = ".loradoc-registry.lock"
@@ -54,6 +54,15 @@ def exclusive_lock(path: Path, timeout: float) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _text_of(f: Path | None) -> str | None:
+    if f is None:
+        return None
+    try:
+        return f.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 class Writes(Queries):
@@ -93,7 +102,7 @@ class Writes(Queries):
                     )
                 current = self._made(target, create)
             self._made(target, lambda: change(current))
-            text = manifest_to_toml(current)
+            text = rewrite_manifest(_text_of(src_file), current)  # keeps the comments of the file it replaces
             again, problems = check_manifest(target, text.encode())
             if again is None or again.to_dict() != current.to_dict():
                 detail = str(problems[0]) if problems else "the TOML round trip changed the data"

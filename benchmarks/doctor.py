@@ -33,7 +33,7 @@ def make_e4b_replica(out: Path, *, rank: int = 16, dtype: str = "BF16") -> Path:
 
     import numpy as np
 
-    from loradoc.io.safetensors import SafetensorsWriter, TensorSpec
+    from loradoc.io.safetensors_writer import SafetensorsWriter, TensorSpec
     from loradoc.model.layout import address_of
     from loradoc.model.profiles import get_profile
 

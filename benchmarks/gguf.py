@@ -51,7 +51,7 @@ TOKENIZERS = _HERE.parent.parent / "shared" / "data" / "tokenizers"
 def _write_random(base: Path, model: object, rng: object) -> None:
     import numpy as np
 
-    from loradoc.io.safetensors import SafetensorsWriter, TensorSpec
+    from loradoc.io.safetensors_writer import SafetensorsWriter, TensorSpec
 
     specs = [TensorSpec(n, "BF16", tuple(p.shape)) for n, p in model.state_dict().items()]  # type: ignore[attr-defined]
     with SafetensorsWriter(base / "model.safetensors", specs, metadata={"format": "pt"}) as w:

@@ -102,7 +102,7 @@ def artifact_sha256(out: str | Path) -> str | None:
     import hashlib
     import json
 
-    from loradoc.io.safetensors import sha256_file
+    from loradoc.io.hashing import sha256_file
 
     p = Path(out)
     if p.is_file():

@@ -27,6 +27,7 @@ import torch
 
 from loradoc.convert.checkpoint import cached_sha256, decode_f32, encode_f32, remember_sha256
 from loradoc.convert.merge import MANIFEST_NAME, MergeResult, merge_adapter
+from loradoc.convert.shards import DEFAULT_SHARD_SIZE, parse_shard_size, plan_shards, shard_name
 from loradoc.demo.builder import ADAPTER_SPECS, LM_REGEX, ExampleSet, rewrite_adapter
 from loradoc.diagnose.doctor import diagnose
 from loradoc.errors import BadInputError, LoradocError, PickleRefusedError
@@ -350,7 +351,20 @@ def test_sharded_output_loads_and_is_indexed(example_root: ExampleSet, tmp_path:
         assert sum(t.nbytes for t in h.tensors.values()) <= 300_000 or len(names) == 1
         total += sum(t.nbytes for t in h.tensors.values())
     assert index["metadata"]["total_size"] == total
-    assert rel_diff(logits(load_model(out)), logits(peft_model(adapter, base))) < 1e-4
+    merged_model = load_model(out)
+    assert rel_diff(logits(merged_model), logits(peft_model(adapter, base))) < 1e-4
+    # the index is laid out as transformers' save_pretrained writes one (same metadata, same text layout)
+    merged_model.save_pretrained(tmp_path / "hf", max_shard_size=300_000)
+    hf_text = (tmp_path / "hf" / "model.safetensors.index.json").read_text()
+    hf_index = json.loads(hf_text)
+    assert index["metadata"] == hf_index["metadata"]
+    assert hf_text == json.dumps(hf_index, indent=2, sort_keys=True) + "\n"
+    assert (out / "model.safetensors.index.json").read_text() == json.dumps(index, indent=2, sort_keys=True) + "\n"
+    # a size as Hugging Face writes it gives the same shards ("0.3MB" = 300,000 bytes, decimal)
+    again_str = merge_adapter(str(adapter), str(base), tmp_path / "str", dtype="f32", shard_size="0.3MB")
+    assert [(f["name"], f["sha256"]) for f in again_str.files if f["name"].startswith("model-")] == [
+        (f["name"], f["sha256"]) for f in res.files if f["name"].startswith("model-")
+    ]
     assert {f["name"] for f in res.files} >= {*shards, "model.safetensors.index.json", "config.json", MANIFEST_NAME}
     # a sharded checkpoint is a base like any other: merging onto it again equals the PeftModel on it
     again = merge_adapter(str(adapter), str(out), tmp_path / "again", dtype="f32")
@@ -358,6 +372,52 @@ def test_sharded_output_loads_and_is_indexed(example_root: ExampleSet, tmp_path:
     for f in shards:
         assert again.manifest["base"]["files"][f] == hashlib.sha256((out / f).read_bytes()).hexdigest()
     assert rel_diff(logits(load_model(tmp_path / "again")), logits(peft_model(adapter, out))) < 1e-4
+
+
+def test_shard_sizes_are_read_as_hugging_face_reads_them() -> None:
+    """Decimal units through huggingface_hub's own parser (5GB = 5 * 10**9), its 5GB default; bytes; GiB."""
+    import inspect
+
+    from huggingface_hub.serialization._base import MAX_SHARD_SIZE, parse_size_to_int
+
+    for text in ("5GB", "500MB", "2.5 GB", "1kb", "3TB", " 10 MB "):
+        assert parse_shard_size(text) == parse_size_to_int(text)
+    assert DEFAULT_SHARD_SIZE == parse_size_to_int(MAX_SHARD_SIZE) == 5 * 10**9
+    assert inspect.signature(merge_adapter).parameters["shard_size"].default == DEFAULT_SHARD_SIZE
+    assert parse_shard_size("4GiB") == 4 * 2**30 and parse_shard_size("1234") == 1234 and parse_shard_size(77) == 77
+    for bad in ("5G", "", "GB", "abc", "0GB", "-1GB", "infGB", "nanGB", 0, -5, True, 1.5):
+        with pytest.raises(BadInputError) as caught:
+            parse_shard_size(bad)  # type: ignore[arg-type]
+        assert "\n" not in str(caught.value) and "loradoc convert merged" in (caught.value.hint or "")
+
+
+def test_shard_plan_is_huggingface_hubs_while_no_tensor_exceeds_the_limit() -> None:
+    """The plan equals huggingface_hub's split_state_dict_into_shards_factory (sizes per tensor, same names) unless
+    a tensor is larger than the limit: then huggingface_hub moves it before the open shard, and loradoc keeps the
+    tensors in order (each base file is read once, front to back)."""
+    import random
+
+    from huggingface_hub.serialization import split_state_dict_into_shards_factory
+
+    def hub(sizes: list[int], limit: int) -> Any:
+        return split_state_dict_into_shards_factory(
+            {f"t{i}": n for i, n in enumerate(sizes)},
+            get_storage_size=lambda n: n,
+            filename_pattern="model{suffix}.safetensors",
+            max_shard_size=limit,
+        )
+
+    rng = random.Random(0)
+    for _ in range(300):
+        sizes = [rng.randint(0, 100) for _ in range(rng.randint(1, 40))]
+        limit = rng.randint(100, 400)
+        ours = plan_shards(sizes, limit)
+        named = {f"t{i}": shard_name(j, len(ours)) for j, shard in enumerate(ours) for i in shard}
+        assert named == hub(sizes, limit).tensor_to_filename
+    sizes, limit = [10, 500, 10, 20], 100
+    ours = plan_shards(sizes, limit)
+    assert [i for shard in ours for i in shard] == [0, 1, 2, 3] and ours == [[0], [1], [2, 3]]
+    assert list(hub(sizes, limit).filename_to_tensors.values())[0] == ["t1"]  # the big one first: out of order
 
 
 def test_medical_seed_converts_to_bf16_after_repair(example_root: ExampleSet, tmp_path: Path) -> None:

@@ -543,11 +543,8 @@ def _snapshot(root: Path) -> dict[str, tuple[str, str]]:
             elif p.is_dir():
                 out[rel] = ("dir", "")
             else:
-                h = hashlib.sha256()
                 with open(p, "rb") as fh:
-                    while block := fh.read(1 << 20):
-                        h.update(block)
-                out[rel] = ("file", h.hexdigest())
+                    out[rel] = ("file", hashlib.file_digest(fh, "sha256").hexdigest())
     return out
 
 

@@ -192,7 +192,8 @@ def test_a_format_2_profile_is_read_with_towers_by_name_and_prefixed_rewrites() 
 def test_refresh_keeps_one_profile_per_verified_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A drifted build under a version another shipped profile claims takes the claim; a profile left verified
     under no version is removed."""
-    from loradoc.model import profiles as P
+    from loradoc.model import base_config, profile_versions
+    from loradoc.model.base_profile import load_json_profile
 
     src = resolve_base("google/medgemma-4b-it")
     d = tmp_path / "bases" / "google--medgemma-4b-it"
@@ -207,13 +208,13 @@ def test_refresh_keeps_one_profile_per_verified_version(tmp_path: Path, monkeypa
     older = BaseProfile.from_json(stale.to_json())
     older.transformers_version, older.verified_transformers = "4.0.0", [current]
     (d / "profile-transformers-4.0.0.json").write_text(json.dumps(older.to_json()))
-    monkeypatch.setattr(P, "manifests_dir", lambda: tmp_path)
+    monkeypatch.setattr(base_config, "manifests_dir", lambda: tmp_path)
     made = BaseProfile.from_json(fresh.to_json())
     made.transformers_version, made.verified_transformers = current, [current]
-    monkeypatch.setattr(P, "build_profile", lambda source: BaseProfile.from_json(made.to_json()))
-    path, drift = P.refresh_shipped_profile("google/medgemma-4b-it")
+    monkeypatch.setattr(profile_versions, "build_profile", lambda source: BaseProfile.from_json(made.to_json()))
+    path, drift = profile_versions.refresh_shipped_profile("google/medgemma-4b-it")
     assert path.name == "profile.json" and drift
     names = sorted(p.name for p in d.glob("profile*.json"))
     assert names == ["profile-transformers-5.0.0.json", "profile.json"]
-    claims = {p.name: P._load_json_profile(p).verified_transformers for p in d.glob("profile*.json")}
+    claims = {p.name: load_json_profile(p).verified_transformers for p in d.glob("profile*.json")}
     assert claims == {"profile-transformers-5.0.0.json": ["5.0.0"], "profile.json": [current]}

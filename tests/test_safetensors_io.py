@@ -28,24 +28,20 @@ from loradoc.errors import (
     MalformedSafetensorsError,
     MissingFileError,
 )
+from loradoc.io.atomic import atomic_directory, atomic_file, current_umask, fsync_dir, write_file_atomic
+from loradoc.io.hashing import HashThread, sha256_fd, sha256_file
 from loradoc.io.safetensors import (
     DTYPE_BITS,
     MAX_HEADER_SIZE,
-    SafetensorsWriter,
     TensorInfo,
-    TensorSpec,
-    atomic_directory,
-    canonical_order,
-    fsync_dir,
     header_bytes_needed,
     iter_tensor_bytes,
     parse_header_bytes,
     read_header,
     read_tensor_bytes,
-    sha256_file,
     tensor_to_numpy,
-    write_file_atomic,
 )
+from loradoc.io.safetensors_writer import SafetensorsWriter, TensorSpec, canonical_order
 
 # safetensors' Python-side dtype names (what safetensors.TensorSpec accepts) for each header dtype.
 # F6_E2M3 / F6_E3M2 exist in the format but no Python framework name maps to them.
@@ -487,8 +483,38 @@ def test_bf16_exact() -> None:
     assert arr.view("<u4").tolist() == (f32.view("<u4") & 0xFFFF0000).tolist()
 
 
-def test_sha256_file(mixed_file: Path) -> None:
-    assert sha256_file(mixed_file, chunk_size=7) == hashlib.sha256(mixed_file.read_bytes()).hexdigest()
+def test_sha256_file(mixed_file: Path, tmp_path: Path) -> None:
+    assert sha256_file(mixed_file) == hashlib.sha256(mixed_file.read_bytes()).hexdigest()
+    big = tmp_path / "big.bin"  # several of file_digest's reads, and a partial last one
+    big.write_bytes(np.random.default_rng(0).integers(0, 256, (3 << 20) + 12345, dtype=np.uint8).tobytes())
+    assert sha256_file(big) == hashlib.sha256(big.read_bytes()).hexdigest()
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    assert sha256_file(empty) == hashlib.sha256(b"").hexdigest()
+    with pytest.raises(BadInputError) as ei:
+        sha256_file(tmp_path)
+    assert "is a directory" in one_line(ei.value, tmp_path)
+
+
+def test_sha256_fd_hashes_the_whole_file_whatever_the_offset(mixed_file: Path) -> None:
+    fd = os.open(mixed_file, os.O_RDONLY)
+    try:
+        os.lseek(fd, 5, os.SEEK_SET)
+        assert sha256_fd(fd, mixed_file) == hashlib.sha256(mixed_file.read_bytes()).hexdigest()
+        os.fstat(fd)  # still open: the caller's descriptor is not closed
+    finally:
+        os.close(fd)
+
+
+def test_hash_thread_matches_hashlib() -> None:
+    parts = [bytes(range(256)) * 1000, b"", memoryview(b"tail"), b"x" * 12345]
+    h = HashThread()
+    for part in parts:
+        h.update(part)
+    want = hashlib.sha256(b"".join(bytes(p) for p in parts)).hexdigest()
+    assert h.hexdigest() == want
+    h.close()
+    assert h.hexdigest() == want
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -766,7 +792,7 @@ def test_f6_dtypes_round_trip(tmp_path: Path) -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, loradoc.io.safetensors; "
+        "import sys, loradoc.io.safetensors, loradoc.io.safetensors_writer, loradoc.io.atomic, loradoc.io.hashing; "
         "mods = ('torch', 'numpy', 'safetensors', 'transformers', 'typing'); "
         "print(','.join(m for m in mods if m in sys.modules))"
     )
@@ -792,7 +818,8 @@ def test_sigkill_leaves_only_dot_prefixed_temps(tmp_path: Path) -> None:
     code = f"""
 import os, signal
 from pathlib import Path
-from loradoc.io.safetensors import SafetensorsWriter, TensorSpec, atomic_directory
+from loradoc.io.atomic import atomic_directory
+from loradoc.io.safetensors_writer import SafetensorsWriter, TensorSpec
 root = Path({str(tmp_path)!r})
 with atomic_directory(root / "out") as tmp:
     (tmp / "adapter_config.json").write_text("{{}}")
@@ -820,3 +847,40 @@ def test_writer_without_tensor_hashes_writes_the_same_bytes(tmp_path: Path) -> N
         out[flag] = (target.read_bytes(), dict(w.sha256))
     assert out[True][0] == out[False][0]
     assert out[False][1] == {} and set(out[True][1]) == {"a", "b"}
+
+
+def test_atomic_file_publishes_on_success_only(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "model.gguf"
+    with atomic_file(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".model.gguf.") and not target.exists()
+        tmp.write_bytes(b"first")
+    assert target.read_bytes() == b"first"
+    assert stat_mode(target) == 0o666 & ~current_umask()
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer died")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(BadInputError), atomic_file(target, overwrite=False) as tmp:
+        tmp.write_bytes(b"second")
+    assert target.read_bytes() == b"first"
+    # a writer that replaces the temp (a library writing its own file) still gets the requested mode
+    with atomic_file(target, mode=0o640) as tmp:
+        other = tmp.with_name("elsewhere")
+        other.write_bytes(b"third")
+        os.chmod(other, 0o600)
+        os.replace(other, tmp)
+    assert target.read_bytes() == b"third" and stat_mode(target) == 0o640
+    assert _leftovers(target.parent) == ["model.gguf"]
+
+
+def test_atomic_file_environment_error_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_bytes(b"")
+    with pytest.raises(EnvironmentProblem) as ei, atomic_file(blocker / "x.gguf"):
+        pass
+    one_line(ei.value)
+    assert _leftovers(tmp_path) == ["not-a-dir"]
+
+
+def stat_mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o777

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loradoc.errors import BadInputError, MalformedConfigError, MissingFileError, PickleRefusedError
-from loradoc.io.safetensors import HashThread, SafetensorsHeader, TensorInfo, read_header
+from loradoc.errors import BadInputError, LoradocError, MalformedConfigError, MissingFileError, PickleRefusedError
+from loradoc.io.atomic import write_file_atomic
+from loradoc.io.hashing import HashThread, sha256_fd
+from loradoc.io.safetensors import SafetensorsHeader, TensorInfo, read_header
 from loradoc.io.safetensors import pread_exact as _pread_exact
 from loradoc.model.layout import Address, address_of
 
@@ -232,7 +234,13 @@ class SourceFile:
             return None
         if self._out_of_order:
             self._hasher.hexdigest()
-            return _sha256_fd(self.fd, self.header.file_size, self.path)
+            size = os.fstat(self.fd).st_size
+            if size != self.header.file_size:
+                raise BadInputError(
+                    f"{self.path}: file size changed from {self.header.file_size} to {size} while it was read",
+                    hint="something else is writing the base: wait for it, then run again",
+                )
+            return sha256_fd(self.fd, self.path)
         self._feed_to(self.header.file_size)
         return self._hasher.hexdigest()
 
@@ -242,16 +250,6 @@ class SourceFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _sha256_fd(fd: int, size: int, path: Path) -> str:
-    h = hashlib.sha256()
-    pos = 0
-    while pos < size:
-        n = min(16 << 20, size - pos)
-        h.update(_pread_exact(fd, pos, n, path))
-        pos += n
-    return h.hexdigest()
 
 
 def known_sha256(path: Path) -> str | None:
@@ -293,12 +291,9 @@ def cached_sha256(path: Path) -> str | None:
 def remember_sha256(path: Path, digest: str) -> None:
     """Cache a computed sha256 keyed by the file's path, size, mtime and inode (best effort)."""
     try:
-        target = _cache_file(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"stat": _stat_key(path), "sha256": digest}), encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError:
+        data = json.dumps({"stat": _stat_key(path), "sha256": digest}).encode("utf-8")
+        write_file_atomic(_cache_file(path), data)
+    except (OSError, LoradocError):
         pass
 
 
@@ -306,58 +301,18 @@ def remember_sha256(path: Path, digest: str) -> None:
 # BLAS threads
 
 
-_OPENBLAS_PREFIXES = ("scipy_openblas", "openblas")
-_OPENBLAS_SUFFIXES = ("64_", "")
-
-
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """Run numpy's OpenBLAS on one thread inside the block (best effort; restored afterwards).
+    """Run numpy's BLAS (OpenBLAS, MKL, BLIS) on one thread inside the block; restored afterwards.
 
     The merge multiplies thin matrices (rank-r LoRA factors) in cache-sized blocks; OpenBLAS' default of one
     thread per core spends more time synchronising its threads than computing there (measured 4x slower on 2
-    cores), and the other cores are busy hashing. Nothing happens where numpy uses another BLAS or no
-    OpenBLAS is loaded (found through /proc/self/maps, Linux)."""
-    restore: list[tuple[Any, int]] = []
-    try:
-        for lib in _loaded_openblas():
-            for prefix in _OPENBLAS_PREFIXES:
-                for suffix in _OPENBLAS_SUFFIXES:
-                    setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                    getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                    if setter is not None and getter is not None:
-                        n = int(getter())
-                        if n > 1:
-                            setter(1)
-                            restore.append((setter, n))
-                        break
-                else:
-                    continue
-                break
-    except (OSError, AttributeError, ValueError):  # pragma: no cover - best effort
-        pass
-    try:
+    cores), and the other cores are busy hashing. threadpoolctl finds the BLAS libraries loaded in the process
+    (OpenBLAS under any of its symbol prefixes/suffixes, MKL, BLIS); where none is loaded, nothing happens."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
         yield
-    finally:
-        for setter, n in restore:
-            setter(n)
-
-
-def _loaded_openblas() -> list[Any]:
-    import ctypes
-
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
-            paths = sorted({ln.split()[-1] for ln in fh if "openblas" in ln.lower() and ln.split()[-1].startswith("/")})
-    except OSError:
-        return []
-    libs = []
-    for path in paths:
-        try:
-            libs.append(ctypes.CDLL(path))
-        except OSError:
-            continue
-    return libs
 
 
 # ----------------------------------------------------------------------------------------------------------

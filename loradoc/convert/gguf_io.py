@@ -11,15 +11,14 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loradoc.errors import BadInputError, EnvironmentProblem, MalformedConfigError, MissingFileError, UnknownBaseError
-from loradoc.io.outputs import file_temp_prefix
-from loradoc.io.safetensors import SafetensorsHeader, TensorInfo, fsync_dir, read_header
+from loradoc.errors import BadInputError, MalformedConfigError, MissingFileError, UnknownBaseError
+from loradoc.io.atomic import atomic_file
+from loradoc.io.safetensors import SafetensorsHeader, TensorInfo, read_header
 from loradoc.model.layout import parse_key, tower_of
 from loradoc.progress import Progress
 
@@ -415,43 +414,9 @@ def require_healthy(adapter: str, base: str) -> Any:
 @contextlib.contextmanager
 def atomic_output(target: Path, *, overwrite: bool = True) -> Iterator[Path]:
     """A temp path beside ``target``; on success fsync + rename it into place (an existing ``target`` only with
-    ``overwrite``: it is replaced, never written in place), on failure delete it."""
-    target = Path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=file_temp_prefix(target), suffix=".tmp", dir=target.parent)
-        os.close(fd)
-    except OSError as e:
-        raise EnvironmentProblem(
-            f"{target}: cannot create a temporary file ({e.strerror})", hint="check the disk"
-        ) from e
-    tmp = Path(name)
-    try:
+    ``overwrite``: it is replaced, never written in place), on failure delete it. The GGUF is made 0644."""
+    with atomic_file(target, overwrite=overwrite, mode=0o644) as tmp:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, 0o644)
-        if not overwrite and os.path.lexists(target):
-            raise BadInputError(
-                f"{target} appeared while it was being written; refusing to replace it",
-                hint="choose another --out path, or pass --overwrite to replace it",
-            )
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise EnvironmentProblem(
-            f"{target}: writing failed ({e.strerror or e})", hint=f"check free space and permissions in {target.parent}"
-        ) from e
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 @dataclass

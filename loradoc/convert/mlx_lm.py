@@ -135,7 +135,9 @@ def peft_scale(cfg: dict[str, Any], module: str, rank: int) -> float:
 
 
 def peft_to_mlx(adapter: str | Path, out: str | Path, *, model_type: str, overwrite: bool = False) -> MlxResult:
-    from loradoc.io.safetensors import SafetensorsWriter, TensorSpec, atomic_directory, read_header, read_tensor_bytes
+    from loradoc.io.atomic import atomic_directory
+    from loradoc.io.safetensors import read_header, read_tensor_bytes
+    from loradoc.io.safetensors_writer import SafetensorsWriter, TensorSpec
     from loradoc.model.layout import parse_key, tower_of
 
     src = Path(adapter)
@@ -200,7 +202,9 @@ def mlx_to_peft(adapter: str | Path, out: str | Path, *, model_type: str | None 
     """Back to peft. With loradoc's record (a ``peft_to_mlx`` output) the original config, key names and order
     come back (tensors bit-identical; left-out tower tensors are not restored); else ``model_type`` maps the
     names and the config is built from ``lora_parameters``."""
-    from loradoc.io.safetensors import SafetensorsWriter, TensorSpec, atomic_directory, read_header, read_tensor_bytes
+    from loradoc.io.atomic import atomic_directory
+    from loradoc.io.safetensors import read_header, read_tensor_bytes
+    from loradoc.io.safetensors_writer import SafetensorsWriter, TensorSpec
 
     src = Path(adapter)
     mcfg = json.loads((src / MLX_CONFIG).read_text())

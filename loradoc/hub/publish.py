@@ -530,7 +530,7 @@ def _matches_head(api: Any, repo: str, head: str, ops: list[PlannedOp], *, endpo
 
 
 def _sha256(path: Path) -> str:
-    from loradoc.io.safetensors import sha256_file
+    from loradoc.io.hashing import sha256_file
 
     return sha256_file(path)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from loradoc.errors import BadInputError, EnvironmentProblem, LoradocError
-from loradoc.io.safetensors import write_file_atomic
+from loradoc.io.atomic import write_file_atomic
 from loradoc.registry import record as R
 from loradoc.registry.index import _inside, _same
 from loradoc.registry.model import UNKNOWN, AdapterManifest, Artifact, BaseRef, HubPush, Manifest, now_iso
@@ -330,7 +330,7 @@ class Writes(Queries):
             raise BadInputError(f"unknown artifact kind {kind!r}", hint="use one of: " + ", ".join(ARTIFACT_KINDS))
         p = Path(path)
         if sha256 is None and hash_file and p.is_file():
-            from loradoc.io.safetensors import sha256_file
+            from loradoc.io.hashing import sha256_file
 
             sha256 = sha256_file(p)
             size_bytes = size_bytes if size_bytes is not None else p.stat().st_size

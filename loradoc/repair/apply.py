@@ -23,16 +23,11 @@ from typing import Any
 
 from loradoc import __version__
 from loradoc.errors import LoradocError
+from loradoc.io.atomic import atomic_directory, fault_write_delay
+from loradoc.io.hashing import HashThread, sha256_file
 from loradoc.io.outputs import escapes, guard_outputs
-from loradoc.io.safetensors import (
-    HashThread,
-    SafetensorsWriter,
-    TensorSpec,
-    atomic_directory,
-    fault_write_delay,
-    read_header,
-    sha256_file,
-)
+from loradoc.io.safetensors import read_header
+from loradoc.io.safetensors_writer import SafetensorsWriter, TensorSpec
 from loradoc.io.snapshot import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
 from loradoc.model.profiles import BaseSource, installed_version
 from loradoc.progress import Progress

@@ -79,7 +79,7 @@ class Workspace:
             return cls(path)
 
     def save(self) -> None:
-        from loradoc.io.safetensors import write_file_atomic
+        from loradoc.io.atomic import write_file_atomic
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_file_atomic(self.path, json.dumps({"bases": self.bases}, indent=2).encode())

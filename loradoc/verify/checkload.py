@@ -28,7 +28,8 @@ from loradoc import __version__
 from loradoc.diagnose.analysis import converted_module, wrapped_modules
 from loradoc.diagnose.dryload import capture_warnings
 from loradoc.errors import BadInputError, EnvironmentProblem
-from loradoc.io.safetensors import sha256_file, write_file_atomic
+from loradoc.io.atomic import write_file_atomic
+from loradoc.io.hashing import sha256_file
 from loradoc.io.snapshot import PICKLE_NAME, SAFETENSORS_NAME, AdapterSnapshot, open_snapshot
 from loradoc.model.layout import parse_key
 from loradoc.model.profiles import get_profile, installed_version, resolve_base

@@ -92,13 +92,17 @@ class Writes(Queries):
             if src_file is not None and src_file.exists():
                 m = self._read_for_update(c, src_file)
                 if not isinstance(m, AdapterManifest):
-                    raise BadInputError(f"{ref} is a base, not an adapter", hint="record results on an adapter id")
+                    raise BadInputError(
+                        f"{ref} is a base, not an adapter",
+                        hint="record results on an adapter id (`loradoc registry list` names them)",
+                    )
                 current = m
             if current is None:
                 if create is None:
                     raise BadInputError(
                         f"{ref!r} is not in the registry",
-                        hint="record it from a doctor run first (add_from_diagnosis), or check the id",
+                        hint="record it first (`loradoc registry add ADAPTER`) "
+                        "or check the id (`loradoc registry list`)",
                     )
                 current = self._made(target, create)
             self._made(target, lambda: change(current))
@@ -108,7 +112,7 @@ class Writes(Queries):
                 detail = str(problems[0]) if problems else "the TOML round trip changed the data"
                 raise LoradocError(
                     f"refusing to write {target}: {detail}",
-                    hint="this is a loradoc bug; please report it with the manifest",
+                    hint="a loradoc bug: please report it with the manifest (`loradoc registry show ID --json`)",
                 )
             write_file_atomic(target, text.encode())
             st = target.stat()

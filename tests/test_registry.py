@@ -3,12 +3,13 @@ recording of doctor / repair / certificate results through TOML and SQLite."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loradoc.demo.builder import ExampleSet
-from loradoc.errors import BadInputError, MalformedConfigError
+from loradoc.errors import BadInputError, LoradocError, MalformedConfigError
 from loradoc.model.profiles import manifests_dir
 from loradoc.registry import (
     UNKNOWN,
@@ -39,6 +40,7 @@ from loradoc.registry import (
     RuntimeRecord,
     SchemaError,
     TargetSummary,
+    check_manifest,
     fingerprint_safetensors,
     key_fingerprint,
     load_manifest,
@@ -813,13 +815,9 @@ def prop_reg(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(m=_manifests())
 def test_manifest_roundtrip_toml_and_sqlite(prop_reg: Registry, m: AdapterManifest) -> None:
-    from loradoc.registry.fasttoml import Unsupported, fast_loads
-
     text = manifest_to_toml(m)
     doc = tomllib.loads(text)
     assert parse_manifest(doc) == m
-    with contextlib.suppress(Unsupported):  # the fast reader reads what we write as tomllib does (or defers)
-        assert fast_loads(text) == doc
     path = prop_reg.put(m)
     assert load_manifest(path) == m
     assert prop_reg.show(m.id) == m
@@ -956,75 +954,6 @@ def test_recordings_roundtrip(
     assert prop_reg.count_records(ident, "certificate") == 1
 
 
-# ---------------------------------------------------------------------------------------------------------
-# the fast TOML reader agrees with tomllib (or defers to it)
-# ---------------------------------------------------------------------------------------------------------
-
-
-_TOML_CASES = [
-    'a = 1\nb = "x"\n[t]\nc = [1, 2,]\nd = { e = "f", g = 1.5 }\n',
-    "a = 1\na = 2\n",  # duplicate key
-    "[t]\n[t]\n",  # table defined twice
-    "[t.u]\n[t]\nx = 1\n",  # super-table after sub-table: fine
-    "[[t]]\n[t]\n",  # table over an array of tables
-    "a = {}\n[a]\n",  # header into an inline table
-    "a = [1]\n[[a]]\n",  # array of tables over a value array
-    "x = 2026-01-01\n",  # a date
-    "x = 01\n",  # leading zero
-    "x = 0x10\n",  # hex
-    "x = 1_000\n",  # underscores
-    "x = +1.5e3\n",
-    "x = -inf\ny = +inf\n",
-    'x = "tab\there"\n',
-    'x = "bad \\q escape"\n',
-    'x = "\\ud800"\n',  # a surrogate escape
-    "x = 'literal \\n'\n",
-    'x = """\nmulti\nline"""\n',
-    "x = [\n  1,\n  2,\n]\n",
-    "a.b = 1\n",  # dotted key
-    '"quoted key" = 1\n["q.t"]\nk = true\n',
-    "x = 1 # comment\n# comment\n  [ t . u ]  # c\n",
-    "x = { a = 1, }\n",  # trailing comma in an inline table (invalid)
-    "x = [1 2]\n",
-    "x = truex\n",
-    "x = \x01\n",
-    "[a]\nb = 1\n[a.b]\n",  # table over a value
-    "é = 1\n",
-    "x = 9223372036854775808\n",
-    'x = "a" y\n',
-]
-
-
-@pytest.mark.parametrize("text", _TOML_CASES)
-def test_fast_toml_edge_cases_agree_with_tomllib(text: str) -> None:
-    from loradoc.registry import fasttoml
-
-    try:
-        want: object = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        want = tomllib.TOMLDecodeError
-    try:
-        got: object = fasttoml.fast_loads(text)
-    except fasttoml.Unsupported:
-        got = None
-    if got is not None:  # whatever the fast reader accepts, tomllib accepts the same way
-        assert got == want
-    if want is tomllib.TOMLDecodeError:
-        with pytest.raises(tomllib.TOMLDecodeError):
-            fasttoml.loads(text)
-    else:
-        assert fasttoml.loads(text) == want
-
-
-def test_fast_toml_reads_every_shipped_manifest_like_tomllib() -> None:
-    from loradoc.registry import fasttoml
-
-    files = list((manifests_dir() / "adapters").glob("*.toml")) + list((manifests_dir() / "bases").glob("*/*.toml"))
-    assert len(files) >= 10
-    for f in files:
-        assert fasttoml.loads(f.read_text()) == tomllib.loads(f.read_text()), f
-
-
 def test_registry_path_that_is_not_sqlite(tmp_path: Path) -> None:
     bogus = tmp_path / "registry.sqlite"
     bogus.write_text("not a database, just text " * 100)
@@ -1058,12 +987,13 @@ def test_duplicate_ids_in_one_directory(reg: Registry) -> None:
 
 def test_keys_with_a_trailing_newline_are_quoted_in_toml() -> None:
     """Found by the hypothesis round-trip: ``$`` also matches before a final newline, so "0\\n" was written bare."""
-    import tomllib
-
-    from loradoc.registry.schema import _key
-
-    assert _key("0\n") != "0\n"
-    assert tomllib.loads(f"{_key('0' + chr(10))} = 1") == {"0\n": 1}
+    cert = CertificateRecord(created="now", passed=True, checks=[CheckResult("n", True, {"0\n": 1, "a b": 2})])
+    m = AdapterManifest(
+        id="t/keys", base=BaseRef("b/x"), revisions=[Revision("one", certificates=[cert])], current="one"
+    )
+    text = manifest_to_toml(m)
+    assert tomllib.loads(text)["revisions"][0]["certificates"][0]["checks"][0]["figures"] == {"0\n": 1, "a b": 2}
+    assert parse_manifest(tomllib.loads(text)) == m
 
 
 def test_pathological_manifests_are_problems_and_the_others_still_load(reg: Registry) -> None:
@@ -1090,3 +1020,279 @@ def test_pathological_manifests_are_problems_and_the_others_still_load(reg: Regi
     assert reg.show("t/good").id == "t/good" and "t/good" in [r.id for r in reg.list()]
     with pytest.raises(MalformedConfigError, match="over the 4 MiB limit"):
         load_manifest(ad / "t--huge.toml")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validation (pydantic): every error, with its file:line; invalid TOML refused; rewrites keep the data
+# ---------------------------------------------------------------------------------------------------------
+
+_MANY_ERRORS = """schema = 1
+kind = "adapter"
+id = "t/many"
+colour = "red"
+
+[base]
+id = "google/gemma-4-E2B-it"
+revision = "abc"
+
+[[revisions]]
+label = "one"
+status = "sleepy"
+tensors = "many"
+
+[[revisions.certificates]]
+created = "2026-01-01"
+passed = "yes"
+
+[[revisions]]
+label = "ONE"
+"""
+
+
+def _line(text: str, needle: str, nth: int = 0) -> int:
+    """The 1-based line of the nth line of ``text`` that starts with ``needle`` (computed, not hard-coded)."""
+    hits = [i for i, line in enumerate(text.splitlines(), 1) if line.startswith(needle)]
+    return hits[nth]
+
+
+def test_every_schema_error_is_reported_with_its_file_and_line(reg: Registry) -> None:
+    ad = reg.user_dir / "adapters"
+    ad.mkdir(parents=True)
+    f = ad / "t--many.toml"
+    f.write_text(_MANY_ERRORS)
+    (ad / "t--good.toml").write_text(_GOOD)
+    rep = reg.sync()
+    got = {p.key: p for p in rep.problems if p.path == str(f.resolve())}
+    want_lines = {
+        "colour": _line(_MANY_ERRORS, "colour"),  # an unknown key
+        "base.revision": _line(_MANY_ERRORS, "revision = "),  # a bad commit sha
+        "revisions[0].status": _line(_MANY_ERRORS, "status"),  # not one of the statuses
+        "revisions[0].tensors": _line(_MANY_ERRORS, "tensors"),  # a wrong type
+        "revisions[0].certificates[0].passed": _line(_MANY_ERRORS, "passed"),  # a wrong type
+        "revisions[1].label": _line(_MANY_ERRORS, "label", 1),  # a duplicate label (a check across fields)
+        "current": None,  # two revisions and no current: no line of its own (the file's top)
+    }
+    assert set(got) == set(want_lines), [str(p) for p in rep.problems]
+    for key, line in want_lines.items():
+        if line is not None:
+            assert got[key].line == line, str(got[key])
+            assert str(got[key]).startswith(f"{f.resolve()}:{line}: {key}: "), str(got[key])
+    assert "unknown key (allowed here:" in got["colour"].message and "revisions" in got["colour"].message
+    assert 'must be an integer or "unknown", not a string' in got["revisions[0].tensors"].message
+    assert "must be true or false, not a string" in got["revisions[0].certificates[0].passed"].message
+    assert "'sleepy' is not one of healthy," in got["revisions[0].status"].message
+    assert "duplicate label 'ONE'" in got["revisions[1].label"].message
+    # the other manifests still load; load_manifest names the first problem and counts the others
+    assert "t/good" in {r.id for r in reg.list()} and "t/many" not in {r.id for r in reg.list()}
+    with pytest.raises(MalformedConfigError) as ei:
+        load_manifest(f)
+    first = check_manifest(f, f.read_bytes())[1][0]
+    assert str(ei.value).startswith(str(first)) and f"(+{len(got) - 1} more)" in str(ei.value)
+    assert "loradoc registry" in (ei.value.hint or "")
+
+
+@pytest.mark.parametrize("value", ["[,]", "[1,,]", "[1 2]", "{ a = 1, }"])
+def test_invalid_toml_the_old_fast_reader_accepted_is_refused_with_its_line(reg: Registry, value: str) -> None:
+    text = _GOOD + f"notes = {value}\n"
+    with pytest.raises(tomllib.TOMLDecodeError) as real:  # the truth: Python's own TOML reader refuses it
+        tomllib.loads(text)
+    ad = reg.user_dir / "adapters"
+    ad.mkdir(parents=True)
+    f = ad / "t--bad.toml"
+    f.write_text(text)
+    (p,) = [p for p in reg.sync().problems if p.path == str(f.resolve())]
+    real_line = int(re.search(r"at line (\d+)", str(real.value)).group(1))  # tomllib's own (3.11: in the text)
+    assert p.line == real_line == _line(text, "notes")
+    assert str(p).startswith(f"{f.resolve()}:{p.line}: invalid TOML")
+    with pytest.raises(MalformedConfigError, match=rf"t--bad\.toml:{p.line}: invalid TOML"):
+        load_manifest(f)
+
+
+def test_models_refuse_bad_values_when_built_in_python(reg: Registry) -> None:
+    with pytest.raises(SchemaError) as ei:
+        HubPush(repo_id="org/x", commit="not-a-sha", pr=0)
+    assert {format_path(i.path) for i in ei.value.issues} == {"commit", "pr"}  # both, not just the first
+    assert BaseRef("org/x") == BaseRef(id="org/x")  # positional fields, in their declared order
+    reg.put(AdapterManifest(id="t/pr", base=BaseRef("b/x"), revisions=[Revision("one")], current="one"))
+    before = (reg.user_dir / "adapters" / "t--pr.toml").read_bytes()
+    with pytest.raises(LoradocError, match="refusing to write .*pr: must be >= 1") as ei2:
+        reg.record_hub_revision("t/pr", commit="a" * 40, pr=0)
+    assert "loradoc registry show" in (ei2.value.hint or "")
+    assert (reg.user_dir / "adapters" / "t--pr.toml").read_bytes() == before  # nothing written
+
+
+def test_a_rewrite_keeps_every_value_and_leaves_the_shipped_file_alone(tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped"
+    shutil.copytree(manifests_dir(), shipped, ignore=shutil.ignore_patterns("*.json"))
+    src = shipped / "adapters" / f"{CLINICAL.replace('/', '--')}.toml"
+    shipped_bytes = src.read_bytes()
+    reg = Registry(tmp_path / "r.sqlite", [shipped], user_dir=tmp_path / "user")
+    before = reg.show(CLINICAL)
+    assert isinstance(before, AdapterManifest)
+    cert = {
+        "created": "2026-03-01T00:00:00+00:00",
+        "tool": "loradoc test",
+        "passed": True,
+        "versions": {"peft": "0.21.2", "transformers": "5.23.0"},
+        "device": {"type": "cpu", "name": None},
+        "checks": [{"name": "bit-exact", "passed": True, "figures": {"nested": {"a": [1, 2.5, "x"]}}}],
+    }
+    out = reg.record_certificate(cert, adapter_id=CLINICAL)
+    assert src.read_bytes() == shipped_bytes  # the input is never modified: the user's copy is written
+    assert out.parent.parent == (tmp_path / "user").resolve() or out.parent.parent == tmp_path / "user"
+    text = out.read_text()
+    assert text.startswith("# loradoc adapter manifest (schema 1); see loradoc/registry/SCHEMA.md\n")
+    comments = [line for line in shipped_bytes.decode().splitlines() if line.startswith("#")]
+    assert comments and all(c in text.splitlines() for c in comments)  # the shipped file's comments are kept
+    after = load_manifest(out)
+    assert isinstance(after, AdapterManifest)
+    # every value of the shipped manifest is still there (revisions, lineage, unknowns spelled out) ...
+    old_doc, new_doc = before.to_dict(), after.to_dict()
+    assert {k: v for k, v in new_doc.items() if k != "revisions"} == {
+        k: v for k, v in old_doc.items() if k != "revisions"
+    }
+    assert [r["label"] for r in new_doc["revisions"]] == [r["label"] for r in old_doc["revisions"]]
+    cur = before.current
+    for old_r, new_r in zip(old_doc["revisions"], new_doc["revisions"], strict=True):
+        if old_r["label"] != cur:
+            assert new_r == old_r
+        else:  # ... and the current revision gained the certificate, its status and its compat range
+            assert new_r["certificates"][-1]["checks"][0]["figures"] == {"nested": {"a": [1, 2.5, "x"]}}
+            assert new_r["status"] == "verified"
+            assert {k: v for k, v in new_r.items() if k not in ("certificates", "status", "compat")} == {
+                k: v for k, v in old_r.items() if k not in ("certificates", "status", "compat")
+            }
+            assert old_r.get("compat", []) == new_r["compat"][: len(old_r.get("compat", []))]
+    assert "unknown" in text  # unknown facts are written out, never dropped or guessed
+    assert tomllib.loads(text) == after.to_dict()
+    reg.close()
+
+
+_HOLD_LOCK = r"""
+import sys, time
+from pathlib import Path
+from loradoc.registry.writes import exclusive_lock
+
+lock, held, release = map(Path, sys.argv[1:])
+with exclusive_lock(lock, 30):
+    held.touch()
+    while not release.exists():
+        time.sleep(0.01)
+print("released")
+"""
+
+
+def test_the_write_lock_holds_across_two_processes(tmp_path: Path) -> None:
+    from loradoc.errors import EnvironmentProblem
+    from loradoc.registry.store import LOCK_NAME
+
+    reg = Registry(tmp_path / "r.sqlite", [], user_dir=tmp_path / "user", busy_timeout=0.5)
+    reg.put(AdapterManifest(id="t/lock", base=BaseRef("b/x"), revisions=[Revision("one")], current="one"))
+    held, release = tmp_path / "held", tmp_path / "release"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(reg.user_dir / LOCK_NAME), str(held), str(release)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not held.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held.exists(), proc.communicate()[1][-2000:]
+        with pytest.raises(EnvironmentProblem, match="stayed locked") as ei:  # the other process holds it
+            reg.record_hub_revision("t/lock", commit="b" * 40, pr=1)
+        assert "loradoc" in (ei.value.hint or "")
+        assert reg.show("t/lock").current_revision.hub == []
+    finally:
+        release.touch()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "released" in out, err[-2000:]
+    reg.record_hub_revision("t/lock", commit="b" * 40, pr=1)  # free again: the write goes through
+    assert [h.pr for h in reg.show("t/lock").current_revision.hub] == [1]
+    reg.close()
+
+
+def test_a_sync_parsed_by_worker_processes_indexes_what_one_process_does(tmp_path: Path) -> None:
+    user = tmp_path / "user"
+    (user / "adapters").mkdir(parents=True)
+    (user / "adapters" / "t--good.toml").write_text(_GOOD)
+    (user / "adapters" / "t--bad.toml").write_text(_BAD_SCHEMA)
+    (user / "adapters" / "t--broken.toml").write_text(_GOOD + "notes = [,]\n")
+    serial = Registry(tmp_path / "serial.sqlite", user_dir=user)
+    serial.parallel_min = 10**9
+    workers = Registry(tmp_path / "workers.sqlite", user_dir=user)
+    workers.parallel_min = 2  # real worker processes, even for a few files
+    one, many = serial.sync(), workers.sync()
+    assert many.added == one.added and len(many.added) >= 12
+    assert [str(p) for p in many.problems] == [str(p) for p in one.problems] and len(one.problems) >= 3
+    assert [r.to_json() for r in workers.list()] == [{**r.to_json(), "file": r.file} for r in serial.list()]
+    assert workers.show(CLINICAL) == serial.show(CLINICAL)
+    serial.close()
+    workers.close()
+
+
+def test_parse_all_really_uses_worker_processes() -> None:
+    import multiprocessing
+
+    from loradoc.registry.reader import parse_all, parse_document
+
+    files = sorted((manifests_dir() / "adapters").glob("*.toml"))
+    items = [(f, f.read_bytes()) for f in files] + [(Path("bad.toml"), b"k = [1,,]\n")]
+    seen_workers = []
+    got = []
+    for result in parse_all(items, parallel_min=2):
+        seen_workers.append(len(multiprocessing.active_children()))
+        got.append(result)
+    assert max(seen_workers) >= 1  # parsed in worker processes, not here
+    assert [(d, [str(p) for p in ps]) for d, ps in got] == [
+        (d, [str(p) for p in ps]) for d, ps in (parse_document(f, b) for f, b in items)
+    ]
+    assert got[-1][0] is None and "invalid TOML" in got[-1][1][0].message
+
+
+_COMMENTED = """# my notes on this adapter: keep them
+schema = 1
+kind = "adapter"
+id = "t/commented"  # the id I use
+notes = \"\"\"
+two lines
+of notes\"\"\"
+
+[base]
+id = "google/gemma-4-E2B-it"
+# the base revision is not known yet
+revision = "unknown"
+
+[[revisions]]
+label = "one"
+status = "broken"  # until someone checks it
+"""
+
+
+@pytest.mark.parametrize("dotted", [False, True])
+def test_a_rewrite_keeps_the_users_comments(reg: Registry, dotted: bool) -> None:
+    text = _COMMENTED
+    if dotted:  # a layout tomlkit may not update in place: the data must still come out exact
+        text = text.replace('[base]\nid = "google/gemma-4-E2B-it"', 'base.id = "google/gemma-4-E2B-it"\n[base]')
+        text = text.replace('[base]\n# the base revision is not known yet\nrevision = "unknown"', "")
+    ad = reg.user_dir / "adapters"
+    ad.mkdir(parents=True)
+    f = ad / "t--commented.toml"
+    f.write_text(text)
+    before = load_manifest(f)
+    reg.record_hub_revision("t/commented", commit="c" * 40, pr=7)
+    after = load_manifest(f)
+    assert isinstance(before, AdapterManifest) and isinstance(after, AdapterManifest)
+    (push,) = after.current_revision.hub
+    assert (push.commit, push.pr, after.current_revision.revision) == ("c" * 40, 7, "c" * 40)
+    want = before.to_dict()
+    want["revisions"][0]["hub"] = [push.to_dict()]
+    want["revisions"][0]["revision"] = "c" * 40
+    assert after.to_dict() == want  # every other value as it was
+    new_text = f.read_text()
+    assert tomllib.loads(new_text) == after.to_dict()
+    if not dotted:
+        for comment in ("# my notes on this adapter", "# the id I use", "# the base revision", "# until someone"):
+            assert comment in new_text, new_text
+        assert "two lines\nof notes" in new_text  # the multi-line string stays readable

@@ -13,7 +13,7 @@ No torch / transformers / peft import here (``add_from_diagnosis`` takes an alre
 from __future__ import annotations
 
 from loradoc.registry.compat import CompatAnswer
-from loradoc.registry.schema import (
+from loradoc.registry.model import (
     SCHEMA_VERSION,
     UNKNOWN,
     AdapterManifest,
@@ -34,12 +34,9 @@ from loradoc.registry.schema import (
     Relation,
     Revision,
     RuntimeRecord,
-    SchemaError,
     TargetSummary,
     fingerprint_safetensors,
     key_fingerprint,
-    manifest_to_toml,
-    parse_manifest,
 )
 from loradoc.registry.store import (
     ENV_MANIFESTS,
@@ -54,6 +51,8 @@ from loradoc.registry.store import (
     default_user_dir,
     load_manifest,
 )
+from loradoc.registry.toml_io import manifest_to_toml
+from loradoc.registry.validate import SchemaError, parse_manifest
 
 __all__ = [
     "ENV_MANIFESTS",

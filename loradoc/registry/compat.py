@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loradoc.errors import BadInputError, LoradocError
-from loradoc.registry.schema import UNKNOWN, AdapterManifest, CompatEntry, Relation, Revision
+from loradoc.registry.model import UNKNOWN, AdapterManifest, CompatEntry, Relation, Revision
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Turning doctor / repair / check-load results into manifest records (pure functions over the dataclasses).
+"""Turning doctor / repair / check-load results into manifest records (pure functions over the models).
 
 Status rule: the latest evidence wins. A doctor verdict sets ``healthy`` / ``repairable`` / ``broken`` (a healthy
 verdict keeps an earlier ``verified`` or ``repaired``); a certificate sets ``verified`` (passed) or ``broken``;
@@ -9,16 +9,15 @@ peft / transformers it ran with (replacing an entry with the same ranges).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from loradoc.registry.schema import (
+from loradoc.registry.fields import UNKNOWN, clean_free
+from loradoc.registry.model import (
     RUNTIMES,
-    UNKNOWN,
     AdapterManifest,
     Artifact,
     BaseRef,
@@ -34,7 +33,6 @@ from loradoc.registry.schema import (
     Revision,
     RuntimeRecord,
     TargetSummary,
-    clean_free,
     key_fingerprint,
     now_iso,
 )
@@ -229,9 +227,9 @@ def apply_diagnosis(
     elif isinstance(a.get("tensors"), int):
         rev.tensors = a["tensors"]
     new_peft = peft_info_from_json(a, requires)
-    for f in dataclasses.fields(PeftInfo):  # keep what was known and this run cannot tell (e.g. "qlora")
-        if getattr(new_peft, f.name) == UNKNOWN and getattr(rev.peft, f.name) != UNKNOWN:
-            setattr(new_peft, f.name, getattr(rev.peft, f.name))
+    for name in PeftInfo.model_fields:  # keep what was known and this run cannot tell (e.g. "qlora")
+        if getattr(new_peft, name) == UNKNOWN and getattr(rev.peft, name) != UNKNOWN:
+            setattr(new_peft, name, getattr(rev.peft, name))
     rev.peft = new_peft
     rev.findings = finding_records(d.get("findings", []))
     peft_counts = d.get("peft", {}) or {}

@@ -10,8 +10,7 @@ a realistic 2-5 KB TOML each) over 40 bases and every status, in a temporary dir
   * one record_certificate (lock + transaction + atomic TOML rewrite + re-index).
 
 Goals (printed beside each figure): full sync < 10 s, no-change sync < 0.5 s, each query < 50 ms. The "cpu" column
-is this process's CPU time (on a machine other jobs load, the 1-process full sync's cpu is the figure to compare with
-the goal; a parallel sync's parse workers are not counted in its row).
+is this process's CPU time (on a machine other jobs load, the full sync's cpu is the figure to compare with the goal).
 
 Usage: python benchmarks/registry.py [--n 10000] [--workdir DIR]
 """
@@ -146,7 +145,7 @@ def age(root: Path, seconds: float = 3600) -> None:
 
 
 def _cpu() -> float:
-    """CPU seconds of this process (the parse workers of a parallel sync are not counted: see the 1-process row)."""
+    """CPU seconds of this process."""
     return time.process_time()
 
 
@@ -159,13 +158,6 @@ def timed(fn, runs: int) -> tuple[float, float, float, object]:  # noqa: ANN001
         walls.append(time.perf_counter() - t0)
         cpus.append(_cpu() - c0)
     return statistics.median(walls), max(walls), statistics.median(cpus), out
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def main() -> None:
@@ -194,12 +186,8 @@ def main() -> None:
     reg0.close()
 
     age(man)
-    serial = Registry(tmp / "serial.sqlite", [man], user_dir=tmp / "user1")
-    serial.parallel_min = 10**9
-    sync_row(f"full sync, new index, 1 process ({size / 1e6:.0f} MB)", serial, "< 10 s")
-    serial.close()
     reg = Registry(tmp / "registry.sqlite", [man], user_dir=tmp / "user")
-    sync_row(f"full sync, new index, {min(_cpus(), 8)} parse workers", reg, "< 10 s")
+    sync_row(f"full sync, new index ({size / 1e6:.0f} MB)", reg, "< 10 s")
     sync_row("no-change sync (stat only)", reg, "< 0.5 s")
     rng = random.Random(1)
     touched = rng.sample(ids, 10)

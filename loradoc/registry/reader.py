@@ -19,8 +19,6 @@ from loradoc.registry.validate import SchemaError, parse_manifest
 
 #: No real manifest comes near this (thousands of revisions are well under 1 MB): a bigger file is refused unread.
 MAX_MANIFEST_BYTES = 4 * 2**20
-#: A sync parses this many new or changed manifests or more in worker processes (check_all).
-PARALLEL_MIN = 1000
 #: At most this many problems are reported per file (the first ones by line).
 MAX_PROBLEMS = 20
 FIX_HINT = "fix that line (the schema is in loradoc/registry/SCHEMA.md), then run `loradoc registry sync`"
@@ -96,41 +94,9 @@ def validate_document(path: Path, data: bytes, doc: dict[str, Any]) -> tuple[Man
         return None, out[:MAX_PROBLEMS]
 
 
-def _parse_pair(item: tuple[Path, bytes]) -> tuple[dict[str, Any] | None, list[ManifestProblem]]:
-    return parse_document(*item)
-
-
-def _workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def parse_all(
-    items: list[tuple[Path, bytes]], parallel_min: int = PARALLEL_MIN
-) -> Iterator[tuple[dict[str, Any] | None, list[ManifestProblem]]]:
-    """:func:`parse_document` of each (path, bytes), in order, as they come. With ``parallel_min`` items or more
-    (a new index), in worker processes, one per CPU (at most 8): tomllib is pure Python, the slowest step of a full
-    sync, and the caller validates and indexes each document while the workers parse the next ones. Where worker
-    processes cannot start or fail, the rest is parsed here."""
-    done = 0
-    workers = min(_workers(), 8)
-    if workers >= 2 and len(items) >= parallel_min:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # forkserver: never fork a process that may run threads (the TUI) or hold an open index
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        try:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
-                for result in pool.map(_parse_pair, items, chunksize=max(1, min(64, len(items) // (workers * 4)))):
-                    yield result
-                    done += 1
-            return
-        except Exception:  # noqa: BLE001 - no processes here (a sandbox, a limit), a document too deep to pickle
-            pass
-    for p, d in items[done:]:
+def parse_all(items: list[tuple[Path, bytes]]) -> Iterator[tuple[dict[str, Any] | None, list[ManifestProblem]]]:
+    """:func:`parse_document` of each (path, bytes), in order, as they come."""
+    for p, d in items:
         yield parse_document(p, d)
 
 

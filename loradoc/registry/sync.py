@@ -1,10 +1,9 @@
 """``sync``: bring the index up to date with the manifest directories, incrementally.
 
 A file whose mtime and size are unchanged is not opened; one whose bytes hash to the indexed sha256 is not parsed
-again; only a new or changed file is parsed (``tomllib``) and validated (pydantic), once. With
-:data:`~loradoc.registry.reader.PARALLEL_MIN` files or more to parse (a new index), worker processes parse them
-while this one validates and indexes. A file modified within :data:`RACY_NS` of its indexing is re-hashed at the
-next sync (coarse file-system timestamps cannot hide an edit). A bad manifest never aborts a sync: its problems
+again; only a new or changed file is parsed (``tomli``, compiled) and validated (pydantic), once. A file modified
+within :data:`RACY_NS` of its indexing is re-hashed at the next sync (coarse file-system timestamps cannot hide an
+edit). A bad manifest never aborts a sync: its problems
 (file, line, message) are in the report.
 """
 
@@ -17,7 +16,6 @@ from typing import Any
 from loradoc.registry.index import Index, _stored_problems
 from loradoc.registry.model import now_iso
 from loradoc.registry.reader import (
-    PARALLEL_MIN,
     ManifestProblem,
     manifest_files,
     parse_all,
@@ -30,9 +28,6 @@ RACY_NS = 2_000_000_000
 
 
 class Syncing(Index):
-    #: A sync with at least this many new or changed files parses them in worker processes (one per CPU).
-    parallel_min: int = PARALLEL_MIN
-
     def sync(self) -> SyncReport:
         """Bring the index up to date with the manifest directories. Never aborts on a bad manifest: its
         problems (file, line, message) are in the report and every other manifest is indexed."""
@@ -78,8 +73,8 @@ class Syncing(Index):
                         rep.unchanged.append(key)
                         continue
                     pending.append((key, f, root_s, prec, mtime, st.st_size, sha, row, data))
-            # parse + validate every new or changed file (in worker processes when there are many), then index
-            parsed = parse_all([(p[1], p[8]) for p in pending], self.parallel_min)
+            # parse + validate every new or changed file, then index
+            parsed = parse_all([(p[1], p[8]) for p in pending])
             for (key, f, root_s, prec, mtime, size, sha, row, data), (doc, problems) in zip(
                 pending, parsed, strict=True
             ):

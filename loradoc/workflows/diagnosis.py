@@ -39,11 +39,9 @@ def diagnose(
     from loradoc.diagnose.doctor import diagnose as run
     from loradoc.workflows.source import open_adapter
 
-    report(progress, 0, 1, "diagnosing")
     snap = open_adapter(adapter, endpoint=endpoint, allow_pickle=allow_pickle)
     d = run(adapter, base, fast=fast, allow_pickle=allow_pickle, read_data=read_data, snapshot=snap)
     if not record:
-        report(progress, 1, 1, "done")
         return Diagnosed(d)
     report(progress, 1, 1, "recording")  # the last point a cancel stops it: nothing recorded yet
     with registry_of(registry) as reg:

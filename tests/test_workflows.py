@@ -219,3 +219,36 @@ def test_cli_and_tui_record_the_same_rows_for_every_recorded_action(
     same((src, src), (str(cli_out), str(tui_out)))
     revisions = _normalised(cli_reg, str(cli_out), swaps["cli"])["manifest"]["revisions"]
     assert [h["commit"] for rv in revisions for h in rv.get("hub", [])] == ["COMMIT"]
+
+
+def test_a_progress_callback_that_raises_cancelled_stops_the_step_before_it_writes_or_records(
+    example_root: ExampleSet, tmp_path: Path
+) -> None:
+    """The one cancel protocol: a step whose progress callback raises Cancelled leaves no output and no row."""
+    from loradoc import workflows
+    from loradoc.errors import Cancelled
+
+    adapter = str(example_root.adapters["healthy-gemma4-text"].resolve())
+    base = str(example_root.bases["tiny-gemma4-text"])
+    reg_path = tmp_path / "registry.sqlite"
+    calls: list[str] = []
+
+    def cancel(done: int, total: int, what: str) -> None:
+        calls.append(what)
+        raise Cancelled("cancelled by the test", hint="run it again with loradoc doctor ADAPTER --record")
+
+    with pytest.raises(Cancelled):
+        workflows.diagnose(adapter, base, record=True, registry=reg_path, progress=cancel)
+    out = tmp_path / "lora.gguf"
+    with pytest.raises(Cancelled):
+        workflows.convert("gguf-lora", adapter, base, out, record=True, registry=reg_path, progress=cancel)
+    assert calls and not out.exists() and not [p for p in tmp_path.iterdir() if p.name != "registry.sqlite"]
+    reg = Registry(reg_path)
+    try:
+        assert workflows.adapter_id(reg, adapter) is None  # nothing was recorded
+    finally:
+        reg.close()
+    # the same steps, not cancelled, do write and record
+    done = workflows.convert("gguf-lora", adapter, base, out, record=False, registry=reg_path)
+    assert out.is_file() and done.format == "gguf-lora" and done.recorded is None
+    assert workflows.diagnose(adapter, base, record=True, registry=reg_path).recorded is not None

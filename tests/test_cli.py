@@ -386,6 +386,29 @@ def test_long_jobs_show_a_progress_bar_on_a_terminal_only(example_root: ExampleS
     assert json.loads(proc.stdout)["verdict"] == "healthy" and "%" not in proc.stderr
 
 
+def test_check_load_shows_a_progress_bar_on_a_terminal_only(example_root: ExampleSet, tmp_path: Path) -> None:
+    """check-load draws the same bar as the other long jobs (through the same helper); piped or --json: none."""
+    adapter = str(example_root.adapters["healthy-gemma4-text"])
+    base = str(example_root.bases["tiny-gemma4-text"])
+    args = ["check-load", adapter, "--base", base, "--device", "cpu"]
+    code, screen = _run_on_a_terminal([*args, "--certificate", str(tmp_path / "tty.json")])
+    assert code == 0, screen
+    import re
+
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
+    # the bar: its label, the bar itself, the percentage and what it is doing
+    assert re.search(r"check-load [━╺╸ ]+\s+\d+% \S+ loading the adapter", plain), plain[-2000:]
+    proc = subprocess.run(
+        [sys.executable, "-c", "from loradoc.cli import main; main()", *args]
+        + ["--certificate", str(tmp_path / "piped.json"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["passed"] is True and "%" not in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "where"),
     [

@@ -91,7 +91,7 @@ def test_the_checker_catches_what_does_not_exist() -> None:
 def test_the_repair_hint_never_points_into_the_hf_cache(tmp_path) -> None:
     from types import SimpleNamespace
 
-    from loradoc.render import repair_command
+    from loradoc.cli.render import repair_command
 
     d = SimpleNamespace(verdict="repairable")
     snap = tmp_path / "hub" / "models--alice--clinical" / "snapshots" / "abc123"

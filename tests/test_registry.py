@@ -48,7 +48,8 @@ from loradoc.registry import (
     parse_manifest,
 )
 from loradoc.registry import record as R
-from loradoc.registry.schema import clean_free, format_path
+from loradoc.registry.fields import clean_free
+from loradoc.registry.keylines import format_path
 from loradoc.registry.store import RACY_NS
 
 CLINICAL = "Shubh-0789/gemma4-clinical-endpoint-extractor"

@@ -56,6 +56,11 @@ def workspace(example_root: ExampleSet) -> Path:
             await pilot.pause()
 
     asyncio.run(build())
+    # a runtime check (`loradoc runtimes --record`) of every local adapter: the table's runtimes column shows it
+    from loradoc import workflows
+
+    for adapter, base in json.loads((WORK / "tui-workspace.json").read_text())["bases"].items():
+        workflows.runtimes(adapter, base, record=True, registry=WORK / "registry.sqlite")
     # keep the freshly registered state: the snapshot tests start from it whatever ran before them
     shutil.rmtree(PRISTINE, ignore_errors=True)
     PRISTINE.mkdir()
@@ -231,6 +236,72 @@ def test_detail_screen(workspace: Path) -> None:
             await pilot.pause()
             assert isinstance(app.screen, DetailScreen)
             assert len(app.screen.keys) == 76
+
+    asyncio.run(go())
+
+
+def test_the_runtimes_column_says_which_runtimes_load_each_adapter(workspace: Path) -> None:
+    """Per row, the runtimes a recorded check says load the adapter (with flags or not); truth: a fresh check."""
+    from loradoc.runtimes import FLAGS, LOADS, check_runtimes
+    from loradoc.tui.app import COLUMNS
+
+    letters = {"vllm": "v", "sglang": "s", "llama_cpp": "l", "mlx_lm": "m"}
+    bases = json.loads((WORK / "tui-workspace.json").read_text())["bases"]
+    app = _snap_app()  # the state right after the example was registered and its runtimes checked
+
+    async def go() -> None:
+        async with app.run_test(size=(200, 40)) as pilot:
+            await pilot.pause()
+            table = app.query_one("#adapters", DataTable)
+            col = COLUMNS.index("loads")  # the runtimes column
+            assert str(table.ordered_columns[col].label) == "loads"
+            shown: dict[str, str] = {}
+            for i, row in enumerate(app.rows):
+                cell = str(table.get_cell_at((i, col)))
+                path = app.registry.show(row.id).revision(None).path
+                base = bases.get(str(Path(path).resolve())) if path else None
+                if base is None:  # never checked here (a Hub id with no local copy)
+                    assert cell == "-"
+                    continue
+                report = check_runtimes(path, base)
+                verdicts = {r.runtime: r.verdict for r in report.results}
+                want = "".join(c if verdicts[rt] in (LOADS, FLAGS) else "·" for rt, c in letters.items())
+                assert cell == want, (row.id, cell, report.to_json())
+                shown[Path(row.id).name] = cell
+            assert len(shown) >= 5 and any(c != "····" for c in shown.values())
+
+    asyncio.run(go())
+
+
+def test_the_key_layout_uses_the_base_profiles_towers(workspace: Path) -> None:
+    """The detail screen's key layout groups keys by the towers the base profile found in the model, not by
+    names: the towers handed to the tree are the profile's, and each key lands under its profile tower."""
+    from loradoc.model.layout import address_of, parse_key
+    from loradoc.model.profiles import get_profile
+
+    bases = json.loads((WORK / "tui-workspace.json").read_text())["bases"]
+    app = _snap_app()
+
+    async def go() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            select(app, CLINICAL)
+            await pilot.press("enter")
+            await pilot.pause()
+            detail = app.screen
+            assert isinstance(detail, DetailScreen)
+            path = app.registry.show(detail.manifest.id).revision(None).path
+            towers = get_profile(bases[str(Path(path).resolve())], allow_build=False).towers
+            assert towers and detail.towers == dict(towers)
+            expected: dict[str, int] = {}
+            for k in detail.keys:
+                tower = address_of(parse_key(k).module, towers).tower
+                expected[tower] = expected.get(tower, 0) + 1
+            tree = detail.query_one("#layout")
+            got = {
+                str(n.label).rsplit(" (", 1)[0]: int(str(n.label).rsplit("(", 1)[1][:-1]) for n in tree.root.children
+            }
+            assert got == expected and len(expected) >= 2
 
     asyncio.run(go())
 
@@ -600,7 +671,8 @@ def test_adapter_ids_are_whole_when_they_fit(workspace: Path) -> None:
 
     narrow, wide = asyncio.run(go())
     assert wide == hub_id
-    assert narrow.startswith("…/gemma4-clinical") and len(narrow) < len(hub_id)  # the owner goes first
+    # the owner goes first (at 80 columns, beside the runtimes column, the name alone does not fit either)
+    assert narrow.startswith("…/gemma4-clinic") and len(narrow) < len(hub_id)
 
     from loradoc.tui.app import clip_id
 

@@ -118,3 +118,137 @@ def test_base_defaults_to_what_the_registry_or_the_config_knows(
         and "somebody/unknown-base" in lines[0]
         and "next:" in lines[0]
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# every recorded action: the CLI and the TUI write the same registry rows
+
+
+def _normalised(reg_path: Path, ident: str, swaps: dict[str, str]) -> dict:
+    """The manifest of ``ident`` as JSON, with what differs by construction between two runs replaced: the output
+    directory, the registry's own directory, the Hub repo and commit (``swaps``), timestamps, the revision labels
+    derived from output paths, and each certificate file's own sha256 (checked against the file first: it holds
+    the time it was written)."""
+    import hashlib
+    import re
+
+    reg = Registry(reg_path)
+    try:
+        data = reg.show(ident).to_json()
+        rows = [r.to_json() for r in reg.list() if r.id == ident]
+    finally:
+        reg.close()
+    for rev in data.get("revisions", []):
+        for cert in rev.get("certificates", []):
+            assert cert["sha256"] == hashlib.sha256(Path(cert["path"]).read_bytes()).hexdigest()
+            cert["sha256"] = "CERT-SHA256"
+    text = json.dumps({"manifest": data, "index": rows}, sort_keys=True, default=str)
+    for old, new in sorted(swaps.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(old, new)
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00", "TIME", text)
+    text = re.sub(r"repaired-[0-9a-f]{8}", "repaired-LABEL", text)
+    text = re.sub(r"certificates/([0-9a-f]{64})/[0-9a-f]{64}\.json", r"certificates/\1/CERT.json", text)
+    return json.loads(text)
+
+
+def test_cli_and_tui_record_the_same_rows_for_every_recorded_action(
+    example_root: ExampleSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """doctor --record, repair --record, check-load --record and publish (on the loopback Hub), run once from the
+    CLI and once through the TUI's jobs, each into a registry of its own: after every step both registries hold
+    the same rows for the source adapter and for the repaired one (convert: the test above)."""
+    from hubserver import HubServer
+
+    token = "hf_loradocWORKFLOWtoken0000111122"
+    srv = HubServer(tmp_path / "hub")
+    srv.add_token(token, "alice")
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    adapter = example_root.adapters["seed-clinical-endpoint-extractor"]
+    base = str(example_root.bases["tiny-gemma4-e4b"])
+    src = str(adapter.resolve())
+    cli_reg, tui_reg = tmp_path / "cli" / "registry.sqlite", tmp_path / "tui" / "registry.sqlite"
+    cli_out, tui_out = tmp_path / "cli" / "fixed", tmp_path / "tui" / "fixed"
+    swaps = {
+        "cli": {str(cli_out): "OUT", str(cli_reg.parent): "REG", "alice/wf-cli": "REPO"},
+        "tui": {str(tui_out): "OUT", str(tui_reg.parent): "REG", "alice/wf-tui": "REPO"},
+    }
+
+    def nothing(done: int, total: int, what: str) -> None:
+        return None
+
+    def same(*idents: tuple[str, str]) -> None:
+        for cli_id, tui_id in idents:
+            from_cli = _normalised(cli_reg, cli_id, swaps["cli"])
+            from_tui = _normalised(tui_reg, tui_id, swaps["tui"])
+            assert from_cli == from_tui, json.dumps([from_cli, from_tui], indent=1)
+
+    with srv:
+        tui = Registry(tui_reg)
+        try:
+            # doctor --record
+            assert _cli(["doctor", src, "--base", base, "--record", "--registry", str(cli_reg), "--json"]) == 1
+            assert jobs.run_doctor(src, base, tui, nothing).verdict == "repairable"
+            same((src, src))
+            # repair --record
+            args = ["repair", src, "--base", base, "--out", str(cli_out), "--record", "--registry", str(cli_reg)]
+            assert _cli([*args, "--json"]) == 0
+            assert jobs.apply_repair(jobs.plan_repair(src, base), tui_out, tui, nothing).ok
+            same((src, src), (str(cli_out), str(tui_out)))
+            # check-load --record (the certificate goes to each registry's own store)
+            args = ["check-load", str(cli_out), "--base", base, "--device", "cpu", "--record", "--json"]
+            assert _cli([*args, "--registry", str(cli_reg)]) == 0
+            assert jobs.run_check_load(str(tui_out), base, "cpu", tui, nothing).passed
+            same((src, src), (str(cli_out), str(tui_out)))
+            # publish (records the new commit unless --no-record), one repo each
+            capsys.readouterr()
+            args = ["publish", str(cli_out), "--repo", "alice/wf-cli", "--endpoint", srv.url, "--json"]
+            assert _cli([*args, "--registry", str(cli_reg)]) == 0
+            pushed = json.loads(capsys.readouterr().out)
+            plan = jobs.plan_publish(str(tui_out), "alice/wf-tui", None, srv.url, tui)
+            result = jobs.run_publish(plan, srv.url, tui, nothing)
+        finally:
+            tui.close()
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=srv.url)
+        heads = {"cli": api.repo_info("alice/wf-cli").sha, "tui": api.repo_info("alice/wf-tui").sha}
+    assert result.commit_sha == heads["tui"] and pushed["commit_sha"] == heads["cli"] and pushed["recorded"]
+    swaps["cli"][heads["cli"]] = "COMMIT"
+    swaps["tui"][heads["tui"]] = "COMMIT"
+    same((src, src), (str(cli_out), str(tui_out)))
+    revisions = _normalised(cli_reg, str(cli_out), swaps["cli"])["manifest"]["revisions"]
+    assert [h["commit"] for rv in revisions for h in rv.get("hub", [])] == ["COMMIT"]
+
+
+def test_a_progress_callback_that_raises_cancelled_stops_the_step_before_it_writes_or_records(
+    example_root: ExampleSet, tmp_path: Path
+) -> None:
+    """The one cancel protocol: a step whose progress callback raises Cancelled leaves no output and no row."""
+    from loradoc import workflows
+    from loradoc.errors import Cancelled
+
+    adapter = str(example_root.adapters["healthy-gemma4-text"].resolve())
+    base = str(example_root.bases["tiny-gemma4-text"])
+    reg_path = tmp_path / "registry.sqlite"
+    calls: list[str] = []
+
+    def cancel(done: int, total: int, what: str) -> None:
+        calls.append(what)
+        raise Cancelled("cancelled by the test", hint="run it again with loradoc doctor ADAPTER --record")
+
+    with pytest.raises(Cancelled):
+        workflows.diagnose(adapter, base, record=True, registry=reg_path, progress=cancel)
+    out = tmp_path / "lora.gguf"
+    with pytest.raises(Cancelled):
+        workflows.convert("gguf-lora", adapter, base, out, record=True, registry=reg_path, progress=cancel)
+    assert calls and not out.exists() and not [p for p in tmp_path.iterdir() if p.name != "registry.sqlite"]
+    reg = Registry(reg_path)
+    try:
+        assert workflows.adapter_id(reg, adapter) is None  # nothing was recorded
+    finally:
+        reg.close()
+    # the same steps, not cancelled, do write and record
+    done = workflows.convert("gguf-lora", adapter, base, out, record=False, registry=reg_path)
+    assert out.is_file() and done.format == "gguf-lora" and done.recorded is None
+    assert workflows.diagnose(adapter, base, record=True, registry=reg_path).recorded is not None

@@ -141,7 +141,6 @@ def merge_adapter(
     overwrite: bool = False,
     require_healthy: bool = True,
     allow_pickle: bool = False,
-    endpoint: str | None = None,
     hash_base: bool = True,
 ) -> MergeResult:
     """Merge ``adapter`` into the base checkpoint in directory ``base`` and write a full model to ``out``.
@@ -174,7 +173,7 @@ def merge_adapter(
             hint=f"download it (e.g. `hf download {source.name} --local-dir DIR`) and pass DIR as --base",
         )
     base_cfg, _ = read_config(source.config_path)
-    snap = open_snapshot(adapter, endpoint=endpoint, allow_pickle=allow_pickle)
+    snap = open_snapshot(adapter, allow_pickle=allow_pickle)
     _check_out(out, snap.directory, source.directory, overwrite)
     notes: list[str] = []
     _refuse_quantized(base_cfg, source, snap, notes)

@@ -317,12 +317,11 @@ def diagnose(
     base: str | BaseSource,
     *,
     fast: bool = False,
-    endpoint: str | None = None,
     allow_pickle: bool = False,
     read_data: bool = True,
     snapshot: AdapterSnapshot | None = None,
 ) -> Diagnosis:
-    snap = snapshot or open_snapshot(adapter, endpoint=endpoint, allow_pickle=allow_pickle)
+    snap = snapshot or open_snapshot(adapter, allow_pickle=allow_pickle)
     _require_loadable_peft_type(snap)
     source = base if isinstance(base, BaseSource) else resolve_base(base)
     spec = spec_of(snap)

@@ -1,9 +1,11 @@
 """Adapter snapshots: config + key inventory, read from the safetensors header alone.
 
-Sources:
+Sources (local paths only):
     - a local adapter directory
     - a Hugging Face cache snapshot (``.../models--org--name/snapshots/<sha>``): repo id and commit are recorded
-    - a Hub repo id, optionally ``@revision``, fetched through huggingface_hub with an explicit endpoint
+
+A Hub repo id (``org/name@rev``) is resolved above this layer (:func:`loradoc.workflows.source.open_adapter`
+pulls it through :mod:`loradoc.hub.pull` and hands the local snapshot here); ``io`` never imports ``hub``.
 """
 
 from __future__ import annotations
@@ -94,27 +96,29 @@ def parse_source(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def open_snapshot(
-    spec: str | os.PathLike[str],
-    *,
-    endpoint: str | None = None,
-    allow_pickle: bool = False,
-    token: str | bool | None = None,
-) -> AdapterSnapshot:
-    """Open an adapter from a directory, an HF cache snapshot, or ``repo_id[@revision]`` on a Hub endpoint."""
+def is_repo_spec(spec: str | os.PathLike[str]) -> bool:
+    """Does ``spec`` name a Hub repository (``org/name[@rev]``) rather than a local path that exists?"""
+    spec_s = str(spec)
+    if Path(spec_s).expanduser().exists() or spec_s.startswith((".", "/", "~")):
+        return False
+    return bool(_REPO_ID_RE.match(parse_source(spec_s)[0]))
+
+
+def open_snapshot(spec: str | os.PathLike[str], *, allow_pickle: bool = False) -> AdapterSnapshot:
+    """Open an adapter from a local directory or an HF cache snapshot (its repo id and commit are recorded)."""
     path = Path(spec).expanduser()
     source, repo_id, revision, commit = "local", None, None, None
     if not path.exists():
         spec_s = str(spec)
-        repo, rev = parse_source(spec_s)
-        if _REPO_ID_RE.match(repo) and not spec_s.startswith((".", "/", "~")):
-            path, commit = _download(repo, rev, endpoint=endpoint, token=token)
-            source, repo_id, revision = "hub", repo, rev
-        else:
+        if is_repo_spec(spec_s):
             raise MissingFileError(
-                f"adapter {spec_s!r} not found",
-                hint="pass an adapter directory (with adapter_config.json) or a Hub repo id like org/name@rev",
+                f"adapter {spec_s!r} is not a local directory",
+                hint=f"fetch it first: loradoc pull {spec_s} (loradoc doctor takes REPO@REV and fetches it itself)",
             )
+        raise MissingFileError(
+            f"adapter {spec_s!r} not found",
+            hint="pass an adapter directory (with adapter_config.json) or a Hub repo id like org/name@rev",
+        )
     if path.is_file():
         if path.name in (CONFIG_NAME, SAFETENSORS_NAME, PICKLE_NAME):
             path = path.parent
@@ -191,11 +195,3 @@ _TORCH_TO_ST = {
 
 def _torch_dtype_name(dtype: Any) -> str:
     return _TORCH_TO_ST.get(str(dtype).removeprefix("torch."), str(dtype))
-
-
-def _download(repo: str, revision: str | None, *, endpoint: str | None, token: str | bool | None) -> tuple[Path, str]:
-    """Fetch through loradoc.hub.pull (one download path: patterns, endpoint, token scrubbing, error mapping)."""
-    from loradoc.hub.pull import pull
-
-    got = pull(repo, revision, endpoint=endpoint, token=token if isinstance(token, str) else None)
-    return Path(got.path), got.commit_sha

@@ -328,7 +328,7 @@ class Writes(Queries):
     ) -> Path:
         """Record a merged / GGUF / GGUF-LoRA output of a revision (sha256 computed from the file when it exists
         and ``hash_file``; else "unknown")."""
-        from loradoc.registry.schema import ARTIFACT_KINDS
+        from loradoc.registry.model import ARTIFACT_KINDS
 
         if kind not in ARTIFACT_KINDS:
             raise BadInputError(f"unknown artifact kind {kind!r}", hint="use one of: " + ", ".join(ARTIFACT_KINDS))

@@ -1,7 +1,8 @@
 """``loradoc tui``: browse the registry, diagnose, repair, check loads, convert and publish from one screen.
 
-A thin shell: every action calls the same core functions as the CLI (through :mod:`loradoc.tui.jobs`) in a thread
-worker that posts typed progress messages; every worker failure ends in one error dialog
+A thin shell: every action runs the same workflow as the CLI (:mod:`loradoc.workflows`, through
+:mod:`loradoc.tui.jobs`), recording the same registry rows, in a thread worker that posts typed progress messages;
+every worker failure ends in one error dialog
 (:meth:`LoradocApp.on_worker_state_changed`).
 """
 
@@ -71,7 +72,22 @@ def clip_id(text: str, width: int) -> str:
 
 
 # the table's columns; adapter and base share what the others leave of the width
-COLUMNS = ("adapter", "base", "status", "findings", "verified", "compat")
+# "loads": the runtimes column, which serving runtimes a recorded `loradoc runtimes` check says load the adapter,
+# one letter each: v(LLM) s(GLang) l(lama.cpp) m(lx-lm) (the detail screen's Compatibility tab names them in full)
+COLUMNS = ("adapter", "base", "status", "findings", "verified", "compat", "loads")
+RUNTIME_LETTERS = {"vllm": "v", "sglang": "s", "llama_cpp": "l", "mlx_lm": "m"}
+
+
+def runtimes_cell(verdicts: dict[str, str]) -> str:
+    """``vslm``: a letter for each runtime that loads the adapter (with flags or not), ``·`` for one that does not
+    (refused or unknown); ``-`` when no check was recorded."""
+    if not verdicts:
+        return "-"
+    from loradoc.runtimes import FLAGS, LOADS
+
+    return "".join(c if verdicts.get(rt) in (LOADS, FLAGS) else "·" for rt, c in RUNTIME_LETTERS.items())
+
+
 MIN_ID, MIN_BASE = 16, 13
 
 
@@ -262,7 +278,13 @@ class LoradocApp(App[None]):
         return (
             name,
             r.base.split("/")[-1],
-            (r.status, f"{errors}E {warnings}W" if rev.findings else "-", _clip(ver, 8), compat),
+            (
+                r.status,
+                f"{errors}E {warnings}W" if rev.findings else "-",
+                _clip(ver, 8),
+                compat,
+                runtimes_cell(r.runtimes),
+            ),
         )
 
     @on(Input.Changed, "#search")
@@ -456,8 +478,9 @@ class LoradocApp(App[None]):
 
         self.start("example", job)
 
-    def detail_data(self, adapter_id: str) -> tuple[Any, Any, list[str]]:
-        """(manifest, installed-compat, tensor keys of the current revision) for the detail screen."""
+    def detail_data(self, adapter_id: str) -> tuple[Any, Any, list[str], dict[str, str] | None]:
+        """(manifest, installed-compat, tensor keys of the current revision, the base profile's towers) for the
+        detail screen."""
         m = self.registry.show(adapter_id)
         keys: list[str] = []
         path = m.revision(None).path
@@ -472,7 +495,22 @@ class LoradocApp(App[None]):
             compat = self.registry.compat(adapter_id)
         except LoradocError:
             compat = None
-        return m, compat, keys
+        return m, compat, keys, self.towers_of(m, path)
+
+    def towers_of(self, manifest: Any, path: str | None) -> dict[str, str] | None:
+        """The towers of the adapter's base, from its profile when one is at hand (shipped, or cached by an earlier
+        doctor: nothing is built here); None otherwise."""
+        from loradoc.model.profiles import get_profile
+
+        rev = manifest.revision(None)
+        candidates = [self.base_for(path) if path else None]
+        candidates += [rev.diagnosis.base if rev.diagnosis is not None else None, manifest.base.id]
+        for base in dict.fromkeys(c for c in candidates if c):
+            try:
+                return dict(get_profile(base, allow_build=False).towers)
+            except LoradocError:
+                continue
+        return None
 
     def action_open_detail(self) -> None:
         r = self.selected()
@@ -503,16 +541,17 @@ class LoradocApp(App[None]):
 
         def go(base: str) -> None:
             def job() -> None:
-                plan = jobs.plan_repair(path, base)
+                planned = jobs.plan_repair(path, base)
                 self.checkpoint()
-                self.call_from_thread(self._show_repair_plan, plan, path, base)
+                self.call_from_thread(self._show_repair_plan, planned, path, base)
 
             self.start("repair plan", job)
 
         self.with_base(path, go)
 
-    def _show_repair_plan(self, plan: Any, path: str, base: str) -> None:
+    def _show_repair_plan(self, planned: Any, path: str, base: str) -> None:
         out = Path(path).with_name(Path(path).name + "-fixed")
+        plan = planned.plan
 
         def decided(apply: bool | None) -> None:
             if not apply:
@@ -520,7 +559,7 @@ class LoradocApp(App[None]):
                 return
 
             def job() -> None:
-                result = jobs.apply_repair(plan, base, out, self.worker_registry(), self.reporter("repair"))
+                result = jobs.apply_repair(planned, out, self.worker_registry(), self.reporter("repair"))
                 self.workspace.remember(str(out), base)
                 self.post_message(JobDone("repair", result))
                 self.notify(f"repair written to {out}: {result.verdict}")

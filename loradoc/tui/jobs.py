@@ -1,7 +1,8 @@
-"""The TUI's jobs: plain functions over the core, run in thread workers, reporting through typed messages.
+"""The TUI's jobs: the workflow layer's steps (:mod:`loradoc.workflows`, the same the CLI runs, recording the same
+registry rows), run in thread workers, reporting through typed messages.
 
 Nothing here imports textual at module level beyond the message classes' base; the heavy libraries (torch,
-transformers, peft) are imported by the core functions these jobs call, i.e. only inside workers.
+transformers, peft) are imported by the core functions the workflows call, i.e. only inside workers.
 """
 
 from __future__ import annotations
@@ -97,46 +98,31 @@ Report = Callable[[int, int, str], None]
 
 # ------------------------------------------------------------------------------------------------- jobs
 def build_example(root: Path, registry: Any, workspace: Workspace, report: Report) -> list[str]:
-    from loradoc.demo.builder import build_example as build
-    from loradoc.diagnose.doctor import diagnose
+    from loradoc import workflows
 
-    ex = build(root)
-    names = sorted(ex.adapters)
-    for i, name in enumerate(names, 1):
-        a, b = ex.adapters[name], ex.bases[ex.spec(name).base]
-        d = diagnose(str(a), str(b), fast=False)
-        registry.add_from_diagnosis(d)
-        workspace.remember(str(a), str(b))
-        report(i, len(names), name)
-    return [str(ex.adapters[n]) for n in names]
+    built = workflows.example(root, registry=registry, progress=report)
+    for pair in built.pairs.values():
+        workspace.remember(str(pair.adapter), str(pair.base))
+    return [str(built.example.adapters[n]) for n in sorted(built.pairs)]
 
 
 def run_doctor(adapter: str, base: str, registry: Any, report: Report) -> Any:
-    from loradoc.diagnose.doctor import diagnose
+    from loradoc import workflows
 
-    d = diagnose(adapter, base)
-    report(1, 1, "recording")  # the last point a cancel stops it: nothing recorded yet
-    registry.add_from_diagnosis(d)
-    return d
+    return workflows.diagnose(adapter, base, record=True, registry=registry, progress=report).diagnosis
 
 
 def plan_repair(adapter: str, base: str) -> Any:
-    from loradoc.diagnose.doctor import spec_of
-    from loradoc.io.snapshot import open_snapshot
-    from loradoc.model.profiles import get_profile, resolve_base
-    from loradoc.repair.passes import build_plan
+    """The repair plan (``workflows.RepairPlanned``: ``.plan`` is what the plan screen shows)."""
+    from loradoc import workflows
 
-    snap = open_snapshot(adapter)
-    return build_plan(snap, get_profile(resolve_base(base), spec=spec_of(snap)))
+    return workflows.plan_repair(adapter, base)
 
 
-def apply_repair(plan: Any, base: str, out: Path, registry: Any, report: Report) -> Any:
-    from loradoc.model.profiles import resolve_base
-    from loradoc.repair.apply import apply_plan
+def apply_repair(planned: Any, out: Path, registry: Any, report: Report) -> Any:
+    from loradoc import workflows
 
-    result = apply_plan(plan, out, resolve_base(base), progress=report)
-    registry.record_repair(result.report, result.out)
-    return result
+    return workflows.apply_repair(planned, out, record=True, registry=registry, progress=report).result
 
 
 def list_devices() -> list[tuple[str, str]]:
@@ -158,11 +144,10 @@ def list_devices() -> list[tuple[str, str]]:
 
 
 def run_check_load(adapter: str, base: str, device: str, registry: Any, report: Report) -> Any:
-    from loradoc.verify.checkload import check_load
+    from loradoc import workflows
 
-    cert = check_load(adapter, base, device=device, registry=registry.path, progress=report)
-    registry.record_certificate(cert.data, path=cert.path)
-    return cert
+    done = workflows.check_load(adapter, base, device=device, record=True, registry=registry, progress=report)
+    return done.certificate
 
 
 # conversion kind -> (output name suffix, output dtypes offered, the first one being the default)
@@ -199,38 +184,20 @@ def run_convert(
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise BadInputError(f"{out} already exists", hint="choose another output path or confirm the overwrite")
-    if kind == "merged":
-        from loradoc.convert.merge import merge_adapter
+    from loradoc import workflows
 
-        result = merge_adapter(adapter, base, out, dtype=dtype, progress=report, overwrite=overwrite)
-    elif kind == "gguf":
-        from loradoc.convert.gguf_model import convert_gguf
-
-        result = convert_gguf(adapter, base, out, outtype=dtype, progress=report, overwrite=overwrite)
-    elif kind == "gguf-lora":
-        from loradoc.convert.gguf_lora import convert_gguf_lora
-
-        result = convert_gguf_lora(adapter, base, out, progress=report, overwrite=overwrite)
-    else:  # pragma: no cover - the dialog only offers the three
-        raise BadInputError(f"unknown conversion {kind}", hint="choose merged, gguf or gguf-lora")
-    from loradoc.workflows import record_convert
-
-    record_convert(registry, adapter, kind, out, dtype if kind != "gguf-lora" else None)
-    return result
+    return workflows.convert(
+        kind, adapter, base, out, dtype=dtype, overwrite=overwrite, record=True, registry=registry, progress=report
+    ).result
 
 
 def plan_publish(directory: str, repo: str, tag: str | None, endpoint: str | None, registry: Any = None) -> Any:
-    from loradoc.hub.publish_plan import plan_publish as plan
+    from loradoc import workflows
 
-    return plan(Path(directory), repo, tag=tag, endpoint=endpoint, registry=registry.path if registry else None)
+    return workflows.plan_publish(directory, repo, tag=tag, endpoint=endpoint, registry=registry)
 
 
 def run_publish(plan: Any, endpoint: str | None, registry: Any, report: Report) -> Any:
-    from loradoc.hub.publish import publish
+    from loradoc import workflows
 
-    report(0, 1, "pushing")  # the last point a cancel stops it
-    result = publish(plan, endpoint=endpoint)
-    from loradoc.workflows import record_publish
-
-    record_publish(registry, plan.directory, result)
-    return result
+    return workflows.publish(plan, endpoint=endpoint, record=True, registry=registry, progress=report).result

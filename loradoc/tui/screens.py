@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from rich.text import Text
@@ -205,13 +206,14 @@ def findings_tree(findings: list[dict[str, Any]], label: str = "findings") -> Tr
     return tree
 
 
-def layout_tree(keys: list[str]) -> Tree[str]:
-    """Towers -> layers -> modules, with tensor counts."""
+def layout_tree(keys: list[str], towers: Mapping[str, str] | None = None) -> Tree[str]:
+    """Towers -> layers -> modules, with tensor counts. ``towers``: the base profile's (module prefix -> kind, found
+    from the model's structure); without one, a key's tower is only guessed from the usual tower names."""
     from loradoc.model.layout import address_of, parse_key
 
     counts: dict[str, dict[Any, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     for k in keys:
-        a = address_of(parse_key(k).module)
+        a = address_of(parse_key(k).module, towers)
         counts[a.tower][a.layer][a.local] += 1
     tree: Tree[str] = Tree(f"{len(keys)} tensors", id="layout")
     tree.root.expand()
@@ -232,9 +234,11 @@ class DetailScreen(Screen[None]):
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="back")]
 
-    def __init__(self, manifest: Any, compat: Any | None, keys: list[str]) -> None:
+    def __init__(
+        self, manifest: Any, compat: Any | None, keys: list[str], towers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__()
-        self.manifest, self.compat, self.keys = manifest, compat, keys
+        self.manifest, self.compat, self.keys, self.towers = manifest, compat, keys, towers
         self.tab = ""
 
     def compose(self) -> ComposeResult:
@@ -254,7 +258,7 @@ class DetailScreen(Screen[None]):
                     [f.to_dict() for f in rev.findings], label=f"{name}: {rev.status}, base {m.base.id}"
                 )
             with TabPane("Key layout", id="tab-layout"):
-                yield layout_tree(self.keys)
+                yield layout_tree(self.keys, self.towers)
             with TabPane("Compatibility", id="tab-compat"), VerticalScroll():
                 yield Static(self._compat_text(rev), id="compat")
             with TabPane("Lineage", id="tab-lineage"), VerticalScroll():
@@ -267,10 +271,12 @@ class DetailScreen(Screen[None]):
         if paint is not None:
             paint(self)
 
-    async def reload(self, manifest: Any, compat: Any | None, keys: list[str]) -> None:
+    async def reload(
+        self, manifest: Any, compat: Any | None, keys: list[str], towers: Mapping[str, str] | None = None
+    ) -> None:
         """Show the adapter as it is now (after a doctor or a repair), on the same tab."""
         self.tab = self.query_one("#detail-tabs", TabbedContent).active
-        self.manifest, self.compat, self.keys = manifest, compat, keys
+        self.manifest, self.compat, self.keys, self.towers = manifest, compat, keys, towers
         await self.recompose()
         self.on_mount()
 
@@ -278,6 +284,10 @@ class DetailScreen(Screen[None]):
         lines = []
         for c in rev.compat:
             lines.append(f"{c.verdict}: peft {c.peft or '*'}, transformers {c.transformers or '*'}  {c.evidence}")
+        names = {"vllm": "vLLM", "sglang": "SGLang", "llama_cpp": "llama.cpp", "mlx_lm": "mlx-lm"}
+        for x in getattr(rev, "runtimes", []):
+            flags = f" ({' '.join(x.flags)})" if x.flags else ""
+            lines.append(f"{names.get(x.runtime, x.runtime)} {x.version}: {x.verdict}{flags}")
         if self.compat is not None:
             a = self.compat
             lines.append(f"installed peft {a.peft}, transformers {a.transformers}: {a.verdict}")

@@ -12,17 +12,6 @@ def convert() -> None:
     """Merged checkpoints and GGUF files (merged model, or a LoRA adapter for llama-server --lora)."""
 
 
-def _size(text: str) -> int:
-    t = text.strip().upper().removesuffix("B")
-    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    try:
-        if t and t[-1] in mult:
-            return int(float(t[:-1]) * mult[t[-1]])
-        return int(t)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size like 5GB or 500MB") from None
-
-
 def _run(
     kind: str,
     adapter: str,
@@ -63,7 +52,12 @@ def _run(
 @click.option("--base", "base", default=None, help="Local base directory with weights. " + BASE_DEFAULT)
 @click.option("--out", "out", required=True, help="Output directory (must not exist unless --overwrite).")
 @click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
-@click.option("--shard-size", default="5GB", show_default=True, help="Maximum shard size, e.g. 2GB or 500MB.")
+@click.option(
+    "--shard-size",
+    default="5GB",
+    show_default=True,
+    help="Maximum shard size as Hugging Face reads it (1GB = 10^9 bytes), e.g. 2GB, 500MB or 4GiB.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @click.option("--record", is_flag=True, help="Record the output as an artifact in the registry.")
 @REGISTRY_OPT
@@ -81,7 +75,9 @@ def convert_merged(
 ) -> None:
     """Merge ADAPTER into BASE tensor by tensor (W + scale*B@A in fp32) and write a sharded checkpoint."""
     base = base_for(adapter, base, registry_path, weights=True)
-    size = _size(shard_size)
+    from loradoc.convert.shards import parse_shard_size
+
+    size = parse_shard_size(shard_size)
     _run("merged", adapter, base, out, dtype, record, registry_path, as_json, shard_size=size, overwrite=overwrite)
 
 

@@ -98,4 +98,4 @@ def convert_mlx_lm(adapter: str, base: str | None, out: str | Path, *, overwrite
     mt = base_model_type(base)
     if not mt:
         raise LoradocError(f"{base}: config.json names no model_type", hint="pass --base with a config.json")
-    return peft_to_mlx(adapter, out, model_type=mt, overwrite=overwrite)
+    return peft_to_mlx(adapter, out, model_type=mt, overwrite=overwrite, base=base)

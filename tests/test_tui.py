@@ -243,7 +243,7 @@ def test_detail_screen(workspace: Path) -> None:
 def test_the_runtimes_column_says_which_runtimes_load_each_adapter(workspace: Path) -> None:
     """Per row, the runtimes a recorded check says load the adapter (with flags or not); truth: a fresh check."""
     from loradoc.runtimes import FLAGS, LOADS, check_runtimes
-    from loradoc.tui.app import COLUMNS
+    from loradoc.tui.table import COLUMNS
 
     letters = {"vllm": "v", "sglang": "s", "llama_cpp": "l", "mlx_lm": "m"}
     bases = json.loads((WORK / "tui-workspace.json").read_text())["bases"]
@@ -674,7 +674,7 @@ def test_adapter_ids_are_whole_when_they_fit(workspace: Path) -> None:
     # the owner goes first (at 80 columns, beside the runtimes column, the name alone does not fit either)
     assert narrow.startswith("…/gemma4-clinic") and len(narrow) < len(hub_id)
 
-    from loradoc.tui.app import clip_id
+    from loradoc.tui.table import clip_id
 
     assert clip_id(hub_id, 60) == hub_id
     assert clip_id(hub_id, 40) == "…" + hub_id[-39:] == "…0789/gemma4-clinical-endpoint-extractor"

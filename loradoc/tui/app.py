@@ -12,32 +12,27 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from textual import events, on
+from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal
-from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar, Select
 from textual.worker import Worker, WorkerState
 
 from loradoc.errors import Cancelled, LoradocError
 from loradoc.tui import jobs
+from loradoc.tui.actions import AdapterActions
 from loradoc.tui.jobs import JobDone, JobProgress, RunningJob, Workspace
 from loradoc.tui.screens import (
-    ChoiceDialog,
     ConfirmDialog,
-    ConvertDialog,
     DetailScreen,
     ErrorDialog,
     InputDialog,
     JobBar,
-    PlanScreen,
     SearchInput,
-    certificate_text,
-    publish_plan_text,
-    repair_plan_text,
 )
+from loradoc.tui.table import COLUMNS, MIN_BASE, MIN_ID, AdapterTable, clip, clip_id, runtimes_cell
 
 STATUSES = ("healthy", "repairable", "broken", "repaired", "verified", "unknown")
 ACTIONS: list[tuple[str, str, str]] = [
@@ -52,57 +47,6 @@ ACTIONS: list[tuple[str, str, str]] = [
     ("refresh", "Refresh", "Re-sync the registry"),
     ("cancel_job", "Cancel job", "Cancel the running job"),
 ]
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
-
-
-def clip_id(text: str, width: int) -> str:
-    """An adapter id in ``width`` cells: whole when it fits; else an ``owner/name`` loses the start of the owner
-    first (``…ner/name``), and only a name that alone does not fit is cut at its end."""
-    if len(text) <= width:
-        return text
-    owner, sep, name = text.rpartition("/")
-    if not sep:
-        return _clip(text, width)
-    if len(name) + 2 <= width:
-        return "…" + text[len(text) - (width - 1) :]
-    return "…/" + _clip(name, width - 2)
-
-
-# the table's columns; adapter and base share what the others leave of the width
-# "loads": the runtimes column, which serving runtimes a recorded `loradoc runtimes` check says load the adapter,
-# one letter each: v(LLM) s(GLang) l(lama.cpp) m(lx-lm) (the detail screen's Compatibility tab names them in full)
-COLUMNS = ("adapter", "base", "status", "findings", "verified", "compat", "loads")
-RUNTIME_LETTERS = {"vllm": "v", "sglang": "s", "llama_cpp": "l", "mlx_lm": "m"}
-
-
-def runtimes_cell(verdicts: dict[str, str]) -> str:
-    """``vslm``: a letter for each runtime that loads the adapter (with flags or not), ``·`` for one that does not
-    (refused or unknown); ``-`` when no check was recorded."""
-    if not verdicts:
-        return "-"
-    from loradoc.runtimes import FLAGS, LOADS
-
-    return "".join(c if verdicts.get(rt) in (LOADS, FLAGS) else "·" for rt, c in RUNTIME_LETTERS.items())
-
-
-MIN_ID, MIN_BASE = 16, 13
-
-
-class AdapterTable(DataTable[str]):
-    """The adapters table; tells the app when its width changed (the id column takes what is left)."""
-
-    class Resized(Message):
-        pass
-
-    _width = 0
-
-    def on_resize(self, event: events.Resize) -> None:
-        if event.size.width != self._width:
-            self._width = event.size.width
-            self.post_message(self.Resized())
 
 
 class LoradocCommands(Provider):
@@ -124,7 +68,7 @@ class LoradocCommands(Provider):
                 yield Hit(score, matcher.highlight(title), partial(app.run_action, action), help=help_text)
 
 
-class LoradocApp(App[None]):
+class LoradocApp(AdapterActions, App[None]):
     CSS_PATH = "loradoc.tcss"
     TITLE = "loradoc"
     COMMANDS = App.COMMANDS | {LoradocCommands}
@@ -233,7 +177,7 @@ class LoradocApp(App[None]):
         id_w, base_w = self._name_widths()
         table.clear()
         for r, (name, base, rest) in zip(self.rows, self.cells, strict=True):
-            table.add_row(clip_id(name, id_w), _clip(base, base_w), *rest, key=r.id)
+            table.add_row(clip_id(name, id_w), clip(base, base_w), *rest, key=r.id)
         ids = [r.id for r in self.rows]
         if current in ids:
             table.move_cursor(row=ids.index(current))
@@ -281,7 +225,7 @@ class LoradocApp(App[None]):
             (
                 r.status,
                 f"{errors}E {warnings}W" if rev.findings else "-",
-                _clip(ver, 8),
+                clip(ver, 8),
                 compat,
                 runtimes_cell(r.runtimes),
             ),
@@ -511,218 +455,6 @@ class LoradocApp(App[None]):
             except LoradocError:
                 continue
         return None
-
-    def action_open_detail(self) -> None:
-        r = self.selected()
-        if r is None:
-            return
-        self.push_screen(DetailScreen(*self.detail_data(r.id)))
-
-    def action_doctor(self) -> None:
-        path = self.selected_path()
-        if path is None:
-            return
-
-        def go(base: str) -> None:
-            def job() -> None:
-                d = jobs.run_doctor(path, base, self.worker_registry(), self.reporter("doctor"))
-                self.post_message(JobDone("doctor", d))
-                self.notify(f"doctor: {d.verdict}")
-
-            # importing torch + transformers + peft takes seconds: an indeterminate bar and a word, at once
-            self.start("doctor", job, status=jobs.status_text("doctor", "diagnosing..."))
-
-        self.with_base(path, go)
-
-    def action_repair(self) -> None:
-        path = self.selected_path()
-        if path is None:
-            return
-
-        def go(base: str) -> None:
-            def job() -> None:
-                planned = jobs.plan_repair(path, base)
-                self.checkpoint()
-                self.call_from_thread(self._show_repair_plan, planned, path, base)
-
-            self.start("repair plan", job)
-
-        self.with_base(path, go)
-
-    def _show_repair_plan(self, planned: Any, path: str, base: str) -> None:
-        out = Path(path).with_name(Path(path).name + "-fixed")
-        plan = planned.plan
-
-        def decided(apply: bool | None) -> None:
-            if not apply:
-                self.notify("repair not applied")
-                return
-
-            def job() -> None:
-                result = jobs.apply_repair(planned, out, self.worker_registry(), self.reporter("repair"))
-                self.workspace.remember(str(out), base)
-                self.post_message(JobDone("repair", result))
-                self.notify(f"repair written to {out}: {result.verdict}")
-
-            self.start("repair", job, total=len(plan.kept()))
-
-        self.push_screen(PlanScreen(f"Repair plan -> {out.name}", repair_plan_text(plan)), decided)
-
-    def action_check_load(self) -> None:
-        path = self.selected_path()
-        if path is None:
-            return
-
-        def go(base: str) -> None:
-            def devices() -> None:
-                options = jobs.list_devices()
-                self.checkpoint()
-                self.call_from_thread(self._pick_device, options, path, base)
-
-            self.start("devices", devices, status=jobs.status_text("devices", "listing..."))
-
-        self.with_base(path, go)
-
-    def _pick_device(self, options: list[tuple[str, str]], path: str, base: str) -> None:
-        def picked(device: str | None) -> None:
-            if not device:
-                return
-
-            def job() -> None:
-                cert = jobs.run_check_load(path, base, device, self.worker_registry(), self.reporter("check-load"))
-                self.post_message(JobDone("check-load", cert))
-                self.call_from_thread(
-                    self.push_screen,
-                    PlanScreen(
-                        "Load certificate: " + ("PASSED" if cert.passed else "FAILED"),
-                        certificate_text(cert),
-                        apply_label="OK",
-                    ),
-                )
-
-            self.start("check-load", job, status=jobs.status_text("check-load", "starting..."))
-
-        self.push_screen(ChoiceDialog("Device", options), picked)
-
-    def action_convert(self) -> None:
-        path = self.selected_path()
-        if path is None:
-            return
-
-        def go(base: str) -> None:
-            def kind_picked(kind: str | None) -> None:
-                if not kind:
-                    return
-                default = jobs.default_convert_out(kind, path, self.registry.path.parent)
-                self.push_screen(
-                    ConvertDialog(kind, str(default), jobs.CONVERSIONS[kind][1]),
-                    lambda values: self._convert_asked(kind, path, base, values),
-                )
-
-            self.push_screen(
-                ChoiceDialog(
-                    "Convert to",
-                    [
-                        ("merged", "merged checkpoint (safetensors)"),
-                        ("gguf", "GGUF (merged)"),
-                        ("gguf-lora", "GGUF LoRA adapter (llama-server --lora)"),
-                    ],
-                ),
-                kind_picked,
-            )
-
-        self.with_base(path, go)
-
-    def _convert_asked(self, kind: str, path: str, base: str, values: dict[str, str] | None) -> None:
-        if not values or not values.get("out"):
-            return
-        out = Path(values["out"]).expanduser()
-        dtype = values.get("dtype") or jobs.CONVERSIONS[kind][1][0]
-        adapter_dir = Path(path).resolve()
-        if out.resolve() == adapter_dir or adapter_dir in out.resolve().parents:
-            self.notify(f"{out} is inside the adapter; choose another output path", severity="error")
-            return
-
-        def run(overwrite: bool) -> None:
-            def job() -> None:
-                result = jobs.run_convert(
-                    kind,
-                    path,
-                    base,
-                    out,
-                    self.worker_registry(),
-                    self.reporter(f"convert {kind}"),
-                    dtype=dtype,
-                    overwrite=overwrite,
-                )
-                self.post_message(JobDone("convert", result))
-                self.notify(f"wrote {out}")
-
-            self.start(f"convert {kind}", job, status=jobs.status_text(f"convert {kind}", "starting..."))
-
-        if out.exists():
-
-            def confirmed(yes: bool | None) -> None:
-                if yes:
-                    run(True)
-
-            kind_of = "directory" if out.is_dir() else "file"
-            self.push_screen(
-                ConfirmDialog(
-                    f"{out} exists. Replace it? (the new {kind_of} is written first, then swapped in)",
-                    yes="Replace",
-                ),
-                confirmed,
-            )
-        else:
-            run(False)
-
-    def action_publish(self) -> None:
-        path = self.selected_path()
-        if path is None:
-            return
-
-        def asked(values: dict[str, str] | None) -> None:
-            if not values or not values.get("repo"):
-                return
-            endpoint = values.get("endpoint") or self.endpoint
-
-            def job() -> None:
-                plan = jobs.plan_publish(
-                    path, values["repo"], values.get("tag") or None, endpoint, self.worker_registry()
-                )
-                self.checkpoint()
-                self.call_from_thread(self._show_publish_plan, plan, endpoint)
-
-            self.start("publish plan", job)
-
-        self.push_screen(
-            InputDialog(
-                "Publish",
-                [
-                    ("repo", "Hub repo id", ""),
-                    ("tag", "tag (optional)", ""),
-                    ("endpoint", "endpoint", self.endpoint or ""),
-                ],
-            ),
-            asked,
-        )
-
-    def _show_publish_plan(self, plan: Any, endpoint: str | None) -> None:
-        body = publish_plan_text(plan)
-
-        def decided(apply: bool | None) -> None:
-            if not apply:
-                return
-
-            def job() -> None:
-                result = jobs.run_publish(plan, endpoint, self.worker_registry(), self.reporter("publish"))
-                self.post_message(JobDone("publish", result))
-                self.notify(f"pushed {result.commit_sha[:12]}")
-
-            self.start("publish", job)
-
-        self.push_screen(PlanScreen(f"Publish to {plan.repo_id}", body, apply_label="Push"), decided)
 
 
 def run(registry_path: Path | None = None, endpoint: str | None = None) -> None:

@@ -128,6 +128,12 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
                 k = format_key(m, param)
                 expected[k] = shape
                 owner[k] = m
+    # LoRAs on bare parameters (target_parameters: fused MoE experts), under peft's ParamWrapper paths
+    param_index: dict[Any, str] = {}
+    for body, (shape, wrapper) in plan.params.expected().items():
+        expected[PEFT_PREFIX + body] = shape
+        owner[PEFT_PREFIX + body] = wrapper
+        param_index[profile.address_of(wrapper)] = wrapper
     index = profile.address_index()
     saved_modules = wrapped_modules(cfg, profile)
     fates: dict[str, KeyFate] = {}
@@ -162,6 +168,14 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
             # peft saves the base weight of targeted embedding / lm_head layers (save_embedding_layers)
             fates[key] = KeyFate(key, LOADS_BASE, tower, wrapped, p.param, "base weight saved with the adapter")
             continue
+        alt = param_index.get(profile.address_of(p.module)) if p.is_lora else None
+        if alt is not None and expected.get(format_key(alt, p.param)) == tuple(rec.shape):
+            # a parameter LoRA saved under another path (no prefix, another wrapper)
+            fates[key] = KeyFate(key, MISPATHED, tower, alt, p.param, f"{p.module} -> {alt}")
+            continue
+        if plan.params.unknown and p.is_lora and _may_be_param_lora(cfg, p.module):
+            fates[key] = KeyFate(key, LOADS, tower, p.module, p.param, "parameter LoRA (not checked: see findings)")
+            continue
         fates[key] = _classify_unexpected(cfg, profile, index, plan, p, rec.shape)
 
     # peft's view
@@ -194,6 +208,18 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
             injected_modules=len(plan.targeted),
         )
     found = _findings(snapshot, profile, plan, fates, missing_keys, owner)
+    if plan.params.unknown:
+        found.append(
+            F.make(
+                "params-unchecked",
+                F.INFO,
+                len(cfg.target_parameters or []),
+                f"target_parameters {cfg.target_parameters} name parameters the base profile does not record (a "
+                "profile built before parameters were recorded, or a layer's own weight): their LoRAs are assumed "
+                "to load, unchecked (run `loradoc doctor` without --fast for peft's real load)",
+                repair=None,
+            )
+        )
     # a head saved under another path is mis-pathed (reroot-keys places it), not unsaved
     placed = {f.target for f in fates.values() if f.status == MISPATHED and f.target}
     absent = [m for m in unsaved_wrapped if not any(h == m or h.startswith(m + ".") for h in placed)]
@@ -316,11 +342,25 @@ def _full_weight_fate(p: LoraKey, profile: BaseProfile, saved: list[str]) -> Key
     return None
 
 
+def _may_be_param_lora(cfg: AdapterConfig, module: str) -> bool:
+    """Whether ``module`` (a saved LoRA's path) could be peft's ParamWrapper for a ``target_parameters`` entry."""
+    bare = module
+    while bare.endswith(".base_layer"):
+        bare = bare[: -len(".base_layer")]
+    for entry in cfg.target_parameters or []:
+        owner = entry.rpartition(".")[0]
+        if owner and (bare == owner or bare.endswith("." + owner)):
+            return True
+    return False
+
+
 def _shape_status(
     cfg: AdapterConfig, profile: BaseProfile, target: str, p: LoraKey, shape: tuple[int, ...]
 ) -> tuple[str, str]:
     """Tell a rank difference (fixable with rank_pattern) from a module-size difference (wrong base)."""
-    info = profile.modules[target]
+    info = profile.modules.get(target)
+    if info is None:  # a parameter LoRA (ParamWrapper): rows are r x experts
+        return SHAPE, f"shape {tuple(shape)} does not fit the parameter LoRA of {target}"
     want_r = rank_for(cfg, target)
     if len(shape) == 2:
         a, b = shape
@@ -458,6 +498,7 @@ def _findings(
             for f in fs
             if parse_key(f.key).module.endswith(".linear")
             and f.target
+            and f.target in profile.modules
             and profile.modules[f.target].kind == "clippable"
         )
         where = f" ({inner} at Gemma4ClippableLinear's inner `.linear`)" if inner else ""

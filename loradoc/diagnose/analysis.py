@@ -239,9 +239,11 @@ def trained_parts_findings(
     """What loads is what was trained: parts the config declares trained that the file lacks.
 
     ``unsaved_bias``: from the dry load (peft's own ``get_peft_model_state_dict`` of the injected model); without
-    it (``--fast``) the static side says what the config and the header show: trained biases declared, none in
-    the file (an error, as the full doctor reports it when the base's layers have biases; when they have none the
-    full doctor turns it into an info finding that names the difference)."""
+    it (``--fast``) ``bias="lora_only"`` is judged from the profile's biased modules (``MODULE.base_layer.bias`` of
+    every targeted layer with a bias, as peft saves it); for ``bias="all"``, or a profile that does not record
+    biases, the static side says what the config and the header show: trained biases declared, none in the file
+    (an error, as the full doctor reports it when the base's layers have biases; when they have none the full
+    doctor turns it into an info finding that names the difference)."""
     cfg = snapshot.config
     out: list[Finding] = []
     if unsaved_wrapped:
@@ -257,6 +259,12 @@ def trained_parts_findings(
             )
         )
     bias = (cfg.bias or "none").lower()
+    if unsaved_bias is None and bias == "lora_only" and profile.biased is not None:
+        # peft saves MODULE.base_layer.bias of every injected layer that has a bias: the profile knows which do
+        biased = set(profile.biased)
+        present = {f.target for f in fates.values() if f.status == LOADS_BASE and f.param == "bias"}
+        present |= {f.target for f in fates.values() if f.status == MISPATHED and f.param == "bias"}
+        unsaved_bias = [f"{PEFT_PREFIX}{m}.base_layer.bias" for m in plan.targeted if m in biased and m not in present]
     if bias in ("lora_only", "all"):
         if unsaved_bias is not None:
             if unsaved_bias:

@@ -74,6 +74,8 @@ class BaseProfile:
     # 2-D / 3-D parameters of modules peft cannot wrap as layers (fused MoE experts), for ``target_parameters``
     # (loradoc.model.param_targets); None: a profile built before they were recorded
     parameters: ParamInventory | None = None
+    # modules with a bias parameter of their own (what bias="lora_only" saves); None: not recorded (older builds)
+    biased: list[str] | None = None
 
     # -- serialisation -------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -113,9 +115,10 @@ class BaseProfile:
         d = self.to_json()
         for k in _NOT_CONTENT:
             d.pop(k, None)
-        # recorded for target_parameters since this field exists; shipped profiles predate it (None), so it is not
-        # compared: what it holds is a function of the modules' classes, which are
+        # recorded since loradoc knows target_parameters and bias="lora_only"; shipped profiles predate them (None),
+        # so they are not compared: what they hold is a function of the modules' classes, which are
         d.pop("parameters", None)
+        d.pop("biased", None)
         return d
 
     # -- queries -------------------------------------------------------------------------------------------

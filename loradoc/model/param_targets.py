@@ -23,9 +23,7 @@ that it cannot predict such an adapter instead of guessing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loradoc.io.adapter_config import AdapterConfig
 
@@ -61,6 +59,16 @@ def parameter_inventory(model: Any) -> ParamInventory:
         if rows:
             out[name] = rows
     return out
+
+
+def biased_modules(model: Any) -> list[str]:
+    """The modules holding a ``bias`` parameter of their own (what peft's ``bias="lora_only"`` saves of a targeted
+    layer, as ``MODULE.base_layer.bias``)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if name and any(pname == "bias" for pname, _ in module.named_parameters(recurse=False))
+    ]
 
 
 def inventory_to_json(inv: ParamInventory | None) -> dict[str, list[list[Any]]] | None:
@@ -122,9 +130,8 @@ def plan_parameters(cfg: AdapterConfig, profile: BaseProfile) -> ParamPlan:
     if not names:
         return plan
     inventory = profile.parameters
-    layer_param = any(
-        _matches(f"{m}.{p}", names) for m, info in profile.modules.items() if info.kind != "other" for p in _LAYER_PARAMS
-    )
+    layers = [m for m, info in profile.modules.items() if info.kind != "other"]
+    layer_param = any(_matches(f"{m}.{p}", names) for m in layers for p in _LAYER_PARAMS)
     if inventory is None or layer_param:
         plan.unknown = True
         return plan

@@ -136,7 +136,7 @@ def get_profile(base: str | BaseSource, *, allow_build: bool = True, spec: Model
     if cached.is_file():
         prof = load_json_profile(cached)
         # rebuilt where possible: towers known by name only (format 2), no parameter inventory (older builds)
-        stale = prof is not None and (prof.memo().get("migrated") or prof.parameters is None)
+        stale = prof is not None and (prof.memo().get("migrated") or prof.parameters is None or prof.biased is None)
         if prof is not None and not (allow_build and stale):
             prof.name = source.name
             return prof

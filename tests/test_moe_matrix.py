@@ -12,7 +12,9 @@ Adapters made by real peft:
 - ``reordered``:     ``attn_experts`` with ``target_parameters`` listed the other way round (peft nests the
                      wrappers in the module's parameter order, not the list's);
 - ``noprefix`` / ``wrapper_lm``: ``attn_experts`` without ``base_model.model.`` / under ``model.language_model.``;
-- ``no_target_parameters``: ``attn_experts`` with ``target_parameters`` removed from its config;
+- ``no_target_parameters``: ``attn_experts`` with ``target_parameters`` removed from its config (a config
+                     re-saved by a peft older than 0.17 loses the field); ``lost_gate_up``: with only
+                     ``down_proj`` left in it: repaired by naming the parameters the file has LoRAs for;
 - ``dropout``:       ``attn_experts`` with ``lora_dropout`` 0.1 (peft's ParamWrapper refuses it).
 
 doctor (full) and ``doctor --fast`` (static only) must agree with a real ``PeftModel.from_pretrained``.
@@ -59,9 +61,11 @@ VARIANTS = (
     "noprefix",
     "wrapper_lm",
     "no_target_parameters",
+    "lost_gate_up",
     "dropout",
 )
-SOURCE = {"noprefix": "attn_experts", "wrapper_lm": "attn_experts"}
+#: copies of attn_experts with a broken layout or config: what a repair must give back (same tensors, same keys)
+SOURCE = {v: "attn_experts" for v in ("noprefix", "wrapper_lm", "no_target_parameters", "lost_gate_up")}
 CASES = [(a, v) for a in ARCHS for v in VARIANTS]
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
@@ -123,8 +127,9 @@ def build_adapters(base: Path, root: Path) -> dict[str, Path]:
     out["wrapper_lm"] = rewrite_adapter(
         src, root / "wrapper_lm", rename=lambda k: k.replace(f"{PREFIX}model.", f"{PREFIX}model.language_model.", 1)
     )
-    out["no_target_parameters"] = rewrite_adapter(
-        src, root / "no_target_parameters", config_drop=["target_parameters"]
+    out["no_target_parameters"] = rewrite_adapter(src, root / "no_target_parameters", config_drop=["target_parameters"])
+    out["lost_gate_up"] = rewrite_adapter(
+        src, root / "lost_gate_up", config_update={"target_parameters": ["mlp.experts.down_proj"]}
     )
     out["dropout"] = rewrite_adapter(src, root / "dropout", config_update={"lora_dropout": 0.1})
     return out
@@ -207,7 +212,7 @@ def test_doctor_and_fast_agree_with_a_real_load(
 
 
 @pytest.mark.parametrize(("arch", "variant"), [(a, v) for a in ARCHS for v in SOURCE])
-def test_mispathed_expert_loras_repair_to_the_adapter_they_came_from(
+def test_expert_lora_layouts_repair_to_the_adapter_they_came_from(
     arch: str,
     variant: str,
     matrix: dict[str, tuple[Path, dict[str, Path]]],
@@ -231,6 +236,9 @@ def test_mispathed_expert_loras_repair_to_the_adapter_they_came_from(
         assert torch.equal(fixed[key].view(torch.uint8), t.view(torch.uint8)), key
     after = truth_of(res.out, base)
     assert after.healthy and _counts(after) == (len(fixed), 0, 0), after
+    if variant in ("no_target_parameters", "lost_gate_up"):  # the config names every parameter with a LoRA
+        cfg = json.loads((res.out / "adapter_config.json").read_text())
+        assert {t.rsplit(".", 1)[-1] for t in cfg["target_parameters"]} == {"gate_up_proj", "down_proj"}
 
 
 def test_a_profile_without_a_parameter_inventory_says_so(

@@ -18,6 +18,7 @@ from loradoc.diagnose.findings import Finding
 from loradoc.io.adapter_config import AdapterConfig, fields_unsupported_by
 from loradoc.io.snapshot import AdapterSnapshot
 from loradoc.model.layout import PEFT_PREFIX, LoraKey, format_key, parse_key
+from loradoc.model.param_targets import saved_parameter_loras
 from loradoc.model.peft_rules import InjectionPlan, expected_params, plan_injection, rank_for
 from loradoc.model.profiles import HEAD_NAMES, BaseProfile, installed_version
 
@@ -79,6 +80,8 @@ class StaticResult:
     plan: InjectionPlan
     predicted: PeftCounts
     findings: list[Finding]
+    # ParamWrapper LoRAs in the file whose parameter target_parameters does not name: wrapper path -> entry
+    untargeted_params: dict[str, str] = field(default_factory=dict)
 
 
 def converted_module(p: LoraKey, profile: BaseProfile) -> str | None:
@@ -136,6 +139,16 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
         param_index[profile.address_of(wrapper)] = wrapper
     index = profile.address_index()
     saved_modules = wrapped_modules(cfg, profile)
+    param_wrappers = set(param_index.values())
+    guessed: dict[str, str] = {}
+    if profile.parameters:
+        lora_shapes = {}
+        for key, rec in snapshot.tensors.items():
+            p = parse_key(key)
+            if p.had_peft_prefix and p.param in ("lora_A.weight", "lora_B.weight"):
+                lora_shapes[f"{p.module}.{p.kind}"] = tuple(rec.shape)
+        guessed = saved_parameter_loras(profile, lora_shapes)
+    untargeted_params: dict[str, str] = {}
     fates: dict[str, KeyFate] = {}
     provided: set[str] = set()
     targeted = set(plan.targeted)
@@ -150,6 +163,10 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
             target = owner[mk]
             if len(rec.shape) == len(want) and all(w in (-1, n) for n, w in zip(rec.shape, want, strict=True)):
                 fates[key] = KeyFate(key, LOADS, tower, target, p.param)
+            elif target in param_wrappers:
+                size_mismatch.append(key)
+                why = f"shape {tuple(rec.shape)} does not fit the parameter LoRA of {target} {want}"
+                fates[key] = KeyFate(key, SHAPE, tower, target, p.param, why)
             else:
                 size_mismatch.append(key)
                 status, why = _shape_status(cfg, profile, target, p, rec.shape)
@@ -172,6 +189,12 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
         if alt is not None and expected.get(format_key(alt, p.param)) == tuple(rec.shape):
             # a parameter LoRA saved under another path (no prefix, another wrapper)
             fates[key] = KeyFate(key, MISPATHED, tower, alt, p.param, f"{p.module} -> {alt}")
+            continue
+        if p.had_peft_prefix and p.module in guessed:
+            entry = guessed[p.module]
+            untargeted_params[p.module] = entry
+            why = f"LoRA of parameter {entry}, which target_parameters does not name"
+            fates[key] = KeyFate(key, UNTARGETED, tower, p.module, p.param, why)
             continue
         if plan.params.unknown and p.is_lora and _may_be_param_lora(cfg, p.module):
             fates[key] = KeyFate(key, LOADS, tower, p.module, p.param, "parameter LoRA (not checked: see findings)")
@@ -224,7 +247,7 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
     placed = {f.target for f in fates.values() if f.status == MISPATHED and f.target}
     absent = [m for m in unsaved_wrapped if not any(h == m or h.startswith(m + ".") for h in placed)]
     found += trained_parts_findings(snapshot, profile, plan, fates, absent)
-    return StaticResult(fates, plan, predicted, found)
+    return StaticResult(fates, plan, predicted, found, untargeted_params)
 
 
 def trained_parts_findings(
@@ -579,12 +602,14 @@ def _findings(
 
     untargeted = by_status[UNTARGETED]
     if untargeted:
+        on_params = [f for f in untargeted if f.target and f.target not in profile.modules or "parameter" in f.reason]
+        what = f" ({len(on_params)} are LoRAs of parameters target_parameters does not name)" if on_params else ""
         out.append(
             Finding(
                 "untargeted-keys",
                 F.ERROR,
                 len(untargeted),
-                f"{len(untargeted)} tensors belong to base modules the config does not target",
+                f"{len(untargeted)} tensors belong to base modules the config does not target{what}",
                 "add-targets",
                 None,
                 [f.key for f in untargeted],

@@ -165,3 +165,62 @@ def _refused_options(cfg: AdapterConfig) -> str | None:
     if raw.get("use_dora"):
         return "LoRA variants like DoRA"
     return None
+
+
+def _fits(shape_a: tuple[int, ...], shape_b: tuple[int, ...], row: tuple[str, tuple[int, ...], bool]) -> bool:
+    _, shape, transposed = row
+    if len(shape) == 3:
+        experts, d1, d2 = shape
+        fin, fout = (d1, d2) if transposed else (d2, d1)
+    else:
+        experts, fout, fin = 1, shape[0], shape[1]
+    if len(shape_a) != 2 or len(shape_b) != 2:
+        return False
+    rows = shape_a[0]
+    return shape_a[1] == fin and shape_b[0] == fout and shape_b[1] == rows and rows > 0 and rows % experts == 0
+
+
+def saved_parameter_loras(profile: BaseProfile, shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    """Which parameter each saved ParamWrapper LoRA belongs to, from the file alone: wrapper path -> parameter
+    entry (``MODULE.PARAM``), for ``target_parameters`` that lost entries (a config re-saved by a peft that drops
+    the field, an edited one).
+
+    ``shapes``: module path (as saved, without peft's prefix) + ``.lora_A`` / ``.lora_B`` -> shape. A module's
+    wrappers nest (``.base_layer`` per level); the parameters they wrap are the ordered choice of the module's
+    parameters whose LoRA shapes fit every level, kept only when exactly one choice fits."""
+    import itertools
+
+    if not profile.parameters:
+        return {}
+    depths: dict[str, dict[int, str]] = {}
+    for key in shapes:
+        path, _, kind = key.rpartition(".")
+        if kind != "lora_A":
+            continue
+        bare, depth = path, 0
+        while bare.endswith(".base_layer"):
+            bare, depth = bare[: -len(".base_layer")], depth + 1
+        if bare in profile.parameters:
+            depths.setdefault(bare, {})[depth] = path
+    out: dict[str, str] = {}
+    for module, by_depth in depths.items():
+        n = len(by_depth)
+        if set(by_depth) != set(range(n)):
+            continue
+        rows = profile.parameters[module]
+        fits = [
+            combo
+            for combo in itertools.combinations(rows, n)
+            if all(
+                _fits(
+                    shapes.get(f"{by_depth[n - 1 - k]}.lora_A", ()),
+                    shapes.get(f"{by_depth[n - 1 - k]}.lora_B", ()),
+                    row,
+                )
+                for k, row in enumerate(combo)
+            )
+        ]
+        if len(fits) == 1:
+            for k, row in enumerate(fits[0]):
+                out[by_depth[n - 1 - k]] = f"{module}.{row[0]}"
+    return out

@@ -273,3 +273,19 @@ def test_merge_refuses_expert_loras_rather_than_merging_them_wrong(
     with pytest.raises(LoradocError, match="target_parameters"):
         merge_adapter(str(adapters["attn_experts"]), str(base), tmp_path / "merged", dtype="f32")
     assert not (tmp_path / "merged").exists()
+
+
+def test_cli_doctor_fast_maps_expert_loras(
+    matrix: dict[str, tuple[Path, dict[str, Path]]],
+    truths: Callable[[str, str], Truth],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from loradoc.cli import main
+
+    base, adapters = matrix["gpt_oss"]
+    with pytest.raises(SystemExit) as e:
+        main(["doctor", str(adapters["attn_experts"]), "--base", str(base), "--fast", "--json"])
+    got = json.loads(capsys.readouterr().out)
+    truth = truths("gpt_oss", "attn_experts")
+    assert truth.healthy and e.value.code == 0 and got["verdict"] == "healthy" and got["prediction"] is True
+    assert (got["peft"]["loaded"], got["peft"]["missing"], got["peft"]["unexpected"]) == _counts(truth)

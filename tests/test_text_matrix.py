@@ -13,6 +13,7 @@ broken layouts people really publish:
                      ``transformer.``);
 - ``stale_base``:    the healthy adapter with a foreign ``base_model_name_or_path``;
 - ``bias_saved``:    ``bias="lora_only"`` saved by peft; ``bias_unsaved``: the same file without the biases;
+                     ``bias_noprefix``: without peft's prefix (LoRAs and biases);
 - ``lm_head_saved``: ``modules_to_save=["lm_head"]`` saved by peft; ``mts_unsaved``: the same file without it.
 
 For every adapter the truth is a real ``PeftModel.from_pretrained`` onto the real base, computed here
@@ -59,11 +60,12 @@ VARIANTS = (
     "stale_base",
     "bias_saved",
     "bias_unsaved",
+    "bias_noprefix",
     "lm_head_saved",
     "mts_unsaved",
 )
 #: renamed copies of the healthy adapter: what a repair must give back
-SOURCE = {v: "healthy" for v in ("noprefix", "doubled", "wrapper_lm", "wrapper_tf")}
+SOURCE = {v: "healthy" for v in ("noprefix", "doubled", "wrapper_lm", "wrapper_tf")} | {"bias_noprefix": "bias_saved"}
 CASES = [(a, v) for a in ARCHS for v in VARIANTS]
 PREFIX = "base_model.model."
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
@@ -146,6 +148,9 @@ def build_adapters(arch: str, base: Path, root: Path) -> dict[str, Path]:
     out["bias_saved"] = _make_adapter(base, root / "bias_saved", arch, seed=12, bias="lora_only")
     out["bias_unsaved"] = rewrite_adapter(
         out["bias_saved"], root / "bias_unsaved", rename=lambda k: k if ".lora_" in k else None
+    )
+    out["bias_noprefix"] = rewrite_adapter(
+        out["bias_saved"], root / "bias_noprefix", rename=lambda k: k.removeprefix(PREFIX)
     )
     out["lm_head_saved"] = _make_adapter(base, root / "lm_head_saved", arch, seed=13, modules_to_save=["lm_head"])
     out["mts_unsaved"] = rewrite_adapter(

@@ -185,6 +185,12 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
             # peft saves the base weight of targeted embedding / lm_head layers (save_embedding_layers)
             fates[key] = KeyFate(key, LOADS_BASE, tower, wrapped, p.param, "base weight saved with the adapter")
             continue
+        layer = _saved_base_layer(p, profile, index, targeted)
+        if layer is not None:
+            # a targeted layer's base weight / bias saved under another path (bias="lora_only" without the prefix)
+            why = f"{p.module} -> {layer}.base_layer"
+            fates[key] = KeyFate(key, MISPATHED, tower, f"{layer}.base_layer", p.param, why)
+            continue
         alt = param_index.get(profile.address_of(p.module)) if p.is_lora else None
         if alt is not None and expected.get(format_key(alt, p.param)) == tuple(rec.shape):
             # a parameter LoRA saved under another path (no prefix, another wrapper)
@@ -286,7 +292,11 @@ def trained_parts_findings(
         # peft saves MODULE.base_layer.bias of every injected layer that has a bias: the profile knows which do
         biased = set(profile.biased)
         present = {f.target for f in fates.values() if f.status == LOADS_BASE and f.param == "bias"}
-        present |= {f.target for f in fates.values() if f.status == MISPATHED and f.param == "bias"}
+        present |= {
+            f.target.removesuffix(".base_layer")
+            for f in fates.values()
+            if f.status == MISPATHED and f.param == "bias" and f.target
+        }
         unsaved_bias = [f"{PEFT_PREFIX}{m}.base_layer.bias" for m in plan.targeted if m in biased and m not in present]
     if bias in ("lora_only", "all"):
         if unsaved_bias is not None:
@@ -371,6 +381,21 @@ def _full_weight_fate(p: LoraKey, profile: BaseProfile, saved: list[str]) -> Key
         what = "trained head (modules_to_save)" if is_head else "full weight"
         return KeyFate(p.key, MISPATHED, tower, canon, p.param, f"{what} saved as {p.module}")
     return None
+
+
+def _saved_base_layer(p: LoraKey, profile: BaseProfile, index: dict[Any, str], targeted: set[str]) -> str | None:
+    """The targeted layer whose ``base_layer`` weight / bias ``p`` is, saved under another path (None if none)."""
+    if p.is_lora or p.param not in ("weight", "bias") or not p.module.endswith(".base_layer"):
+        return None
+    layer = p.module[: -len(".base_layer")]
+    while layer.startswith(PEFT_PREFIX):
+        layer = layer[len(PEFT_PREFIX) :]
+    if layer not in targeted:
+        addr = profile.address_of(layer)
+        if addr in profile.ambiguous_addresses():
+            return None
+        layer = index.get(addr, "")
+    return layer if layer in targeted else None
 
 
 def _may_be_param_lora(cfg: AdapterConfig, module: str) -> bool:

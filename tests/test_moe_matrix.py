@@ -289,3 +289,16 @@ def test_cli_doctor_fast_maps_expert_loras(
     truth = truths("gpt_oss", "attn_experts")
     assert truth.healthy and e.value.code == 0 and got["verdict"] == "healthy" and got["prediction"] is True
     assert (got["peft"]["loaded"], got["peft"]["missing"], got["peft"]["unexpected"]) == _counts(truth)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_check_load_passes_on_expert_loras(
+    arch: str, matrix: dict[str, tuple[Path, dict[str, Path]]], truths: Callable[[str, str], Truth]
+) -> None:
+    from loradoc.verify.checkload import check_load
+
+    base, adapters = matrix[arch]
+    assert truths(arch, "attn_experts").healthy
+    cert = check_load(str(adapters["attn_experts"]), str(base), device="cpu", write=False)
+    assert cert.passed, [c for c in cert.data["checks"] if not c["passed"]]
+    assert cert.checks["bit-exact"]["passed"] and cert.checks["effect"]["passed"]

@@ -30,10 +30,10 @@ from typing import Any
 
 import pytest
 import torch
+from builders import rewrite_adapter
 from realload import Truth, load_base, real_truth
 from safetensors.torch import load_file
 
-from loradoc.demo.builder import rewrite_adapter
 from loradoc.diagnose.doctor import diagnose, spec_of
 from loradoc.errors import LoradocError
 from loradoc.io.snapshot import open_snapshot

@@ -18,6 +18,7 @@ from loradoc.diagnose.findings import Finding
 from loradoc.io.adapter_config import AdapterConfig, fields_unsupported_by
 from loradoc.io.snapshot import AdapterSnapshot
 from loradoc.model.layout import PEFT_PREFIX, LoraKey, format_key, parse_key
+from loradoc.model.param_targets import saved_parameter_loras
 from loradoc.model.peft_rules import InjectionPlan, expected_params, plan_injection, rank_for
 from loradoc.model.profiles import HEAD_NAMES, BaseProfile, installed_version
 
@@ -79,6 +80,8 @@ class StaticResult:
     plan: InjectionPlan
     predicted: PeftCounts
     findings: list[Finding]
+    # ParamWrapper LoRAs in the file whose parameter target_parameters does not name: wrapper path -> entry
+    untargeted_params: dict[str, str] = field(default_factory=dict)
 
 
 def converted_module(p: LoraKey, profile: BaseProfile) -> str | None:
@@ -128,8 +131,24 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
                 k = format_key(m, param)
                 expected[k] = shape
                 owner[k] = m
+    # LoRAs on bare parameters (target_parameters: fused MoE experts), under peft's ParamWrapper paths
+    param_index: dict[Any, str] = {}
+    for body, (shape, wrapper) in plan.params.expected().items():
+        expected[PEFT_PREFIX + body] = shape
+        owner[PEFT_PREFIX + body] = wrapper
+        param_index[profile.address_of(wrapper)] = wrapper
     index = profile.address_index()
     saved_modules = wrapped_modules(cfg, profile)
+    param_wrappers = set(param_index.values())
+    guessed: dict[str, str] = {}
+    if profile.parameters:
+        lora_shapes = {}
+        for key, rec in snapshot.tensors.items():
+            p = parse_key(key)
+            if p.had_peft_prefix and p.param in ("lora_A.weight", "lora_B.weight"):
+                lora_shapes[f"{p.module}.{p.kind}"] = tuple(rec.shape)
+        guessed = saved_parameter_loras(profile, lora_shapes)
+    untargeted_params: dict[str, str] = {}
     fates: dict[str, KeyFate] = {}
     provided: set[str] = set()
     targeted = set(plan.targeted)
@@ -144,6 +163,10 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
             target = owner[mk]
             if len(rec.shape) == len(want) and all(w in (-1, n) for n, w in zip(rec.shape, want, strict=True)):
                 fates[key] = KeyFate(key, LOADS, tower, target, p.param)
+            elif target in param_wrappers:
+                size_mismatch.append(key)
+                why = f"shape {tuple(rec.shape)} does not fit the parameter LoRA of {target} {want}"
+                fates[key] = KeyFate(key, SHAPE, tower, target, p.param, why)
             else:
                 size_mismatch.append(key)
                 status, why = _shape_status(cfg, profile, target, p, rec.shape)
@@ -161,6 +184,26 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
         if not p.is_lora and wrapped in targeted and p.param in ("weight", "bias"):
             # peft saves the base weight of targeted embedding / lm_head layers (save_embedding_layers)
             fates[key] = KeyFate(key, LOADS_BASE, tower, wrapped, p.param, "base weight saved with the adapter")
+            continue
+        layer = _saved_base_layer(p, profile, index, targeted)
+        if layer is not None:
+            # a targeted layer's base weight / bias saved under another path (bias="lora_only" without the prefix)
+            why = f"{p.module} -> {layer}.base_layer"
+            fates[key] = KeyFate(key, MISPATHED, tower, f"{layer}.base_layer", p.param, why)
+            continue
+        alt = param_index.get(profile.address_of(p.module)) if p.is_lora else None
+        if alt is not None and expected.get(format_key(alt, p.param)) == tuple(rec.shape):
+            # a parameter LoRA saved under another path (no prefix, another wrapper)
+            fates[key] = KeyFate(key, MISPATHED, tower, alt, p.param, f"{p.module} -> {alt}")
+            continue
+        if p.had_peft_prefix and p.module in guessed:
+            entry = guessed[p.module]
+            untargeted_params[p.module] = entry
+            why = f"LoRA of parameter {entry}, which target_parameters does not name"
+            fates[key] = KeyFate(key, UNTARGETED, tower, p.module, p.param, why)
+            continue
+        if plan.params.unknown and p.is_lora and _may_be_param_lora(cfg, p.module):
+            fates[key] = KeyFate(key, LOADS, tower, p.module, p.param, "parameter LoRA (not checked: see findings)")
             continue
         fates[key] = _classify_unexpected(cfg, profile, index, plan, p, rec.shape)
 
@@ -194,11 +237,23 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
             injected_modules=len(plan.targeted),
         )
     found = _findings(snapshot, profile, plan, fates, missing_keys, owner)
+    if plan.params.unknown:
+        found.append(
+            F.make(
+                "params-unchecked",
+                F.INFO,
+                len(cfg.target_parameters or []),
+                f"target_parameters {cfg.target_parameters} name parameters the base profile does not record (a "
+                "profile built before parameters were recorded, or a layer's own weight): their LoRAs are assumed "
+                "to load, unchecked (run `loradoc doctor` without --fast for peft's real load)",
+                repair=None,
+            )
+        )
     # a head saved under another path is mis-pathed (reroot-keys places it), not unsaved
     placed = {f.target for f in fates.values() if f.status == MISPATHED and f.target}
     absent = [m for m in unsaved_wrapped if not any(h == m or h.startswith(m + ".") for h in placed)]
     found += trained_parts_findings(snapshot, profile, plan, fates, absent)
-    return StaticResult(fates, plan, predicted, found)
+    return StaticResult(fates, plan, predicted, found, untargeted_params)
 
 
 def trained_parts_findings(
@@ -213,9 +268,11 @@ def trained_parts_findings(
     """What loads is what was trained: parts the config declares trained that the file lacks.
 
     ``unsaved_bias``: from the dry load (peft's own ``get_peft_model_state_dict`` of the injected model); without
-    it (``--fast``) the static side says what the config and the header show: trained biases declared, none in
-    the file (an error, as the full doctor reports it when the base's layers have biases; when they have none the
-    full doctor turns it into an info finding that names the difference)."""
+    it (``--fast``) ``bias="lora_only"`` is judged from the profile's biased modules (``MODULE.base_layer.bias`` of
+    every targeted layer with a bias, as peft saves it); for ``bias="all"``, or a profile that does not record
+    biases, the static side says what the config and the header show: trained biases declared, none in the file
+    (an error, as the full doctor reports it when the base's layers have biases; when they have none the full
+    doctor turns it into an info finding that names the difference)."""
     cfg = snapshot.config
     out: list[Finding] = []
     if unsaved_wrapped:
@@ -231,6 +288,16 @@ def trained_parts_findings(
             )
         )
     bias = (cfg.bias or "none").lower()
+    if unsaved_bias is None and bias == "lora_only" and profile.biased is not None:
+        # peft saves MODULE.base_layer.bias of every injected layer that has a bias: the profile knows which do
+        biased = set(profile.biased)
+        present = {f.target for f in fates.values() if f.status == LOADS_BASE and f.param == "bias"}
+        present |= {
+            f.target.removesuffix(".base_layer")
+            for f in fates.values()
+            if f.status == MISPATHED and f.param == "bias" and f.target
+        }
+        unsaved_bias = [f"{PEFT_PREFIX}{m}.base_layer.bias" for m in plan.targeted if m in biased and m not in present]
     if bias in ("lora_only", "all"):
         if unsaved_bias is not None:
             if unsaved_bias:
@@ -316,11 +383,40 @@ def _full_weight_fate(p: LoraKey, profile: BaseProfile, saved: list[str]) -> Key
     return None
 
 
+def _saved_base_layer(p: LoraKey, profile: BaseProfile, index: dict[Any, str], targeted: set[str]) -> str | None:
+    """The targeted layer whose ``base_layer`` weight / bias ``p`` is, saved under another path (None if none)."""
+    if p.is_lora or p.param not in ("weight", "bias") or not p.module.endswith(".base_layer"):
+        return None
+    layer = p.module[: -len(".base_layer")]
+    while layer.startswith(PEFT_PREFIX):
+        layer = layer[len(PEFT_PREFIX) :]
+    if layer not in targeted:
+        addr = profile.address_of(layer)
+        if addr in profile.ambiguous_addresses():
+            return None
+        layer = index.get(addr, "")
+    return layer if layer in targeted else None
+
+
+def _may_be_param_lora(cfg: AdapterConfig, module: str) -> bool:
+    """Whether ``module`` (a saved LoRA's path) could be peft's ParamWrapper for a ``target_parameters`` entry."""
+    bare = module
+    while bare.endswith(".base_layer"):
+        bare = bare[: -len(".base_layer")]
+    for entry in cfg.target_parameters or []:
+        owner = entry.rpartition(".")[0]
+        if owner and (bare == owner or bare.endswith("." + owner)):
+            return True
+    return False
+
+
 def _shape_status(
     cfg: AdapterConfig, profile: BaseProfile, target: str, p: LoraKey, shape: tuple[int, ...]
 ) -> tuple[str, str]:
     """Tell a rank difference (fixable with rank_pattern) from a module-size difference (wrong base)."""
-    info = profile.modules[target]
+    info = profile.modules.get(target)
+    if info is None:  # a parameter LoRA (ParamWrapper): rows are r x experts
+        return SHAPE, f"shape {tuple(shape)} does not fit the parameter LoRA of {target}"
     want_r = rank_for(cfg, target)
     if len(shape) == 2:
         a, b = shape
@@ -458,6 +554,7 @@ def _findings(
             for f in fs
             if parse_key(f.key).module.endswith(".linear")
             and f.target
+            and f.target in profile.modules
             and profile.modules[f.target].kind == "clippable"
         )
         where = f" ({inner} at Gemma4ClippableLinear's inner `.linear`)" if inner else ""
@@ -530,12 +627,14 @@ def _findings(
 
     untargeted = by_status[UNTARGETED]
     if untargeted:
+        on_params = [f for f in untargeted if f.target and f.target not in profile.modules or "parameter" in f.reason]
+        what = f" ({len(on_params)} are LoRAs of parameters target_parameters does not name)" if on_params else ""
         out.append(
             Finding(
                 "untargeted-keys",
                 F.ERROR,
                 len(untargeted),
-                f"{len(untargeted)} tensors belong to base modules the config does not target",
+                f"{len(untargeted)} tensors belong to base modules the config does not target{what}",
                 "add-targets",
                 None,
                 [f.key for f in untargeted],

@@ -10,6 +10,7 @@ from loradoc.diagnose import findings as F
 from loradoc.diagnose.analysis import (
     LOADS,
     LOADS_BASE,
+    MISPATHED,
     PeftCounts,
     StaticResult,
     analyze,
@@ -19,6 +20,7 @@ from loradoc.diagnose.findings import Finding
 from loradoc.errors import MalformedConfigError
 from loradoc.io.adapter_config import PEFT_VERSION_KNOWN
 from loradoc.io.snapshot import AdapterSnapshot, open_snapshot
+from loradoc.model.layout import PEFT_PREFIX
 from loradoc.model.profiles import (
     BaseProfile,
     BaseSource,
@@ -263,7 +265,7 @@ def _no_bias_to_save(snap: AdapterSnapshot) -> Finding:
         F.INFO,
         0,
         f'bias="{bias}" and the file has no bias, but peft would have saved none: the targeted layers have no '
-        "bias, nothing trained is lost (--fast, which cannot see the base's biases, predicts an error here)",
+        "bias, nothing trained is lost (--fast predicts an error here when the base profile does not record biases)",
         repair=None,
     )
 
@@ -344,11 +346,14 @@ def diagnose(
         mode = "full"
         # what loads is what was trained: the dry load knows which biases peft would save for this config
         findings = [f for f in findings if f.code != "unsaved-bias"]
-        if dl.unsaved_bias:
+        # biases saved under another path are in the file: mispathed-keys places them (reroot-keys)
+        placed = {f"{PEFT_PREFIX}{f.target}.{f.param}" for f in st.fates.values() if f.status == MISPATHED}
+        unsaved_bias = [k for k in dl.unsaved_bias if k not in placed]
+        if unsaved_bias:
             from loradoc.diagnose.analysis import trained_parts_findings
 
-            findings += trained_parts_findings(snap, profile, st.plan, st.fates, [], unsaved_bias=dl.unsaved_bias)
-        elif declares_unsaved_bias(snap, st.fates):
+            findings += trained_parts_findings(snap, profile, st.plan, st.fates, [], unsaved_bias=unsaved_bias)
+        elif not dl.unsaved_bias and declares_unsaved_bias(snap, st.fates):
             findings.append(_no_bias_to_save(snap))
         findings = reconcile(findings, peft, st.predicted)
     if read_data:

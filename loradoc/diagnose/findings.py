@@ -45,6 +45,11 @@ CODES: dict[str, CodeInfo] = {
         CodeInfo("unsaved-modules", "modules_to_save / task heads with no saved tensors", None),
         CodeInfo("load-mismatch", "peft's dry load leaves keys missing/unexpected that nothing explains", None),
         CodeInfo("repair-unverified", "the repair plan does not give a clean peft dry load", None),
+        CodeInfo(
+            "params-unchecked",
+            "target_parameters LoRAs the static analysis cannot check (no parameter inventory)",
+            None,
+        ),
         CodeInfo("plan-collision", "a repair plan mapped several keys onto one module (a bug in the plan)", None),
         CodeInfo(
             "profile-version-gap",

@@ -14,6 +14,7 @@ from typing import Any
 
 from loradoc.errors import LoradocError, MalformedConfigError
 from loradoc.model.layout import PEFT_PREFIX, Address, address_of, tower_of
+from loradoc.model.param_targets import ParamInventory, inventory_from_json, inventory_to_json
 from loradoc.model.towers import towers_by_name
 
 __all__ = [
@@ -70,6 +71,11 @@ class BaseProfile:
     # number of labels of a classification head (from the adapter's saved head)
     task: str | None = None
     num_labels: int | None = None
+    # 2-D / 3-D parameters of modules peft cannot wrap as layers (fused MoE experts), for ``target_parameters``
+    # (loradoc.model.param_targets); None: a profile built before they were recorded
+    parameters: ParamInventory | None = None
+    # modules with a bias parameter of their own (what bias="lora_only" saves); None: not recorded (older builds)
+    biased: list[str] | None = None
 
     # -- serialisation -------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +83,7 @@ class BaseProfile:
         d["modules"] = [[n, m.cls, m.kind, m.in_features, m.out_features] for n, m in self.modules.items()]
         d["conversion_renames"] = [list(r) for r in self.conversion_renames]
         d["load_rewrites"] = [list(r) for r in self.load_rewrites]
+        d["parameters"] = inventory_to_json(self.parameters)
         return d
 
     @classmethod
@@ -87,6 +94,7 @@ class BaseProfile:
         d["modules"] = {n: ModuleInfo(c, k, i, o) for n, c, k, i, o in d["modules"]}
         d["conversion_renames"] = [tuple(r) for r in d.get("conversion_renames", [])]
         d["load_rewrites"] = [tuple(r) for r in d.get("load_rewrites", [])]
+        d["parameters"] = inventory_from_json(d.get("parameters"))
         migrated = d["format"] == 2
         if migrated:
             d["towers"] = towers_by_name(d["modules"])
@@ -107,6 +115,10 @@ class BaseProfile:
         d = self.to_json()
         for k in _NOT_CONTENT:
             d.pop(k, None)
+        # recorded since loradoc knows target_parameters and bias="lora_only"; shipped profiles predate them (None),
+        # so they are not compared: what they hold is a function of the modules' classes, which are
+        d.pop("parameters", None)
+        d.pop("biased", None)
         return d
 
     # -- queries -------------------------------------------------------------------------------------------

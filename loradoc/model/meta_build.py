@@ -16,6 +16,7 @@ from loradoc.model.base_profile import BaseProfile, ModuleInfo
 from loradoc.model.layout import address_of
 from loradoc.model.load_rewrites import probe_load_rewrites
 from loradoc.model.model_spec import TASK_AUTO_CLASS, ModelSpec
+from loradoc.model.param_targets import biased_modules, parameter_inventory
 from loradoc.model.towers import find_towers, language_model_path
 
 __all__ = ["build_profile", "instantiate_meta", "resolve_model_class"]
@@ -223,4 +224,6 @@ def build_profile(source: BaseSource, spec: ModelSpec | None = None) -> BaseProf
         verified_transformers=[transformers.__version__],
         task=spec.task if spec else None,
         num_labels=spec.num_labels if spec else None,
+        parameters=parameter_inventory(model),
+        biased=biased_modules(model),
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from loradoc.io import regex_guard
 from loradoc.io.adapter_config import KNOWN_PEFT_TYPES, AdapterConfig
 from loradoc.io.regex_guard import RegexProblem
+from loradoc.model.param_targets import ParamPlan, plan_parameters
 from loradoc.model.profiles import BaseProfile
 
 
@@ -26,6 +27,8 @@ class InjectionPlan:
     error: str | None = None  # the exception peft would raise while injecting, if any
     #: a config regex too expensive to evaluate (peft would hang on it): nothing may run it, not even peft
     regex_problem: RegexProblem | None = None
+    #: parameters wrapped through ``target_parameters`` (fused MoE experts): see loradoc.model.param_targets
+    params: ParamPlan = field(default_factory=ParamPlan)
 
     @property
     def raises(self) -> bool:
@@ -167,6 +170,8 @@ def plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
         repr(cfg.modules_to_save),
         repr(cfg.layers_to_transform),
         repr(cfg.layers_pattern),
+        repr(cfg.target_parameters),
+        repr([cfg.raw.get(k) for k in ("lora_dropout", "fan_in_fan_out", "lora_bias", "use_dora")]),
     )
     memo = profile.memo()
     if key not in memo:
@@ -196,9 +201,11 @@ def _plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
         plan.error = f"static analysis covers LoRA only ({cfg.peft_type}); run doctor without --fast"
         return plan
     targets = effective_targets(cfg, profile)
-    if targets is None:
+    if targets is None and not cfg.target_parameters:
         plan.error = "ValueError: Please specify `target_modules` or `target_parameters`in `peft_config`"
         return plan
+    if targets is None:
+        targets = []  # peft: no target_modules, target_parameters only
     if isinstance(targets, list):
         targets = frozenset(targets)  # same answers, one set lookup per dot of a name
     ex_set = frozenset(cfg.exclude_modules) if isinstance(cfg.exclude_modules, list) else None
@@ -214,13 +221,16 @@ def _plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
     _vet_pattern_keys(cfg, plan)
     if plan.regex_problem is not None:
         return plan
+    plan.params = plan_parameters(cfg, profile)
     if plan.unsupported:
         first = plan.unsupported[0]
         plan.error = (
             f"ValueError: Target module {profile.modules[first].cls}(...) is not supported "
             f"(first at {first}; {len(plan.unsupported)} such modules)"
         )
-    elif not plan.targeted:
+    elif plan.params.error is not None:
+        plan.error = plan.params.error
+    elif not plan.targeted and not plan.params.targets and not plan.params.unknown:
         plan.error = (
             "NoMatchingPeftModuleError: All modules were excluded"
             if plan.excluded

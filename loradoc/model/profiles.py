@@ -135,7 +135,9 @@ def get_profile(base: str | BaseSource, *, allow_build: bool = True, spec: Model
     cached = _cache_path(sha, tf_version, spec)
     if cached.is_file():
         prof = load_json_profile(cached)
-        if prof is not None and not (allow_build and prof.memo().get("migrated")):
+        # rebuilt where possible: towers known by name only (format 2), no parameter inventory (older builds)
+        stale = prof is not None and (prof.memo().get("migrated") or prof.parameters is None or prof.biased is None)
+        if prof is not None and not (allow_build and stale):
             prof.name = source.name
             return prof
     if allow_build:

@@ -304,7 +304,20 @@ def _exclude_towers(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) 
     "extend target_modules to the base modules the file has tensors for",
 )
 def _add_targets(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
-    mods = sorted({f.target for f in st.fates.values() if f.status == A.UNTARGETED and f.target})
+    params = sorted(set(st.untargeted_params.values()))
+    if params:
+        # LoRAs on bare parameters (fused MoE experts) are peft's target_parameters, not target_modules
+        old_params = plan.config.get("target_parameters")
+        new_params = sorted(set(old_params if isinstance(old_params, list) else []) | set(params))
+        why = f"{len(params)} parameters had LoRA tensors but no target"
+        plan.set_config("target_parameters", new_params, "add-targets", why)
+    mods = sorted(
+        {
+            f.target
+            for f in st.fates.values()
+            if f.status == A.UNTARGETED and f.target and f.target not in st.untargeted_params
+        }
+    )
     if not mods:
         return
     old = plan.config.get("target_modules")
@@ -321,7 +334,11 @@ def _add_targets(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> 
     "restrict target_modules to exactly the modules the file has tensors for",
 )
 def _narrow_targets(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
-    mods = sorted({f.target for f in st.fates.values() if f.status == A.LOADS and f.target})
+    # modules only: the LoRAs of target_parameters (ParamWrapper paths) stay targeted by their own field
+    wrappers = {t.wrapper for t in st.plan.params.targets}
+    mods = sorted(
+        {f.target for f in st.fates.values() if f.status == A.LOADS and f.target and f.target not in wrappers}
+    )
     if mods:
         plan.set_config("target_modules", mods, "narrow-targets", "the config injected modules without tensors")
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from loradoc.diagnose import findings as F
-from loradoc.diagnose.analysis import PeftCounts
 from loradoc.diagnose.doctor import reconcile, verdict_of
+from loradoc.diagnose.keyfates import PeftCounts
 from loradoc.model.layout import address_of
 from loradoc.model.profiles import ModelSpec, num_labels_from_tensors, spec_for_adapter
 

@@ -7,16 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loradoc.diagnose import findings as F
-from loradoc.diagnose.analysis import (
-    LOADS,
-    LOADS_BASE,
-    MISPATHED,
-    PeftCounts,
-    StaticResult,
-    analyze,
-    declares_unsaved_bias,
-)
+from loradoc.diagnose.analysis import analyze
 from loradoc.diagnose.findings import Finding
+from loradoc.diagnose.keyfates import LOADS, LOADS_BASE, MISPATHED, PeftCounts, StaticResult
+from loradoc.diagnose.static_findings import declares_unsaved_bias
 from loradoc.errors import MalformedConfigError
 from loradoc.io.adapter_config import PEFT_VERSION_KNOWN
 from loradoc.io.snapshot import AdapterSnapshot, open_snapshot
@@ -350,7 +344,7 @@ def diagnose(
         placed = {f"{PEFT_PREFIX}{f.target}.{f.param}" for f in st.fates.values() if f.status == MISPATHED}
         unsaved_bias = [k for k in dl.unsaved_bias if k not in placed]
         if unsaved_bias:
-            from loradoc.diagnose.analysis import trained_parts_findings
+            from loradoc.diagnose.static_findings import trained_parts_findings
 
             findings += trained_parts_findings(snap, profile, st.plan, st.fates, [], unsaved_bias=unsaved_bias)
         elif not dl.unsaved_bias and declares_unsaved_bias(snap, st.fates):

@@ -21,7 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from loradoc.diagnose.analysis import PeftCounts
+from loradoc.diagnose.keyfates import PeftCounts
 from loradoc.io.snapshot import AdapterSnapshot
 from loradoc.model.profiles import BaseSource, ModelSpec, instantiate_meta
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loradoc.diagnose import analysis as A
+from loradoc.diagnose import keyfates as K
+from loradoc.diagnose.analysis import analyze
 from loradoc.diagnose.findings import ERROR, Finding
 from loradoc.errors import BadInputError
 from loradoc.io.adapter_config import AdapterConfig, fields_unsupported_by, parse_adapter_config
@@ -61,7 +62,7 @@ class RepairPlan:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # pass -> {"renamed", "dropped", "config"}
     before: list[Finding] = field(default_factory=list)
     after: list[Finding] = field(default_factory=list)
-    predicted: A.PeftCounts | None = None
+    predicted: K.PeftCounts | None = None
     # per pass: the real (meta) peft dry load of the plan's output after it, when the plan was judged
     judged: dict[str, dict[str, Any]] = field(default_factory=dict)
     # bugs in the plan that were caught and undone (e.g. two keys renamed onto one module)
@@ -153,7 +154,7 @@ class RepairPass:
     name: str
     answers: tuple[str, ...]
     description: str
-    run: Callable[[RepairPlan, A.StaticResult, dict[str, Any]], None]
+    run: Callable[[RepairPlan, K.StaticResult, dict[str, Any]], None]
     default: bool = True  # runs by default when one of its findings is an *error*
 
 
@@ -162,8 +163,8 @@ PASSES: dict[str, RepairPass] = {}
 
 def register_pass(
     name: str, answers: tuple[str, ...], description: str, *, default: bool = True
-) -> Callable[[Callable[[RepairPlan, A.StaticResult, dict[str, Any]], None]], Any]:
-    def deco(fn: Callable[[RepairPlan, A.StaticResult, dict[str, Any]], None]) -> Any:
+) -> Callable[[Callable[[RepairPlan, K.StaticResult, dict[str, Any]], None]], Any]:
+    def deco(fn: Callable[[RepairPlan, K.StaticResult, dict[str, Any]], None]) -> Any:
         if name in PASSES:
             raise ValueError(f"repair pass {name} registered twice")
         PASSES[name] = RepairPass(name, answers, description, fn, default)
@@ -182,9 +183,9 @@ def register_pass(
     ("mispathed-keys",),
     "re-root mis-pathed keys onto the base's module paths (text-only <-> wrapper, prefixes, inner .linear)",
 )
-def _reroot(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
+def _reroot(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
     for key, fate in st.fates.items():
-        if fate.status == A.MISPATHED and fate.target:
+        if fate.status == K.MISPATHED and fate.target:
             plan.rename(key, f"{PEFT_PREFIX}{fate.target}.{fate.param}", "reroot-keys", fate.reason)
 
 
@@ -208,15 +209,15 @@ def is_trained_head(plan: RepairPlan, key: str) -> bool:
 
 
 @register_pass("drop-orphans", ("orphan-keys",), "drop tensors for modules the base does not have")
-def _drop_orphans(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
+def _drop_orphans(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
     targets = {a.target for a in plan.kept()}
     for key, fate in st.fates.items():
-        if fate.status == A.HEAD_COPY:
+        if fate.status == K.HEAD_COPY:
             trained = f"{PEFT_PREFIX}{fate.target}.{fate.param}"
             if trained in targets:
                 plan.drop(key, "drop-orphans", "untrained copy (original_module) of a head saved beside it")
             continue
-        if fate.status == A.ORPHAN:
+        if fate.status == K.ORPHAN:
             if is_trained_head(plan, key):
                 continue  # trained heads are never dropped: they stay for a person to place
             plan.drop(key, "drop-orphans", fate.reason)
@@ -227,12 +228,12 @@ def _drop_orphans(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) ->
     ("tower-lora",),
     "drop LoRA tensors on the vision/audio towers (the text model never uses them)",
 )
-def _drop_towers(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
+def _drop_towers(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
     only_dead = not opts.get("explicit", False)
     for key, fate in st.fates.items():
-        if fate.tower == "language" or fate.status not in (A.TOWER, A.LOADS):
+        if fate.tower == "language" or fate.status not in (K.TOWER, K.LOADS):
             continue
-        if only_dead and fate.status == A.LOADS:
+        if only_dead and fate.status == K.LOADS:
             continue  # tower LoRAs that load are only dropped when the pass is named
         if is_trained_head(plan, key):
             continue
@@ -245,8 +246,8 @@ def _drop_towers(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> 
     "make tower LoRAs saved at Gemma4ClippableLinear's inner .linear load, by targeting those inner linears",
     default=False,
 )
-def _keep_towers(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
-    inner = sorted({parse_key(k).module for k, f in st.fates.items() if f.status == A.TOWER and k.endswith(".weight")})
+def _keep_towers(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
+    inner = sorted({parse_key(k).module for k, f in st.fates.items() if f.status == K.TOWER and k.endswith(".weight")})
     inner = [m for m in inner if m.endswith(".linear") and m in plan.profile.modules]
     if not inner:
         return
@@ -278,7 +279,7 @@ def tower_exclude_regex(profile: BaseProfile) -> str:
     ("tower-injection",),
     "set exclude_modules to a regex that really excludes the towers' children (replaces a list that does not)",
 )
-def _exclude_towers(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
+def _exclude_towers(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
     regex = tower_exclude_regex(plan.profile)
     old = plan.config.get("exclude_modules")
     new: str = regex
@@ -303,7 +304,7 @@ def _exclude_towers(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) 
     ("untargeted-keys",),
     "extend target_modules to the base modules the file has tensors for",
 )
-def _add_targets(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
+def _add_targets(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
     params = sorted(set(st.untargeted_params.values()))
     if params:
         # LoRAs on bare parameters (fused MoE experts) are peft's target_parameters, not target_modules
@@ -315,7 +316,7 @@ def _add_targets(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> 
         {
             f.target
             for f in st.fates.values()
-            if f.status == A.UNTARGETED and f.target and f.target not in st.untargeted_params
+            if f.status == K.UNTARGETED and f.target and f.target not in st.untargeted_params
         }
     )
     if not mods:
@@ -333,21 +334,21 @@ def _add_targets(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> 
     ("missing-keys",),
     "restrict target_modules to exactly the modules the file has tensors for",
 )
-def _narrow_targets(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
+def _narrow_targets(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
     # modules only: the LoRAs of target_parameters (ParamWrapper paths) stay targeted by their own field
     wrappers = {t.wrapper for t in st.plan.params.targets}
     mods = sorted(
-        {f.target for f in st.fates.values() if f.status == A.LOADS and f.target and f.target not in wrappers}
+        {f.target for f in st.fates.values() if f.status == K.LOADS and f.target and f.target not in wrappers}
     )
     if mods:
         plan.set_config("target_modules", mods, "narrow-targets", "the config injected modules without tensors")
 
 
 @register_pass("rank-pattern", ("rank-mismatch",), "write rank_pattern where the tensor ranks differ from r")
-def _rank_pattern(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
+def _rank_pattern(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
     ranks: dict[str, int] = {}
     for key, fate in st.fates.items():
-        if fate.status in (A.RANK, A.LOADS) and fate.target:
+        if fate.status in (K.RANK, K.LOADS) and fate.target:
             shape = plan.source.tensors[_source_of(plan, key)].shape
             p = parse_key(key)
             if p.kind in ("lora_A", "lora_embedding_A"):
@@ -381,7 +382,7 @@ def _source_of(plan: RepairPlan, target_key: str) -> str:
     "point base_model_name_or_path at the full-precision original of a 4-bit repack (manifests/repacks.toml)",
     default=False,
 )
-def _full_precision(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
+def _full_precision(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
     from loradoc.model.repacks import full_precision_original
 
     base = plan.config.get("base_model_name_or_path")
@@ -397,7 +398,7 @@ def _full_precision(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) 
     "write the weights as safetensors (the pickle is read with torch weights_only=True)",
     default=False,
 )
-def _pickle(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
+def _pickle(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
     # The writer always writes safetensors; naming this pass is the consent to read the pickle.
     plan._count("pickle-to-safetensors", "config")
 
@@ -408,7 +409,7 @@ def _pickle(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
     "drop config fields the target peft version does not accept",
     default=False,
 )
-def _drop_fields(plan: RepairPlan, st: A.StaticResult, opts: dict[str, Any]) -> None:
+def _drop_fields(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
     from loradoc.model.profiles import installed_version
 
     target = opts.get("peft_version") or installed_version("peft") or "0.21.2"
@@ -434,10 +435,10 @@ def passes_for(findings: list[Finding], *, errors_only: bool = True) -> list[str
     return [n for n in PASSES if n in wanted]
 
 
-Judge = Callable[[AdapterSnapshot], A.PeftCounts]
+Judge = Callable[[AdapterSnapshot], K.PeftCounts]
 
 
-def _badness(c: A.PeftCounts) -> tuple[int, int]:
+def _badness(c: K.PeftCounts) -> tuple[int, int]:
     return (1 if c.error is not None else 0, (c.missing or 0) + (c.unexpected or 0))
 
 
@@ -478,7 +479,7 @@ def dry_load_judge(base: Any, spec: Any = None) -> Judge:
     """Judge a planned output by peft's real dry load (meta device) on ``base``."""
     from loradoc.diagnose.dryload import dry_load
 
-    def judge(snap: AdapterSnapshot) -> A.PeftCounts:
+    def judge(snap: AdapterSnapshot) -> K.PeftCounts:
         return dry_load(snap, base, spec).counts
 
     return judge
@@ -509,7 +510,7 @@ def build_plan(
         actions={k: TensorAction(k, k) for k in snapshot.tensors},
         config=copy.deepcopy(snapshot.config.raw),
     )
-    st = A.analyze(snapshot, profile)
+    st = analyze(snapshot, profile)
     plan.before = list(st.findings)
     explicit = set(only or []) | set(also or [])
     current = judge(snapshot) if judge else None
@@ -540,7 +541,7 @@ def build_plan(
                 plan.judged[name] = after.to_json(max_keys=5)
                 if _badness(after) <= best[0]:
                     best = (_badness(after), _state(plan))
-            st = A.analyze(out, profile)
+            st = analyze(out, profile)
         if only is not None:
             break
     if judge is not None and best is not None and plan.passes and best[1][4] != plan.passes:
@@ -554,7 +555,7 @@ def build_plan(
                 f"passes {', '.join(undone)} left peft's dry load worse than before them; they were undone",
             )
         )
-        st = A.analyze(plan.virtual_snapshot(), profile)
+        st = analyze(plan.virtual_snapshot(), profile)
     plan.after = list(st.findings)
     plan.predicted = st.predicted
     return plan

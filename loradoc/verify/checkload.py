@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from loradoc import __version__
-from loradoc.diagnose.analysis import converted_module, wrapped_modules
+from loradoc.diagnose.analysis import wrapped_modules
 from loradoc.diagnose.dryload import capture_warnings
+from loradoc.diagnose.keyfates import converted_module
 from loradoc.errors import BadInputError, EnvironmentProblem
 from loradoc.io.atomic import write_file_atomic
 from loradoc.io.hashing import sha256_file

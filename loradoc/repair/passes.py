@@ -23,8 +23,6 @@ from loradoc.io.snapshot import AdapterSnapshot, TensorRecord
 from loradoc.model.layout import PEFT_PREFIX, parse_key
 from loradoc.model.profiles import BaseProfile, head_module
 
-TOWER_ROOTS = ("vision_tower", "audio_tower", "embed_vision", "embed_audio", "multi_modal_projector")
-
 
 @dataclass
 class TensorAction:
@@ -267,11 +265,11 @@ def _language_targets(plan: RepairPlan, cfg: AdapterConfig) -> set[str]:
     return {m for m in inj.targeted if prof.tower_of(m) == "language" and prof.modules[m].lora_supported}
 
 
-def tower_exclude_regex(profile: BaseProfile) -> str:
+def tower_exclude_regex(profile: BaseProfile) -> str | None:
+    """A regex that excludes every child of the base's towers (found from the model's structure); None without
+    towers."""
     roots = profile.tower_roots()
-    if not roots:
-        roots = ["audio_tower", "vision_tower"]
-    return rf".*\.({'|'.join(roots)})\..*"
+    return rf".*\.({'|'.join(map(re.escape, roots))})\..*" if roots else None
 
 
 @register_pass(
@@ -281,12 +279,14 @@ def tower_exclude_regex(profile: BaseProfile) -> str:
 )
 def _exclude_towers(plan: RepairPlan, st: K.StaticResult, opts: dict[str, Any]) -> None:
     regex = tower_exclude_regex(plan.profile)
+    if regex is None:  # tower-injection comes from the profile's towers: none, nothing to exclude
+        return
     old = plan.config.get("exclude_modules")
     new: str = regex
     if isinstance(old, str) and old and old != regex:
         new = f"(?:{old})|(?:{regex})"
     elif isinstance(old, list) and old:
-        towers = set(TOWER_ROOTS) | set(plan.profile.tower_roots())
+        towers = set(plan.profile.tower_roots())
         keep = [re.escape(x) for x in old if x not in towers]
         if keep:
             new = rf"(?:(?:.*\.)?(?:{'|'.join(keep)}))|(?:{regex})"

@@ -232,3 +232,37 @@ def real_truth(adapter_dir: Path, model: Any) -> Truth:
     bs = [p for n, p in lora.items() if ".lora_B." in n or ".lora_embedding_B." in n]
     all_zero = bool(bs) and all(not bool(torch.any(p != 0)) for p in bs)
     return Truth(len(file_keys) - len(unexpected), len(missing), len(unexpected), None, unsaved, nonfinite, all_zero)
+
+
+def truth_of(adapter: Path, base: Path) -> Truth:
+    """A real ``PeftModel.from_pretrained`` of ``adapter`` onto the real ``base`` (its saved weights)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return real_truth(adapter, load_base(base))
+
+
+def per_variant(matrix: dict[str, tuple[Path, dict[str, Path]]], load: Any) -> Any:
+    """``get(arch, variant)``: ``load(adapter_dir, base_dir)`` of a matrix's adapter, computed once."""
+    cache: dict[tuple[str, str], Any] = {}
+
+    def get(arch: str, variant: str) -> Any:
+        if (arch, variant) not in cache:
+            base, adapters = matrix[arch]
+            cache[(arch, variant)] = load(adapters[variant], base)
+        return cache[(arch, variant)]
+
+    return get
+
+
+def assert_kept_bit_for_bit(src_dir: Path, out_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """A repair dropped nothing and copied every kept tensor bit for bit; returns the repaired tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(str(src_dir / "adapter_model.safetensors"))
+    fixed = load_file(str(out_dir / "adapter_model.safetensors"))
+    assert not report["dropped"] and len(report["kept"]) == len(saved) == len(fixed)
+    for row in report["kept"]:
+        a, b = saved[row["source_key"]], fixed[row["key"]]
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), row
+    return fixed

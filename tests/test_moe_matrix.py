@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import torch
 from builders import rewrite_adapter
-from realload import Truth, load_base, real_truth
+from realload import Truth, load_base, per_variant, truth_of
 from safetensors.torch import load_file
 
 from loradoc.diagnose.doctor import diagnose, spec_of
@@ -145,23 +145,11 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, di
     return out
 
 
-def truth_of(adapter: Path, base: Path) -> Truth:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return real_truth(adapter, load_base(base))
 
 
 @pytest.fixture(scope="module")
 def truths(matrix: dict[str, tuple[Path, dict[str, Path]]]) -> Callable[[str, str], Truth]:
-    cache: dict[tuple[str, str], Truth] = {}
-
-    def get(arch: str, variant: str) -> Truth:
-        if (arch, variant) not in cache:
-            base, adapters = matrix[arch]
-            cache[(arch, variant)] = truth_of(adapters[variant], base)
-        return cache[(arch, variant)]
-
-    return get
+    return per_variant(matrix, truth_of)
 
 
 def _codes(d: Any) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 from multimodal_bases import ARCHS, SOURCE, VARIANTS, build_adapters, build_base, expected_verdict
-from realload import RealLoad, real_peft_load
+from realload import assert_kept_bit_for_bit, per_variant, real_peft_load
 from safetensors.torch import load_file
 
 from loradoc.cli import main
@@ -54,15 +54,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, di
 
 @pytest.fixture(scope="module")
 def reals(matrix: dict[str, tuple[Path, dict[str, Path]]]) -> Any:
-    cache: dict[tuple[str, str], RealLoad] = {}
-
-    def get(arch: str, variant: str) -> RealLoad:
-        if (arch, variant) not in cache:
-            base, adapters = matrix[arch]
-            cache[(arch, variant)] = real_peft_load(adapters[variant], base)
-        return cache[(arch, variant)]
-
-    return get
+    return per_variant(matrix, real_peft_load)
 
 
 def _counts(c: Any) -> tuple[Any, ...]:
@@ -115,13 +107,8 @@ def test_every_refused_layout_repairs_to_the_adapter_it_was_made_from(
         return
     res = apply_plan(plan, tmp_path / "fixed", src)
     assert res.verdict == "healthy", res.report.get("verification")
-    saved = load_file(str(adapters[variant] / "adapter_model.safetensors"))
-    fixed = load_file(str(res.out / "adapter_model.safetensors"))
     report = json.loads((res.out / REPORT_NAME).read_text())
-    assert not report["dropped"] and len(report["kept"]) == len(saved) == len(fixed)
-    for row in report["kept"]:  # kept tensors are copied bit for bit
-        a, b = saved[row["source_key"]], fixed[row["key"]]
-        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), row
+    fixed = assert_kept_bit_for_bit(adapters[variant], res.out, report)
     after = real_peft_load(res.out, base)
     assert after.error is None and _counts(after) == (len(fixed), 0, 0) and after.effective
     # and each tensor lands on the module it was trained for (not on a tower module of the same shape)

@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 import torch
 from builders import rewrite_adapter
-from realload import Truth, load_base, probe_logits, real_truth
+from realload import Truth, assert_kept_bit_for_bit, load_base, per_variant, probe_logits, truth_of
 from safetensors.torch import load_file
 from tiny_families import FAMILIES
 from tiny_families import build_base as build_family_base
@@ -169,24 +169,11 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, di
     return out
 
 
-def truth_of(adapter: Path, base: Path) -> Truth:
-    """A real ``PeftModel.from_pretrained`` of ``adapter`` onto the real ``base`` (its saved weights)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return real_truth(adapter, load_base(base))
 
 
 @pytest.fixture(scope="module")
 def truths(matrix: dict[str, tuple[Path, dict[str, Path]]]) -> Callable[[str, str], Truth]:
-    cache: dict[tuple[str, str], Truth] = {}
-
-    def get(arch: str, variant: str) -> Truth:
-        if (arch, variant) not in cache:
-            base, adapters = matrix[arch]
-            cache[(arch, variant)] = truth_of(adapters[variant], base)
-        return cache[(arch, variant)]
-
-    return get
+    return per_variant(matrix, truth_of)
 
 
 @pytest.fixture(scope="module")
@@ -260,13 +247,8 @@ def test_every_repairable_adapter_repairs_to_a_clean_real_load(
         return
     res = apply_plan(plan, tmp_path / "fixed", src)
     assert res.verdict == "healthy", res.report.get("verification")
-    saved = load_file(str(adapters[variant] / "adapter_model.safetensors"))
-    fixed = load_file(str(res.out / "adapter_model.safetensors"))
     report = json.loads((res.out / REPORT_NAME).read_text())
-    assert not report["dropped"] and len(report["kept"]) == len(saved) == len(fixed)
-    for row in report["kept"]:  # kept tensors are copied bit for bit
-        a, b = saved[row["source_key"]], fixed[row["key"]]
-        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), row
+    fixed = assert_kept_bit_for_bit(adapters[variant], res.out, report)
     after = truth_of(res.out, base)
     assert after.healthy and (after.loaded, after.missing, after.unexpected) == (len(fixed), 0, 0), after
     # the tensors are the healthy adapter's, at its keys

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from pathlib import Path
 
-from loradoc.errors import BadInputError, MissingFileError
+from loradoc.errors import BadInputError
+from loradoc.io.files import open_regular
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing is a measurable part of the import time
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,22 +26,7 @@ def _read_failed(path: Path, exc: OSError) -> BadInputError:
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a whole file (:func:`hashlib.file_digest`: read in chunks, the GIL released)."""
     p = Path(path)
-    try:
-        st = p.stat()
-    except FileNotFoundError as exc:
-        raise MissingFileError(f"{p}: no such file", hint="check the path (or download the adapter first)") from exc
-    except OSError as exc:
-        raise BadInputError(f"{p}: cannot stat ({exc.strerror})", hint="check the path and permissions") from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise BadInputError(f"{p}: is a directory, not a file", hint="pass a file inside it")
-    if not stat.S_ISREG(st.st_mode):
-        raise BadInputError(f"{p}: is not a regular file", hint="pass a regular file")
-    try:
-        fh = open(p, "rb")  # noqa: SIM115 - closed below; the open and the read fail with different errors
-    except FileNotFoundError as exc:
-        raise MissingFileError(f"{p}: no such file", hint="check the path") from exc
-    except OSError as exc:
-        raise BadInputError(f"{p}: cannot open ({exc.strerror})", hint="check the file's permissions") from exc
+    fh = open_regular(p)
     with fh:
         try:
             return hashlib.file_digest(fh, "sha256").hexdigest()

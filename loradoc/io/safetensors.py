@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from loradoc.errors import BadInputError, MissingFileError
+from loradoc.errors import BadInputError
+from loradoc.io.files import open_regular
 from loradoc.io.safetensors_header import (
     DTYPE_BITS,
     HINT_TRUNCATED,
@@ -74,28 +74,13 @@ _FIRST_READ = 64 << 10  # one read usually covers a LoRA adapter's whole header
 
 
 def _open_for_read(path: Path) -> BinaryIO:
-    try:
-        st = path.stat()
-    except FileNotFoundError as exc:
-        raise MissingFileError(f"{path}: no such file", hint="check the path (or download the adapter first)") from exc
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot stat ({exc.strerror})", hint="check the path and permissions") from exc
-    if stat.S_ISDIR(st.st_mode):
-        found = sorted(p.name for p in path.glob("*.safetensors"))[:3]
-        hint = (
-            f"pass a file inside it, e.g. {path / found[0]}"
-            if found
-            else "pass the .safetensors file itself (this directory holds none)"
-        )
-        raise BadInputError(f"{path}: is a directory, not a .safetensors file", hint=hint)
-    if not stat.S_ISREG(st.st_mode):
-        raise BadInputError(f"{path}: is not a regular file", hint="pass the .safetensors file itself")
-    try:
-        return open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
-    except FileNotFoundError as exc:
-        raise MissingFileError(f"{path}: no such file", hint="check the path") from exc
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot open ({exc.strerror})", hint="check the file's permissions") from exc
+    found = sorted(p.name for p in path.glob("*.safetensors"))[:3] if path.is_dir() else []
+    hint = (
+        f"pass a file inside it, e.g. {path / found[0]}"
+        if found
+        else "pass the .safetensors file itself (this directory holds none)"
+    )
+    return open_regular(path, what="a .safetensors file", dir_hint=hint)
 
 
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:

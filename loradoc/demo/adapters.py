@@ -221,19 +221,9 @@ def build_adapter(name: str, base_dir: Path, out_dir: Path) -> Path:
                 },
                 peft_0_18_1=True,
             )
-        elif name == "seed-medical-qlora-e2b":
-            cfg = _lora_config(LM_REGEX, dropout=0.05)
-            _peft_save(_load_base(base_dir), cfg, out_dir, seed)
-            _finish_adapter(
-                out_dir,
-                name,
-                base_id=SEED_BASE_IDS[name],
-                target_modules=targets,
-                updates={"exclude_modules": None},
-                peft_0_18_1=True,
-            )
-        elif name == "seed-pediatric-support-g4":
-            cfg = _lora_config(LM_REGEX, alpha=32, dropout=0.05)
+        elif name in ("seed-medical-qlora-e2b", "seed-pediatric-support-g4"):
+            alpha = 32 if name == "seed-pediatric-support-g4" else 16
+            cfg = _lora_config(LM_REGEX, alpha=alpha, dropout=0.05)
             _peft_save(_load_base(base_dir), cfg, out_dir, seed)
             _finish_adapter(
                 out_dir,

@@ -347,7 +347,7 @@ def collect_loras(
 
 
 def _pairs(snapshot: AdapterSnapshot, by_module: dict[str, dict[str, str]]) -> list[LoraPair]:
-    from loradoc.model.peft_rules import alpha_for, rank_for
+    from loradoc.model.peft_patterns import alpha_for, rank_for
 
     cfg = snapshot.config
     pairs: list[LoraPair] = []

@@ -104,7 +104,7 @@ def build_plan(
     out_dtype: str,
     notes: list[str],
 ) -> Plan:
-    from loradoc.model.peft_rules import alpha_for, rank_for
+    from loradoc.model.peft_patterns import alpha_for, rank_for
 
     cfg = snap.config
     index = profile.address_index()

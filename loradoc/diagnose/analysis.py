@@ -35,7 +35,8 @@ from loradoc.io.adapter_config import AdapterConfig
 from loradoc.io.snapshot import AdapterSnapshot
 from loradoc.model.layout import PEFT_PREFIX, LoraKey, format_key, parse_key
 from loradoc.model.param_targets import saved_parameter_loras
-from loradoc.model.peft_rules import InjectionPlan, expected_params, plan_injection, rank_for
+from loradoc.model.peft_patterns import rank_for
+from loradoc.model.peft_rules import InjectionPlan, expected_params, plan_injection
 from loradoc.model.profiles import HEAD_NAMES, BaseProfile
 
 

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loradoc.io.adapter_config import AdapterConfig
+from loradoc.model.peft_patterns import rank_for
 
 if TYPE_CHECKING:
-    from loradoc.model.profiles import BaseProfile
+    from loradoc.model.base_profile import BaseProfile
 
 #: module path -> [(parameter name, shape, is_transposed)], in the module's own parameter order
 ParamInventory = dict[str, list[tuple[str, tuple[int, ...], bool]]]
@@ -123,8 +124,6 @@ def plan_parameters(cfg: AdapterConfig, profile: BaseProfile) -> ParamPlan:
     """The parameters peft wraps for ``cfg`` on ``profile`` and the LoRA tensors it expects for them (empty without
     ``target_parameters``). ``unknown`` when the profile cannot say: no parameter inventory, or an entry that names
     a parameter of a layer (``q_proj.weight``), which the inventory leaves out."""
-    from loradoc.model.peft_rules import rank_for
-
     names = target_parameters(cfg)
     plan = ParamPlan()
     if not names:

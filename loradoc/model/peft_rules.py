@@ -7,7 +7,6 @@ every fixture, so a drift in peft shows up as a failing test, not as a wrong ver
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -16,7 +15,11 @@ from loradoc.io import regex_guard
 from loradoc.io.adapter_config import KNOWN_PEFT_TYPES, AdapterConfig
 from loradoc.io.regex_guard import RegexProblem
 from loradoc.model.param_targets import ParamPlan, plan_parameters
-from loradoc.model.profiles import BaseProfile
+from loradoc.model.peft_patterns import pattern_regex, rank_for, rx
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from loradoc.model.base_profile import BaseProfile
 
 
 @dataclass
@@ -43,10 +46,6 @@ def _layers_regex(p: str) -> str:
     return rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\."
 
 
-def _pattern_regex(key: str) -> str:
-    return rf"(.*\.)?({key})$"
-
-
 def regex_jobs(cfg: AdapterConfig) -> list[tuple[str, str, str]]:
     """Every regex peft builds from ``cfg`` that could be slow: (pattern, re function, config field)."""
     jobs: list[tuple[str, str, str]] = []
@@ -63,7 +62,7 @@ def regex_jobs(cfg: AdapterConfig) -> list[tuple[str, str, str]]:
     for fld, pat in (("rank_pattern", cfg.rank_pattern), ("alpha_pattern", cfg.alpha_pattern)):
         for key in pat:
             if not regex_guard.is_literal(key):
-                jobs.append((_pattern_regex(key), "match", fld))
+                jobs.append((pattern_regex(key), "match", fld))
     return jobs
 
 
@@ -81,8 +80,6 @@ def _vet_pattern_keys(cfg: AdapterConfig, plan: InjectionPlan) -> None:
 
 
 _RE_CACHE_SIZE = 512  # re._MAXCACHE in CPython 3.11 - 3.13
-#: loradoc's own matching compiles each config pattern once (peft's re.match calls go through re's small cache)
-_rx = functools.lru_cache(maxsize=1 << 16)(re.compile)
 
 
 def _dotted_suffix_in(name: str, names: set[str] | frozenset[str]) -> bool:
@@ -97,14 +94,14 @@ def _excluded(cfg: AdapterConfig, name: str, ex_set: frozenset[str] | None = Non
     ex = cfg.exclude_modules
     if ex:
         if isinstance(ex, str):
-            if _rx(ex).fullmatch(name):
+            if rx(ex).fullmatch(name):
                 return True
         else:
             names = ex_set if ex_set is not None else frozenset(ex)
             if name in names or _dotted_suffix_in(name, names):
                 return True
     mts = list(cfg.modules_to_save or []) + task_heads(cfg)
-    return any(_rx(_mts_regex(m)).match(name) for m in mts)
+    return any(rx(_mts_regex(m)).match(name) for m in mts)
 
 
 def task_heads(cfg: AdapterConfig) -> list[str]:
@@ -127,7 +124,7 @@ def _layer_ok(cfg: AdapterConfig, name: str) -> bool:
         match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
     else:
         for p in [pattern] if isinstance(pattern, str) else pattern:
-            match = _rx(_layers_regex(p)).match(name)
+            match = rx(_layers_regex(p)).match(name)
             if match:
                 break
     if not match:
@@ -147,7 +144,7 @@ def effective_targets(cfg: AdapterConfig, profile: BaseProfile) -> str | list[st
 
 def target_matches(cfg: AdapterConfig, targets: str | list[str] | set[str], name: str) -> bool:
     if isinstance(targets, str):
-        return _rx(targets).fullmatch(name) is not None
+        return rx(targets).fullmatch(name) is not None
     if name in targets:
         return True
     if isinstance(targets, set | frozenset):
@@ -237,25 +234,6 @@ def _plan_injection(cfg: AdapterConfig, profile: BaseProfile) -> InjectionPlan:
             else f"NoMatchingPeftModuleError: Target modules {cfg.target_modules} not found in the base model"
         )
     return plan
-
-
-def rank_for(cfg: AdapterConfig, module: str) -> int:
-    return int(_pattern_value(cfg.rank_pattern, module, cfg.r or 8))
-
-
-def alpha_for(cfg: AdapterConfig, module: str) -> float:
-    return float(_pattern_value(cfg.alpha_pattern, module, cfg.lora_alpha if cfg.lora_alpha is not None else 8))
-
-
-def _pattern_value(pattern: dict[str, float] | dict[str, int], module: str, default: float) -> float:
-    # peft.utils.other.get_pattern_key: the first pattern key that matches as a suffix regex
-    for key in pattern:
-        full = _pattern_regex(key)
-        if not regex_guard.is_literal(key) and not regex_guard.vetted(full, "match"):
-            regex_guard.vet([(full, "match", "rank_pattern/alpha_pattern")], [module])
-        if _rx(full).match(module):
-            return pattern[key]
-    return default
 
 
 def expected_params(cfg: AdapterConfig, profile: BaseProfile, module: str) -> dict[str, tuple[int, ...]]:

@@ -13,6 +13,7 @@ No torch / transformers / peft import here (``add_from_diagnosis`` takes an alre
 from __future__ import annotations
 
 from loradoc.registry.compat import CompatAnswer
+from loradoc.registry.issues import SchemaError
 from loradoc.registry.model import (
     SCHEMA_VERSION,
     UNKNOWN,
@@ -52,7 +53,7 @@ from loradoc.registry.store import (
     load_manifest,
 )
 from loradoc.registry.toml_io import manifest_to_toml
-from loradoc.registry.validate import SchemaError, parse_manifest
+from loradoc.registry.validate import parse_manifest
 
 __all__ = [
     "ENV_MANIFESTS",

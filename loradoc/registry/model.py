@@ -46,6 +46,7 @@ from loradoc.registry.fields import (
     StrListOrUnknown,
     StrTable,
 )
+from loradoc.registry.issues import SchemaError, issues_from
 
 Status = Literal["healthy", "repairable", "broken", "repaired", "verified", "unknown"]
 Tower = Literal["language", "vision", "audio", "projector", "unknown"]
@@ -102,8 +103,6 @@ class Record(BaseModel):
         try:
             super().__init__(**kwargs)
         except ValidationError as e:
-            from loradoc.registry.validate import SchemaError, issues_from
-
             raise SchemaError(issues_from(type(self), e)) from None
 
     # pydantic calls a model's own __init__ when it validates nested tables, unless it is marked as the base one:

@@ -13,9 +13,10 @@ from typing import Any
 
 from loradoc.errors import BadInputError, MalformedConfigError
 from loradoc.registry import toml_io
+from loradoc.registry.issues import SchemaError
 from loradoc.registry.keylines import format_path, key_lines, line_of
 from loradoc.registry.model import Manifest
-from loradoc.registry.validate import SchemaError, parse_manifest
+from loradoc.registry.validate import parse_manifest
 
 #: No real manifest comes near this (thousands of revisions are well under 1 MB): a bigger file is refused unread.
 MAX_MANIFEST_BYTES = 4 * 2**20

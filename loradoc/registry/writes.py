@@ -20,13 +20,14 @@ from loradoc.errors import BadInputError, EnvironmentProblem, LoradocError
 from loradoc.io.atomic import write_file_atomic
 from loradoc.registry import record as R
 from loradoc.registry.index import _inside, _same
+from loradoc.registry.issues import SchemaError
 from loradoc.registry.model import UNKNOWN, AdapterManifest, Artifact, BaseRef, HubPush, Manifest, now_iso
 from loradoc.registry.paths import ENV_MANIFESTS, manifest_filename
 from loradoc.registry.queries import Queries
 from loradoc.registry.reader import check_manifest, raise_problems
 from loradoc.registry.sync import RACY_NS
 from loradoc.registry.toml_io import rewrite_manifest
-from loradoc.registry.validate import SchemaError, parse_manifest
+from loradoc.registry.validate import parse_manifest
 
 LOCK_NAME = ".loradoc-registry.lock"
 

@@ -213,7 +213,7 @@ class MergedSource:
         return out
 
 
-def _hparams(cls: Any, ckpt: BaseCheckpoint) -> dict[str, Any]:
+def converter_hparams(cls: Any, ckpt: BaseCheckpoint) -> dict[str, Any]:
     """llama.cpp's hparams (transformers' config class ``to_dict()``), with the fields config.json writes but that
     transformers drops or leaves None (e.g. Gemma 4's ``global_head_dim`` under transformers 5.25) laid back."""
     hp = cls.load_hparams(ckpt.directory, False)
@@ -337,7 +337,7 @@ def prepare(
     root.addHandler(handler)
     try:
         with torch.inference_mode(), contextlib.redirect_stdout(buf):
-            hparams = _hparams(cls, ckpt)
+            hparams = converter_hparams(cls, ckpt)
             model = Fused(
                 ckpt.directory, ftype, out_hint or ckpt.directory / "out.gguf", model_name=model_name, hparams=hparams
             )

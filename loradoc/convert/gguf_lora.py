@@ -107,7 +107,7 @@ class _LoraMapper:
     def __init__(self, ckpt: BaseCheckpoint) -> None:
         import torch
 
-        from loradoc.convert.gguf_llama import _hparams, converter_class, load_converter
+        from loradoc.convert.gguf_llama import converter_class, converter_hparams, load_converter
 
         _, self.gguf = load_converter()
         cls = converter_class(ckpt.config, str(ckpt.directory / "config.json"))
@@ -122,7 +122,7 @@ class _LoraMapper:
         try:
             with torch.inference_mode():
                 self.model = Mapper(ckpt.directory, self.gguf.LlamaFileType.ALL_F32, ckpt.directory / "x.gguf",
-                                    hparams=_hparams(cls, ckpt))  # fmt: skip
+                                    hparams=converter_hparams(cls, ckpt))  # fmt: skip
         except (NotImplementedError, KeyError, ValueError, AssertionError) as e:
             raise BadInputError(
                 f"llama.cpp's converter ({cls.__name__}) refused {ckpt.directory}: {type(e).__name__}: {e}",
@@ -189,7 +189,7 @@ def convert_gguf_lora(
     import numpy as np
     import torch
 
-    from loradoc.convert.gguf_model import _text_weights
+    from loradoc.convert.gguf_model import text_weights
     from loradoc.convert.gguf_names import base_towers
     from loradoc.io.snapshot import open_snapshot
     from loradoc.model.layout import address_of
@@ -214,7 +214,7 @@ def convert_gguf_lora(
         )
     cfg = snapshot.config
     alpha = float(cfg.lora_alpha) if cfg.lora_alpha is not None else 8.0
-    weights = _text_weights(ckpt, bt.towers)
+    weights = text_weights(ckpt, bt.towers)
     tied = bool(ckpt.tensors) and not any(n.endswith("lm_head.weight") for n in ckpt.tensors)
     if not ckpt.tensors:
         tied = bool((ckpt.config.get("text_config") or ckpt.config).get("tie_word_embeddings", False))

@@ -86,7 +86,7 @@ class GgufResult:
 # the fused pass
 
 
-def _text_weights(ckpt: Any, towers: dict[str, str] | None = None) -> dict[Any, str]:
+def text_weights(ckpt: Any, towers: dict[str, str] | None = None) -> dict[Any, str]:
     """Layout-independent module address -> checkpoint key of its weight (text model only; ``towers``: the base
     profile's, else tower names decide)."""
     from loradoc.model.layout import address_of
@@ -155,7 +155,7 @@ def convert_gguf(
     if snapshot is not None:
         loras = collect_loras(snapshot, towers=mm_out is not None, base_towers=bt.towers)
 
-    weights = _text_weights(ckpt, bt.towers)
+    weights = text_weights(ckpt, bt.towers)
     has_head = any(n.endswith("lm_head.weight") for n in ckpt.tensors)
     embed_key = next((k for a, k in weights.items() if a.layer is None and a.local == "embed_tokens"), None)
     lora_for: dict[str, LoraPair] = {}

@@ -30,7 +30,7 @@ from loradoc.diagnose.keyfates import (
     converted_path,
     model_key,
 )
-from loradoc.diagnose.static_findings import _findings, trained_parts_findings
+from loradoc.diagnose.static_findings import key_findings, trained_parts_findings
 from loradoc.io.adapter_config import AdapterConfig
 from loradoc.io.snapshot import AdapterSnapshot
 from loradoc.model.layout import PEFT_PREFIX, LoraKey, format_key, parse_key
@@ -167,7 +167,7 @@ def analyze(snapshot: AdapterSnapshot, profile: BaseProfile) -> StaticResult:
             effective_modules=effective_modules,
             injected_modules=len(plan.targeted),
         )
-    found = _findings(snapshot, profile, plan, fates, missing_keys, owner)
+    found = key_findings(snapshot, profile, plan, fates, missing_keys, owner)
     if plan.params.unknown:
         found.append(
             F.make(

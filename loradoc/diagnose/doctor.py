@@ -187,7 +187,7 @@ def _loads_nonfinite(findings: list[Finding], st: StaticResult) -> bool:
     return any((fate := st.fates.get(k)) is not None and fate.status in (LOADS, LOADS_BASE) for k in keys)
 
 
-def _explain_error(findings: list[Finding], peft: PeftCounts, static: PeftCounts) -> list[Finding]:
+def explain_error(findings: list[Finding], peft: PeftCounts, static: PeftCounts) -> list[Finding]:
     if peft.error is None:
         return []
     same_kind = static.error is not None and static.error.split(":")[0] == peft.error.split(":")[0]
@@ -355,7 +355,7 @@ def diagnose(
     untrained = any(f.code == "untrained-lora" and f.severity == F.ERROR for f in findings)
     if untrained or _loads_nonfinite(findings, st):
         peft.effective = False
-    findings.extend(_explain_error(findings, peft, st.predicted))
+    findings.extend(explain_error(findings, peft, st.predicted))
     verdict = verdict_of(findings, peft)
     if verdict == REPAIRABLE and not fast and st.plan.regex_problem is None:
         bad = _verify_repair(snap, profile, source, spec)

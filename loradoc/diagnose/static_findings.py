@@ -138,7 +138,7 @@ def _ranges(nums: list[int | None]) -> str:
     return ",".join(parts)
 
 
-def _findings(
+def key_findings(
     snapshot: AdapterSnapshot,
     profile: BaseProfile,
     plan: InjectionPlan,

@@ -144,21 +144,23 @@ def _analyse(repo: str, sha: str, config_bytes: bytes, header: Any, profile: Any
     """doctor --fast's verdict (static analysis, no data checks) for a remote adapter."""
     from loradoc.diagnose import findings as F
     from loradoc.diagnose.analysis import analyze
-    from loradoc.diagnose.doctor import _explain_error, verdict_of
-    from loradoc.io.adapter_config import _decode, _with_notes, parse_adapter_config
+    from loradoc.diagnose.doctor import explain_error, verdict_of
+    from loradoc.io.adapter_config import decode_config_json, parse_adapter_config, with_notes
     from loradoc.io.snapshot import AdapterSnapshot, TensorRecord
 
     label = f"{repo}@{sha[:12]}"
     notes: list[str] = []
-    cfg = parse_adapter_config(_decode(config_bytes, f"{label}/{CONFIG_NAME}", notes), source=f"{label}/{CONFIG_NAME}")
+    cfg = parse_adapter_config(
+        decode_config_json(config_bytes, f"{label}/{CONFIG_NAME}", notes), source=f"{label}/{CONFIG_NAME}"
+    )
     if notes:
-        cfg = _with_notes(cfg, notes)
+        cfg = with_notes(cfg, notes)
     tensors = {n: TensorRecord(n, i.dtype, i.shape) for n, i in header.tensors.items()}
     where = Path(f"hub:{label}")
     snap = AdapterSnapshot(where, cfg, where / SAFETENSORS_NAME, "safetensors", tensors, "hub", repo, sha, sha, header)
     st = analyze(snap, profile)
     findings = list(st.findings)
-    findings.extend(_explain_error(findings, st.predicted, st.predicted))
+    findings.extend(explain_error(findings, st.predicted, st.predicted))
     order = {F.ERROR: 0, F.WARNING: 1, F.INFO: 2}
     findings.sort(key=lambda f: (order[f.severity], f.tower or "", f.code))
     return verdict_of(findings, st.predicted), findings, len(tensors)

@@ -278,7 +278,7 @@ def _decode_text(blob: bytes, source: str, notes: list[str]) -> tuple[object, st
     return value, text
 
 
-def _decode(blob: bytes, source: str, notes: list[str]) -> object:
+def decode_config_json(blob: bytes, source: str, notes: list[str]) -> object:
     return _decode_text(blob, source, notes)[0]
 
 
@@ -308,9 +308,9 @@ def load_adapter_config(path: str | os.PathLike[str]) -> AdapterConfig:
     value, text = _decode_text(blob, source, notes)
     cfg = parse_adapter_config(value, source=source, text=text)
     if notes:
-        cfg = _with_notes(cfg, notes)
+        cfg = with_notes(cfg, notes)
     return cfg
 
 
-def _with_notes(cfg: AdapterConfig, extra: list[str]) -> AdapterConfig:
+def with_notes(cfg: AdapterConfig, extra: list[str]) -> AdapterConfig:
     return cfg.model_copy(update={"notes": tuple(extra) + cfg.notes})

@@ -147,7 +147,7 @@ def open_snapshot(spec: str | os.PathLike[str], *, allow_pickle: bool = False) -
                 "or convert it: loradoc repair ADAPTER --base BASE --out DIR --only pickle-to-safetensors",
             )
         state = load_pickle_weights(pk)
-        tensors = {n: TensorRecord(n, _torch_dtype_name(t.dtype), tuple(t.shape)) for n, t in state.items()}
+        tensors = {n: TensorRecord(n, torch_dtype_name(t.dtype), tuple(t.shape)) for n, t in state.items()}
         snap = AdapterSnapshot(path, config, pk, "pickle", tensors, source, repo_id, revision, commit)
         snap._pickle_state = state
         return snap
@@ -193,5 +193,5 @@ _TORCH_TO_ST = {
 }
 
 
-def _torch_dtype_name(dtype: Any) -> str:
+def torch_dtype_name(dtype: Any) -> str:
     return _TORCH_TO_ST.get(str(dtype).removeprefix("torch."), str(dtype))

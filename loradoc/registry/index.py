@@ -77,7 +77,7 @@ class Index:
         else:  # beside the index: user_data_dir/manifests by default; a --registry elsewhere is self-contained
             self.user_dir = self.path.parent / "manifests"
         dirs = [Path(d).expanduser() for d in manifest_dirs] if manifest_dirs is not None else [manifests_dir()]
-        if not any(_same(d, self.user_dir) for d in dirs):
+        if not any(same_file(d, self.user_dir) for d in dirs):
             dirs.append(self.user_dir)
         self.manifest_dirs = dirs
         self.auto_sync = auto_sync
@@ -336,14 +336,14 @@ class Index:
         return (row[0], row[1]) if row else None
 
 
-def _same(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve()
     except OSError:  # pragma: no cover
         return False
 
 
-def _inside(f: Path, root: Path) -> bool:
+def path_inside(f: Path, root: Path) -> bool:
     try:
         f.resolve().relative_to(root.resolve())
         return True
@@ -359,7 +359,7 @@ def _dup_message(winner: str) -> str:
     return f"duplicate id: {winner} defines it too (same directory); this file is ignored"
 
 
-def _stored_problems(path: str, problems: str | None, duplicate_of: str | None) -> list[ManifestProblem]:
+def stored_problems(path: str, problems: str | None, duplicate_of: str | None) -> list[ManifestProblem]:
     out = [ManifestProblem(p["path"], p["line"], p["message"], p.get("key")) for p in json.loads(problems or "[]")]
     if duplicate_of:
         out.append(ManifestProblem(path, 1, _dup_message(duplicate_of)))

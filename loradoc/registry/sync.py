@@ -13,7 +13,7 @@ import hashlib
 import time
 from typing import Any
 
-from loradoc.registry.index import Index, _stored_problems
+from loradoc.registry.index import Index, stored_problems
 from loradoc.registry.model import now_iso
 from loradoc.registry.reader import (
     ManifestProblem,
@@ -102,7 +102,7 @@ class Syncing(Index):
                 "SELECT path, problems, duplicate_of FROM files "
                 "WHERE problems IS NOT NULL OR duplicate_of IS NOT NULL ORDER BY path"
             ):
-                rep.problems += _stored_problems(path, probs, dup)
+                rep.problems += stored_problems(path, probs, dup)
             c.execute("INSERT OR REPLACE INTO meta VALUES ('synced', ?)", (now_iso(),))
         rep.seconds = time.perf_counter() - t0
         self.last_sync = rep

@@ -19,7 +19,7 @@ from typing import Any
 from loradoc.errors import BadInputError, EnvironmentProblem, LoradocError
 from loradoc.io.atomic import write_file_atomic
 from loradoc.registry import record as R
-from loradoc.registry.index import _inside, _same
+from loradoc.registry.index import path_inside, same_file
 from loradoc.registry.issues import SchemaError
 from loradoc.registry.model import UNKNOWN, AdapterManifest, Artifact, BaseRef, HubPush, Manifest, now_iso
 from loradoc.registry.paths import ENV_MANIFESTS, manifest_filename
@@ -84,7 +84,7 @@ class Writes(Queries):
             row = c.execute("SELECT file FROM adapters WHERE key = ? AND shadowed = 0", (key,)).fetchone()
             current: AdapterManifest | None = None
             src_file: Path | None = Path(row[0]) if row else None
-            if src_file is not None and _inside(src_file, user_root):
+            if src_file is not None and path_inside(src_file, user_root):
                 target = src_file
             else:
                 target = user_root / "adapters" / f"{manifest_filename(ref)}.toml"
@@ -164,7 +164,7 @@ class Writes(Queries):
 
     def _user_root(self) -> tuple[int, Path]:
         for prec, root in self._roots():
-            if _same(root, self.user_dir):
+            if same_file(root, self.user_dir):
                 return prec, root
         raise AssertionError("the user directory is always a manifest directory")  # pragma: no cover
 

@@ -160,12 +160,12 @@ def _stream_pickle(plan: RepairPlan, target: Path, progress: Progress | None = N
     """Pickle source (only with consent): tensors were loaded with weights_only=True."""
     import torch
 
-    from loradoc.io.snapshot import _torch_dtype_name
+    from loradoc.io.snapshot import torch_dtype_name
 
     state = plan.source._pickle_state or {}
     kept = plan.kept()
     specs = [
-        TensorSpec(str(a.target), _torch_dtype_name(state[a.source].dtype), tuple(state[a.source].shape)) for a in kept
+        TensorSpec(str(a.target), torch_dtype_name(state[a.source].dtype), tuple(state[a.source].shape)) for a in kept
     ]
     delay = fault_write_delay()
     sources: dict[str, str] = {}
